@@ -1,0 +1,91 @@
+//! The admin port: `/metrics` (Prometheus text), `/livez` (the process
+//! answers) and `/readyz` (a latch: journal open, listeners bound, not
+//! draining, journal writes succeeding).
+
+pub mod metrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::Journal;
+use crate::session::Sessions;
+use metrics::Metrics;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Sessions, for the gauges computed at scrape time.
+    pub sessions: Arc<Sessions>,
+    /// The journal, for its health.
+    pub journal: Journal,
+    /// Set once listeners are bound; cleared when draining starts.
+    pub ready: AtomicBool,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let tcp = tokio::select! {
+            _ = admin.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&req, &admin)) }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/livez" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            let ready = admin.ready.load(Ordering::Relaxed) && !admin.shutdown.is_cancelled();
+            match (ready, admin.journal.is_healthy()) {
+                (true, true) => text(StatusCode::OK, "ready\n"),
+                (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
+                (true, false) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: journal writes are failing\n"),
+            }
+        }
+        "/metrics" => {
+            admin.sessions.refresh_gauges();
+            let mut resp = text(StatusCode::OK, &admin.metrics.render());
+            resp.headers_mut().insert(header::CONTENT_TYPE, "text/plain; version=0.0.4".parse().expect("static"));
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /livez or /readyz\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("valid response")
+}
+
+/// Marks the instance ready.
+pub fn set_ready(admin: &Admin, ready: bool) {
+    admin.ready.store(ready, Ordering::Relaxed);
+}

@@ -1,0 +1,95 @@
+//! Command line: `tether [run]` serves; `tether demo` runs tether in front of
+//! a built-in demo backend and shows a stream surviving a disconnect.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat};
+
+/// tether: delivery guarantees for an unmodified WebSocket backend.
+///
+/// Configuration comes from (lowest to highest precedence) built-in defaults,
+/// the TOML file given with --config, TETHER_<SECTION>_<KEY> environment
+/// variables (e.g. TETHER_JOURNAL_SYNC=always) and the flags below.
+/// config/tether.toml documents every key and its default.
+#[derive(Debug, Parser)]
+#[command(name = "tether", version, about, long_about)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration file (TOML).
+    #[arg(long, short, env = "TETHER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data port address, e.g. 0.0.0.0:8080 [server.listen].
+    #[arg(long, global = true)]
+    pub listen: Option<SocketAddr>,
+    /// Admin port address for /metrics, /livez, /readyz [server.admin_listen].
+    #[arg(long, global = true)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Backend base URL, e.g. ws://127.0.0.1:9000 [server.upstream].
+    #[arg(long, global = true)]
+    pub upstream: Option<String>,
+    /// Journal directory [journal.data_dir].
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: human or json [log.format].
+    #[arg(long, global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or tether=debug [log.level].
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: proxy clients to the upstream backend (the default).
+    Run,
+    /// Start a demo backend and tether in front of it, then show a client
+    /// dropping and resuming without losing a frame. Keeps running for you to
+    /// try by hand.
+    Demo,
+    /// Print the effective configuration (file + environment + flags) and exit.
+    Config,
+}
+
+impl Cli {
+    /// The effective configuration: file, then environment, then flags.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(a) = self.listen {
+            c.server.listen = a;
+        }
+        if let Some(a) = self.admin_listen {
+            c.server.admin_listen = a;
+        }
+        if let Some(u) = &self.upstream {
+            c.server.upstream = u.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            c.journal.data_dir = d.clone();
+        }
+        if let Some(f) = self.log_format {
+            c.log.format = f;
+        }
+        if let Some(l) = &self.log_level {
+            c.log.level = l.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format must be human or json, not {other:?}")),
+        }
+    }
+}

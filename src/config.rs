@@ -1,0 +1,393 @@
+//! Configuration: `config/tether.toml`, overridden by `TETHER_<SECTION>_<KEY>`
+//! environment variables, overridden by CLI flags.
+//!
+//! Every key has a default, so an empty file is a valid configuration. Unknown
+//! keys (in the file or in a `TETHER_<SECTION>_*` variable) are an error: a typo
+//! must not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
+const SECTIONS: &[&str] = &["server", "limits", "session", "token", "stamp", "journal", "log"];
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The merged configuration is not valid TOML for tether.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and the backend.
+    pub server: ServerConfig,
+    /// Explicit resource limits.
+    pub limits: LimitsConfig,
+    /// Session lifetime.
+    pub session: SessionConfig,
+    /// Resume tokens.
+    pub token: TokenConfig,
+    /// How frames are stamped with their sequence id.
+    pub stamp: StampConfig,
+    /// The RocksDB journal.
+    pub journal: JournalConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: where tether listens and where the backend is.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Data port: clients connect here.
+    pub listen: SocketAddr,
+    /// Admin port: `/metrics`, `/livez`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// The backend's base URL (`ws://host:port[/prefix]`); the client's path and
+    /// query are appended.
+    pub upstream: String,
+    /// Time allowed to connect to the backend and finish its handshake.
+    #[serde(with = "humantime_serde")]
+    pub backend_connect_timeout: Duration,
+    /// Time a client has to send its complete upgrade request.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Allowed `Origin` values; empty allows any (non-browser clients send none).
+    pub allowed_origins: Vec<String>,
+    /// How long `Retry-After` tells refused clients to wait, in seconds.
+    pub retry_after_secs: u32,
+    /// Grace period for a drain on SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("static address"),
+            admin_listen: "0.0.0.0:9090".parse().expect("static address"),
+            upstream: "ws://127.0.0.1:9000".into(),
+            backend_connect_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            retry_after_secs: 5,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `[limits]`: every buffer and size that untrusted peers can influence.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest WebSocket message (after reassembly), either direction.
+    pub max_message_bytes: usize,
+    /// Largest single WebSocket frame, either direction.
+    pub max_frame_bytes: usize,
+    /// Largest upgrade request head (request line + headers); at least 8192.
+    pub max_header_bytes: usize,
+    /// Write buffer per socket: tungstenite buffers this much before writing.
+    pub write_buffer_bytes: usize,
+    /// Hard cap on a socket's write buffer before writes fail.
+    pub max_write_buffer_bytes: usize,
+    /// Read buffer per socket.
+    pub read_buffer_bytes: usize,
+    /// Most sessions held at once (attached, detached and resumable).
+    pub max_sessions: usize,
+    /// Recent frames kept in memory per session, in bytes, so live clients
+    /// are served without reading the journal.
+    pub ring_bytes: usize,
+    /// Largest batch of frames read from the journal in one step of a replay.
+    pub replay_batch_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_frame_bytes: 1 << 20,
+            max_header_bytes: 16 * 1024,
+            write_buffer_bytes: 16 * 1024,
+            max_write_buffer_bytes: 4 << 20,
+            read_buffer_bytes: 4 * 1024,
+            max_sessions: 10_000,
+            ring_bytes: 64 * 1024,
+            replay_batch_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[session]`: how long a backend connection outlives its client.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long the backend connection is kept open after the client vanished.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How often tether pings an attached client.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A client silent for this long (no frame, no pong) is detached.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(15),
+            ping_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// `[token]`: resume token signing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// HMAC key (at least 32 characters). Empty: generated once and kept in the
+    /// journal. Prefer setting it (`TETHER_TOKEN_SECRET`).
+    pub secret: String,
+    /// Request headers whose values bind a token to its owner (e.g.
+    /// `["authorization"]`): a token presented with other values is refused.
+    pub identity_headers: Vec<String>,
+}
+
+/// How downstream data frames carry their sequence id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StampMode {
+    /// Text `"<seq>:<payload>"`, binary 8-byte big-endian seq then payload.
+    #[default]
+    Prefix,
+    /// A field injected into JSON-object text frames; other frames as `prefix`.
+    Json,
+    /// Frames untouched; no control frames; token in the 101 header only.
+    None,
+}
+
+/// `[stamp]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StampConfig {
+    /// `prefix`, `json` or `none`.
+    pub mode: StampMode,
+    /// Field name injected in `json` mode.
+    pub json_field: String,
+}
+
+impl Default for StampConfig {
+    fn default() -> Self {
+        Self { mode: StampMode::Prefix, json_field: "seq".into() }
+    }
+}
+
+/// When the journal is fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// WAL written to the OS before forwarding; survives kill -9, not power loss.
+    #[default]
+    None,
+    /// As `none`, plus an fsync at most every `sync_interval`.
+    Interval,
+    /// fsync before forwarding (group commit across sessions).
+    Always,
+}
+
+/// `[journal]`: the RocksDB journal and its retention.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Directory of the RocksDB database.
+    pub data_dir: PathBuf,
+    /// `none`, `interval` or `always`.
+    pub sync: SyncMode,
+    /// fsync period for `sync = "interval"`.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// How long an ended or orphaned session stays resumable before it is purged.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Frames kept per session; older ones are trimmed.
+    pub max_session_frames: u64,
+    /// Payload bytes kept per session; older frames are trimmed.
+    pub max_session_bytes: u64,
+    /// Frames older than this are trimmed.
+    #[serde(with = "humantime_serde")]
+    pub max_frame_age: Duration,
+    /// Payload bytes kept across all sessions; the oldest frames go first.
+    pub disk_budget_bytes: u64,
+    /// Most operations the writer commits in one RocksDB write.
+    pub max_batch: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./tether-data"),
+            sync: SyncMode::None,
+            sync_interval: Duration::from_millis(50),
+            retention: Duration::from_secs(3600),
+            max_session_frames: 100_000,
+            max_session_bytes: 64 << 20,
+            max_frame_age: Duration::from_secs(3600),
+            disk_budget_bytes: 1 << 30,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `tether=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given), then applies `TETHER_<SECTION>_<KEY>` variables
+    /// from `env`, then checks the result.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("TETHER_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            if !SECTIONS.contains(&section) {
+                continue;
+            }
+            let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section_table) = entry else {
+                return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
+            };
+            section_table.insert(key.to_owned(), env_value(&raw));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rejects values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let l = &self.limits;
+        if !self.server.upstream.starts_with("ws://") {
+            return bad("server.upstream must be a ws:// URL");
+        }
+        if l.max_header_bytes < 8192 {
+            return bad("limits.max_header_bytes must be at least 8192");
+        }
+        if l.max_frame_bytes == 0 || l.max_message_bytes < l.max_frame_bytes {
+            return bad("limits.max_message_bytes must be >= limits.max_frame_bytes > 0");
+        }
+        if l.max_write_buffer_bytes <= l.write_buffer_bytes + l.max_message_bytes {
+            return bad("limits.max_write_buffer_bytes must exceed write_buffer_bytes + max_message_bytes");
+        }
+        if l.max_sessions == 0 || l.replay_batch_bytes == 0 {
+            return bad("limits.max_sessions and limits.replay_batch_bytes must be positive");
+        }
+        if !self.token.secret.is_empty() && self.token.secret.len() < 32 {
+            return bad("token.secret must be at least 32 characters (or empty to generate one)");
+        }
+        if self.session.ping_interval.is_zero() || self.session.ping_timeout.is_zero() {
+            return bad("session.ping_interval and session.ping_timeout must be positive");
+        }
+        if self.journal.max_session_frames == 0 || self.journal.max_batch == 0 {
+            return bad("journal.max_session_frames and journal.max_batch must be positive");
+        }
+        if self.stamp.json_field.is_empty() {
+            return bad("stamp.json_field must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// Environment values are TOML when they parse as a TOML value (numbers,
+/// booleans, arrays), and plain strings otherwise (`120s`, `0.0.0.0:8080`).
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_file_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tether.toml");
+        let loaded = Config::load(Some(&path), []).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&loaded).unwrap(),
+            toml::to_string(&defaults).unwrap(),
+            "config/tether.toml must document exactly the defaults"
+        );
+    }
+
+    #[test]
+    fn env_overrides_and_unknown_keys() {
+        let env = [
+            ("TETHER_JOURNAL_SYNC".to_owned(), "always".to_owned()),
+            ("TETHER_SESSION_LINGER".to_owned(), "7s".to_owned()),
+            ("TETHER_LIMITS_MAX_SESSIONS".to_owned(), "12".to_owned()),
+            ("TETHER_CONFIG".to_owned(), "ignored".to_owned()),
+        ];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.journal.sync, SyncMode::Always);
+        assert_eq!(c.session.linger, Duration::from_secs(7));
+        assert_eq!(c.limits.max_sessions, 12);
+
+        let err = Config::load(None, [("TETHER_JOURNAL_SYNK".into(), "always".into())]);
+        assert!(err.unwrap_err().to_string().contains("synk"));
+    }
+}

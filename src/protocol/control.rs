@@ -1,0 +1,152 @@
+//! Control frames tether→client: text frames of `#` followed by one JSON
+//! object. Data frames never start with `#` in `prefix` mode (they start with
+//! a digit) nor in `json` mode (`{` or a digit).
+
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How a connection's session came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// No token: a new session and backend connection.
+    New,
+    /// Same session, same backend connection; missed frames replayed.
+    Resumed,
+    /// Same session, nothing lost, but a new backend connection.
+    Restarted,
+    /// Frames after the offset are gone; see the report.
+    Gap,
+}
+
+impl Outcome {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::New => "new",
+            Outcome::Resumed => "resumed",
+            Outcome::Restarted => "restarted",
+            Outcome::Gap => "gap",
+        }
+    }
+}
+
+/// Why frames could not be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The session ended or was orphaned longer than `journal.retention` ago
+    /// and was purged.
+    Expired,
+    /// Retention (frames, bytes, age or disk budget) trimmed frames the client
+    /// had not processed.
+    Trimmed,
+    /// The token is from another journal epoch: the journal was lost.
+    JournalLost,
+    /// The token is valid but the session is not in the journal and is too
+    /// young to have been purged (e.g. lost with un-synced writes).
+    UnknownSession,
+}
+
+impl GapReason {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Expired => "expired",
+            GapReason::Trimmed => "trimmed",
+            GapReason::JournalLost => "journal_lost",
+            GapReason::UnknownSession => "unknown_session",
+        }
+    }
+}
+
+/// An inclusive range of seqs; `to` is `None` when the end is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SeqRange {
+    /// First seq in the range.
+    pub from: u64,
+    /// Last seq in the range, if known.
+    pub to: Option<u64>,
+}
+
+/// The structured report of frames that cannot be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GapReport {
+    /// Why.
+    pub reason: GapReason,
+    /// The offset the client asked to resume from (last seq it processed).
+    pub requested_offset: u64,
+    /// First seq tether can still deliver in this session.
+    pub first_available: u64,
+    /// The seqs that will never be delivered.
+    pub lost: SeqRange,
+}
+
+/// Every control frame tether sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// First frame of every connection.
+    Welcome {
+        /// Protocol version.
+        v: u32,
+        /// The session token to resume with.
+        session: String,
+        /// How the session came to be.
+        outcome: Outcome,
+        /// Frames being replayed (seqs up to `to` are replays), or null.
+        replay: Option<SeqRange>,
+        /// Present when `outcome` is `gap`.
+        gap: Option<GapReport>,
+    },
+    /// A slow client fell behind retention while attached: frames were trimmed.
+    Gap(GapReport),
+    /// tether is shutting down; reconnect with your token.
+    Draining,
+    /// The backend closed the session; after this the socket closes.
+    End {
+        /// The backend's close code (1006 when it vanished without one).
+        code: u16,
+        /// The backend's close reason.
+        reason: String,
+    },
+}
+
+impl Control {
+    /// The control frame as a WebSocket text message.
+    pub fn to_message(&self) -> Message {
+        let mut s = String::from("#");
+        s.push_str(&serde_json::to_string(self).expect("control frames serialize"));
+        Message::text(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings() {
+        let w = Control::Welcome {
+            v: 1,
+            session: "tok".into(),
+            outcome: Outcome::Gap,
+            replay: Some(SeqRange { from: 5, to: Some(9) }),
+            gap: Some(GapReport {
+                reason: GapReason::Trimmed,
+                requested_offset: 1,
+                first_available: 5,
+                lost: SeqRange { from: 2, to: Some(4) },
+            }),
+        };
+        assert_eq!(
+            w.to_message(),
+            Message::text(
+                r##"#{"type":"welcome","v":1,"session":"tok","outcome":"gap","replay":{"from":5,"to":9},"gap":{"reason":"trimmed","requested_offset":1,"first_available":5,"lost":{"from":2,"to":4}}}"##
+            )
+        );
+        assert_eq!(Control::Draining.to_message(), Message::text(r##"#{"type":"draining"}"##));
+        let end = Control::End { code: 1000, reason: "bye".into() };
+        assert_eq!(end.to_message(), Message::text(r##"#{"type":"end","code":1000,"reason":"bye"}"##));
+    }
+}

@@ -1,0 +1,177 @@
+//! Resume credentials on the upgrade request: `Tether-Session` /
+//! `Tether-Offset` headers, or `tether_session` / `tether_offset` query
+//! parameters for browsers. A header wins over the query parameter.
+
+use http::HeaderMap;
+
+/// Header carrying the session token.
+pub const SESSION_HEADER: &str = "tether-session";
+/// Header carrying the last seq the client fully processed.
+pub const OFFSET_HEADER: &str = "tether-offset";
+/// Query parameter carrying the session token.
+pub const SESSION_PARAM: &str = "tether_session";
+/// Query parameter carrying the offset.
+pub const OFFSET_PARAM: &str = "tether_offset";
+
+/// What a client presented to resume.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The token string, not yet decoded.
+    pub token: String,
+    /// Last seq the client fully processed (0: none).
+    pub offset: u64,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials(offset={}, token=<redacted>)", self.offset)
+    }
+}
+
+/// A credential that is present but unusable (400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadCredentials {
+    /// The offset is not a decimal u64.
+    #[error("offset {0:?} is not a decimal number between 0 and 18446744073709551615")]
+    Offset(String),
+    /// An offset without a token.
+    #[error("an offset was given without a session token")]
+    OffsetWithoutToken,
+    /// A token without an offset.
+    #[error("a session token was given without an offset")]
+    TokenWithoutOffset,
+    /// The header or parameter is not valid text, or is repeated.
+    #[error("{0} is not valid (not ASCII, empty or repeated)")]
+    Unreadable(&'static str),
+}
+
+/// Reads the credentials; `Ok(None)` for a client that starts a new session.
+pub fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, BadCredentials> {
+    let token = lookup(headers, query, SESSION_HEADER, SESSION_PARAM)?;
+    let offset = lookup(headers, query, OFFSET_HEADER, OFFSET_PARAM)?;
+    match (token, offset) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(BadCredentials::OffsetWithoutToken),
+        (Some(_), None) => Err(BadCredentials::TokenWithoutOffset),
+        (Some(token), Some(offset)) => {
+            let digits = offset.trim();
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadCredentials::Offset(offset));
+            }
+            let offset = digits.parse::<u64>().map_err(|_| BadCredentials::Offset(offset.clone()))?;
+            Ok(Some(Credentials { token, offset }))
+        }
+    }
+}
+
+fn lookup(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    header: &'static str,
+    param: &'static str,
+) -> Result<Option<String>, BadCredentials> {
+    let mut values = headers.get_all(header).iter();
+    if let Some(v) = values.next() {
+        if values.next().is_some() {
+            return Err(BadCredentials::Unreadable(header));
+        }
+        let v = v.to_str().map_err(|_| BadCredentials::Unreadable(header))?;
+        if v.trim().is_empty() {
+            return Err(BadCredentials::Unreadable(header));
+        }
+        return Ok(Some(v.trim().to_owned()));
+    }
+    let mut found = None;
+    for (k, v) in query_pairs(query) {
+        if k == param {
+            if found.is_some() || v.is_empty() {
+                return Err(BadCredentials::Unreadable(param));
+            }
+            found = Some(percent_decode(v).ok_or(BadCredentials::Unreadable(param))?);
+        }
+    }
+    Ok(found)
+}
+
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query.unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The query without tether's own parameters (`None` if nothing is left).
+pub fn strip_params(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let k = p.split_once('=').map_or(*p, |(k, _)| k);
+            k != SESSION_PARAM && k != OFFSET_PARAM
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let c = parse(&h(&[("tether-session", "A"), ("tether-offset", "5")]), Some("tether_session=B&tether_offset=9"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.token.as_str(), c.offset), ("A", 5));
+        let c = parse(&h(&[]), Some("x=1&tether_session=B%2D&tether_offset=9")).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.offset), ("B-", 9));
+        assert_eq!(parse(&h(&[]), Some("x=1")), Ok(None));
+    }
+
+    #[test]
+    fn bad_offsets() {
+        for bad in ["-1", "abc", "18446744073709551616", "1.5", "+3"] {
+            let r = parse(&h(&[("tether-session", "A"), ("tether-offset", bad)]), None);
+            assert_eq!(r, Err(BadCredentials::Offset(bad.into())), "{bad}");
+        }
+        assert_eq!(parse(&h(&[("tether-offset", "1")]), None), Err(BadCredentials::OffsetWithoutToken));
+        assert_eq!(parse(&h(&[("tether-session", "A")]), None), Err(BadCredentials::TokenWithoutOffset));
+    }
+
+    #[test]
+    fn strips_only_tether_params() {
+        assert_eq!(strip_params(Some("a=1&tether_session=x&b&tether_offset=2")), Some("a=1&b".into()));
+        assert_eq!(strip_params(Some("tether_offset=2")), None);
+        assert_eq!(strip_params(None), None);
+    }
+}

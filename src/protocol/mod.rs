@@ -1,0 +1,76 @@
+//! The wire contract v1 (docs/PROTOCOL.md): session ids and tokens, resume
+//! credentials, sequence stamps and control frames.
+
+pub mod control;
+pub mod credentials;
+pub mod stamp;
+pub mod token;
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A session's identity: 48 bits of creation time (Unix ms), 80 random bits.
+///
+/// The time part lets a resume for a purged session be told apart from one
+/// for a session tether never knew, without keeping tombstones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh id stamped with the current time.
+    pub fn generate() -> SessionId {
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id[6..]).expect("OS random source");
+        let ms = unix_ms();
+        id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        SessionId(id)
+    }
+
+    /// When the session was created, in Unix milliseconds.
+    pub fn created_ms(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(&self.0[..6]);
+        u64::from_be_bytes(b)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One whole backend→client data message, as journaled (unstamped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A text message (valid UTF-8).
+    Text(Utf8Bytes),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(t) => t.len(),
+            Payload::Binary(b) => b.len(),
+        }
+    }
+
+    /// True for an empty message.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,102 @@
+//! Sequence stamps on downstream data frames (`prefix`, `json`, `none`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::Payload;
+use crate::config::StampMode;
+
+/// Turns a journaled payload and its seq into the message the client sees.
+#[derive(Debug, Clone)]
+pub struct Stamper {
+    mode: StampMode,
+    /// `"<field>":` pre-encoded, for `json` mode.
+    json_key: String,
+    field: String,
+}
+
+impl Stamper {
+    /// A stamper for `mode`, injecting `json_field` in `json` mode.
+    pub fn new(mode: StampMode, json_field: &str) -> Stamper {
+        let json_key = serde_json::to_string(json_field).expect("string encodes") + ":";
+        Stamper { mode, json_key, field: json_field.to_owned() }
+    }
+
+    /// The stamp mode.
+    pub fn mode(&self) -> StampMode {
+        self.mode
+    }
+
+    /// The message carrying `payload` as frame `seq`.
+    pub fn stamp(&self, seq: u64, payload: &Payload) -> Message {
+        match (self.mode, payload) {
+            (StampMode::None, Payload::Text(t)) => Message::Text(t.clone()),
+            (StampMode::None, Payload::Binary(b)) => Message::Binary(b.clone()),
+            (StampMode::Json, Payload::Text(t)) => match self.inject(seq, t) {
+                Some(s) => Message::Text(s.into()),
+                None => Message::Text(prefix_text(seq, t)),
+            },
+            (_, Payload::Text(t)) => Message::Text(prefix_text(seq, t)),
+            (_, Payload::Binary(b)) => Message::Binary(prefix_binary(seq, b)),
+        }
+    }
+
+    /// `{"<field>":seq,...rest}` for a JSON object without that field; the
+    /// original bytes are kept verbatim after the injected member.
+    fn inject(&self, seq: u64, text: &str) -> Option<String> {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+        if map.contains_key(&self.field) {
+            return None;
+        }
+        let body = text.trim_start().strip_prefix('{')?;
+        let sep = if map.is_empty() { "" } else { "," };
+        let body = if map.is_empty() { "}" } else { body };
+        Some(format!("{{{}{seq}{sep}{body}", self.json_key))
+    }
+}
+
+fn prefix_text(seq: u64, text: &Utf8Bytes) -> Utf8Bytes {
+    let mut s = String::with_capacity(text.len() + 21);
+    s.push_str(&seq.to_string());
+    s.push(':');
+    s.push_str(text.as_str());
+    s.into()
+}
+
+fn prefix_binary(seq: u64, bin: &Bytes) -> Bytes {
+    let mut b = BytesMut::with_capacity(bin.len() + 8);
+    b.put_u64(seq);
+    b.put_slice(bin);
+    b.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Payload {
+        Payload::Text(s.into())
+    }
+
+    #[test]
+    fn prefix_and_none() {
+        let p = Stamper::new(StampMode::Prefix, "seq");
+        assert_eq!(p.stamp(7, &text("hi")), Message::text("7:hi"));
+        assert_eq!(
+            p.stamp(258, &Payload::Binary(Bytes::from_static(b"\x01"))),
+            Message::binary(vec![0, 0, 0, 0, 0, 0, 1, 2, 1])
+        );
+        let n = Stamper::new(StampMode::None, "seq");
+        assert_eq!(n.stamp(7, &text("hi")), Message::text("hi"));
+    }
+
+    #[test]
+    fn json_injects_or_falls_back() {
+        let j = Stamper::new(StampMode::Json, "seq");
+        assert_eq!(j.stamp(3, &text(r#"{"a":1}"#)), Message::text(r#"{"seq":3,"a":1}"#));
+        assert_eq!(j.stamp(3, &text(" {} ")), Message::text(r#"{"seq":3}"#));
+        assert_eq!(j.stamp(3, &text("[1]")), Message::text("3:[1]"));
+        assert_eq!(j.stamp(3, &text(r#"{"seq":9}"#)), Message::text(r#"3:{"seq":9}"#));
+        assert_eq!(j.stamp(3, &text("nope")), Message::text("3:nope"));
+    }
+}

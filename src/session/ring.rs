@@ -1,0 +1,88 @@
+//! The most recent frames of a session, in memory, so that attached clients
+//! that keep up are served without touching the journal.
+
+use std::collections::VecDeque;
+
+use crate::protocol::Payload;
+
+/// A byte-bounded window of consecutive frames.
+#[derive(Debug, Default)]
+pub struct Ring {
+    frames: VecDeque<(u64, Payload)>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Ring {
+    /// An empty ring holding at most `cap` payload bytes.
+    pub fn new(cap: usize) -> Ring {
+        Ring { frames: VecDeque::new(), bytes: 0, cap }
+    }
+
+    /// Appends frame `seq` (must follow the last one) and evicts the oldest
+    /// frames beyond the byte budget.
+    pub fn push(&mut self, seq: u64, payload: Payload) {
+        if self.frames.back().is_some_and(|(last, _)| *last + 1 != seq) {
+            self.clear();
+        }
+        self.bytes += payload.len();
+        self.frames.push_back((seq, payload));
+        while self.bytes > self.cap {
+            let Some((_, old)) = self.frames.pop_front() else { break };
+            self.bytes -= old.len();
+        }
+        if self.frames.is_empty() {
+            self.frames.shrink_to_fit();
+        }
+    }
+
+    /// Copies frames `from..=to` out of the ring, at most `max_bytes` of them
+    /// (at least one), or `None` if `from` is not in the ring.
+    pub fn get(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
+        let first = self.frames.front()?.0;
+        if from < first || from > self.frames.back()?.0 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (seq, p) in self.frames.iter().skip((from - first) as usize) {
+            if *seq > to || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            bytes += p.len();
+            out.push((*seq, p.clone()));
+        }
+        Some(out)
+    }
+
+    /// Drops everything (e.g. when the seq space restarts).
+    pub fn clear(&mut self) {
+        self.frames = VecDeque::new();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: usize) -> Payload {
+        Payload::Binary(vec![0; n].into())
+    }
+
+    #[test]
+    fn window_and_eviction() {
+        let mut r = Ring::new(10);
+        for seq in 1..=5 {
+            r.push(seq, p(3));
+        }
+        // 5 frames of 3 bytes, budget 10: seqs 3, 4, 5 remain.
+        assert!(r.get(2, 5, 100).is_none());
+        let got: Vec<u64> = r.get(3, 5, 100).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(got, vec![3, 4, 5]);
+        let got: Vec<u64> = r.get(4, 4, 100).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(got, vec![4]);
+        assert_eq!(r.get(3, 5, 1).unwrap().len(), 1);
+        assert!(r.get(6, 9, 100).is_none());
+    }
+}
