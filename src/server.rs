@@ -47,6 +47,7 @@ pub struct Running {
     admin: Arc<Admin>,
     tasks: TaskTracker,
     grace: std::time::Duration,
+    writer: std::thread::JoinHandle<()>,
 }
 
 /// Opens the journal, restores its sessions and starts serving.
@@ -118,7 +119,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(sessions.janitor());
     admin::set_ready(&admin, true);
     tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, "tether is serving");
-    Ok(Running { data_addr, admin_addr, shutdown, journal, admin, tasks, grace: config.server.shutdown_grace })
+    Ok(Running {
+        data_addr,
+        admin_addr,
+        shutdown,
+        journal,
+        admin,
+        tasks,
+        grace: config.server.shutdown_grace,
+        writer: opened.writer,
+    })
 }
 
 impl Running {
@@ -132,8 +142,9 @@ impl Running {
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
-        self.journal.sync().await?;
-        tracing::info!("drained; journal synced");
+        self.journal.close().await?;
+        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        tracing::info!("drained; journal synced and closed");
         Ok(())
     }
 }

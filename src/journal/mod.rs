@@ -87,11 +87,32 @@ pub struct RecoveredSession {
 
 /// One journal operation, applied in order by the writer.
 pub(crate) enum Op {
-    Append { session: SessionId, seq: u64, payload: Payload, committed: Arc<watch::Sender<u64>>, at: Instant },
-    PutMeta { session: SessionId, meta: SessionMeta },
-    Trim { session: SessionId, upto: u64, meta: SessionMeta },
-    Purge { session: SessionId },
-    Sync { done: oneshot::Sender<()> },
+    Append {
+        session: SessionId,
+        seq: u64,
+        payload: Payload,
+        committed: Arc<watch::Sender<u64>>,
+        at: Instant,
+    },
+    PutMeta {
+        session: SessionId,
+        meta: SessionMeta,
+    },
+    Trim {
+        session: SessionId,
+        upto: u64,
+        meta: SessionMeta,
+    },
+    Purge {
+        session: SessionId,
+    },
+    Sync {
+        done: oneshot::Sender<()>,
+    },
+    /// Sync, then stop the writer: later operations fail with `Closed`.
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A cheap handle to the journal.
@@ -204,6 +225,14 @@ impl Journal {
     pub async fn sync(&self) -> Result<(), JournalError> {
         let (done, rx) = oneshot::channel();
         self.send(Op::Sync { done }).await?;
+        rx.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Writes and fsyncs everything queued, then stops the writer thread so
+    /// the database is idle before the process exits.
+    pub async fn close(&self) -> Result<(), JournalError> {
+        let (done, rx) = oneshot::channel();
+        self.send(Op::Close { done }).await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 

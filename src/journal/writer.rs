@@ -68,13 +68,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut ops);
+            if self.commit(&mut ops) {
+                return;
+            }
         }
         self.sync_wal();
     }
 
     /// Writes `ops` (retrying until it succeeds), then acknowledges them.
-    fn commit(&mut self, ops: &mut Vec<Op>) {
+    /// Returns true if one of them closes the journal.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.write(ops) {
@@ -94,6 +97,7 @@ impl Writer {
         }
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
         let mut syncs = Vec::new();
+        let mut closing = false;
         for op in ops.drain(..) {
             match op {
                 Op::Append { seq, committed, at, .. } => {
@@ -108,6 +112,10 @@ impl Writer {
                     });
                 }
                 Op::Sync { done } => syncs.push(done),
+                Op::Close { done } => {
+                    closing = true;
+                    syncs.push(done);
+                }
                 _ => {}
             }
         }
@@ -117,6 +125,7 @@ impl Writer {
                 let _ = done.send(());
             }
         }
+        closing
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), rocksdb::Error> {
@@ -139,7 +148,7 @@ impl Writer {
                     batch.delete_range_cf(frames, frame_key(session, 0), frame_key(session, u64::MAX));
                     batch.delete_cf(sessions, session.0);
                 }
-                Op::Sync { .. } => {}
+                Op::Sync { .. } | Op::Close { .. } => {}
             }
         }
         if batch.is_empty() {

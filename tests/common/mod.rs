@@ -1,0 +1,487 @@
+//! Test harness: a real WebSocket backend on loopback, tether in-process or
+//! as a real process, and a client with helpers that assert on exact frames.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use serde_json::Value;
+use tether::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for any single awaited event; a test that hits it failed.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// A secret long enough for tether's config check.
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Awaits `f` or panics after [`WAIT`].
+pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+// ---------------------------------------------------------------- backend
+
+enum Cmd {
+    Send(Message),
+    Stream { from: u64, to: u64 },
+    Close(u16, String),
+    Drop,
+}
+
+/// One backend connection as the backend sees it.
+pub struct BackendConn {
+    /// Request path and query as received.
+    pub path: String,
+    /// Request headers as received.
+    pub headers: HeaderMap,
+    tx: mpsc::UnboundedSender<Cmd>,
+    rx: mpsc::UnboundedReceiver<Option<Message>>,
+}
+
+impl BackendConn {
+    /// Sends a text message to the client (through tether).
+    pub fn text(&self, s: &str) {
+        let _ = self.tx.send(Cmd::Send(Message::text(s)));
+    }
+    /// Sends any message.
+    pub fn send(&self, m: Message) {
+        let _ = self.tx.send(Cmd::Send(m));
+    }
+    /// Sends text messages `m<from>` ..= `m<to>` back to back.
+    pub fn stream(&self, from: u64, to: u64) {
+        let _ = self.tx.send(Cmd::Stream { from, to });
+    }
+    /// Closes with `code`.
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.tx.send(Cmd::Close(code, reason.into()));
+    }
+    /// Drops the TCP connection without a close frame.
+    pub fn kill(&self) {
+        let _ = self.tx.send(Cmd::Drop);
+    }
+    /// Next message the backend received; `None` when the connection ended
+    /// (a received Close is returned as a message first).
+    pub async fn recv(&mut self) -> Option<Message> {
+        within("a backend message", self.rx.recv()).await.flatten()
+    }
+    /// Waits until the connection has ended, returning the close frame if any.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        let mut close = None;
+        while let Some(m) = self.recv().await {
+            if let Message::Close(f) = m {
+                close = f;
+            }
+        }
+        close
+    }
+}
+
+/// A real WebSocket backend on 127.0.0.1.
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    conns: mpsc::UnboundedReceiver<BackendConn>,
+}
+
+/// How the backend answers upgrades.
+#[derive(Clone, Default)]
+pub struct BackendOptions {
+    /// Subprotocol to select if the client offers it.
+    pub subprotocol: Option<String>,
+    /// Answer this status instead of 101.
+    pub refuse: Option<u16>,
+}
+
+impl Backend {
+    /// A backend that accepts everything.
+    pub async fn start() -> Backend {
+        Backend::start_with(BackendOptions::default()).await
+    }
+
+    /// A backend with options.
+    pub async fn start_with(opts: BackendOptions) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, conns) = mpsc::unbounded_channel();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                tokio::spawn(serve_backend_conn(tcp, opts.clone(), tx.clone(), count.clone()));
+            }
+        });
+        Backend { addr, accepted, conns }
+    }
+
+    /// The upstream URL for tether.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The next connection tether opens to the backend.
+    pub async fn next_conn(&mut self) -> BackendConn {
+        within("a backend connection", self.conns.recv()).await.expect("backend stopped")
+    }
+
+    /// Connections accepted so far.
+    pub fn count(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_backend_conn(
+    tcp: TcpStream,
+    opts: BackendOptions,
+    conns: mpsc::UnboundedSender<BackendConn>,
+    count: Arc<AtomicUsize>,
+) {
+    let mut seen: Option<(String, HeaderMap)> = None;
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        seen = Some((req.uri().to_string(), req.headers().clone()));
+        if let Some(status) = opts.refuse {
+            let mut e = ErrorResponse::new(Some("refused by test backend".into()));
+            *e.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            return Err(e);
+        }
+        if let Some(p) = &opts.subprotocol {
+            let offered = req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if offered.split(',').any(|o| o.trim() == p) {
+                resp.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+            }
+        }
+        resp.headers_mut().insert("x-backend", "yes".parse().unwrap());
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
+    count.fetch_add(1, Ordering::SeqCst);
+    let (path, headers) = seen.expect("callback ran");
+    let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
+    let (in_tx, rx) = mpsc::unbounded_channel();
+    let _ = conns.send(BackendConn { path, headers, tx: cmd_tx, rx });
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Send(m)) => { if ws.send(m).await.is_err() { break; } }
+                Some(Cmd::Stream { from, to }) => {
+                    for i in from..=to {
+                        if ws.feed(Message::text(format!("m{i}"))).await.is_err() { break; }
+                    }
+                    if ws.flush().await.is_err() { break; }
+                }
+                Some(Cmd::Close(code, reason)) => {
+                    let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
+                }
+                Some(Cmd::Drop) | None => return,
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(m)) => { let _ = in_tx.send(Some(m)); }
+                _ => break,
+            },
+        }
+    }
+    let _ = in_tx.send(None);
+}
+
+// ---------------------------------------------------------------- tether
+
+/// A configuration for tests: loopback ports chosen by the OS, the journal in
+/// `dir`, a fixed secret.
+pub fn config(upstream: &str, dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.server.upstream = upstream.to_owned();
+    c.journal.data_dir = dir.to_owned();
+    c.token.secret = SECRET.into();
+    c
+}
+
+/// tether in this process. End every test with [`Tether::stop`]: the
+/// journal must be closed before the test binary exits.
+pub struct Tether {
+    running: Option<tether::server::Running>,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        if self.running.is_some() && !std::thread::panicking() {
+            panic!("a test must end with Tether::stop()");
+        }
+    }
+}
+
+impl Tether {
+    /// Starts tether in front of `backend` with defaults.
+    pub async fn start(backend: &Backend) -> Tether {
+        Tether::start_with(backend, |_| {}).await
+    }
+
+    /// Starts tether with a configuration tweak.
+    pub async fn start_with(backend: &Backend, tweak: impl FnOnce(&mut Config)) -> Tether {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&backend.url(), dir.path());
+        tweak(&mut c);
+        let running = tether::server::start(c).await.expect("tether starts");
+        Tether { data_addr: running.data_addr, admin_addr: running.admin_addr, running: Some(running), dir }
+    }
+
+    /// Drains and closes the journal.
+    pub async fn stop(mut self) {
+        let running = self.running.take().expect("running");
+        within("tether to drain", running.drain()).await.expect("drain");
+    }
+
+    /// ws:// URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.data_addr, path)
+    }
+
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http_get(self.admin_addr, "/metrics").await.1
+    }
+}
+
+/// tether as a real child process.
+pub struct TetherProcess {
+    pub child: tokio::process::Child,
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl TetherProcess {
+    /// Starts the `tether` binary with `args` and waits for its
+    /// "tether is serving" log line, which carries the bound addresses.
+    pub async fn start(upstream: &str, dir: &Path, extra_env: &[(&str, &str)]) -> TetherProcess {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--log-format", "json", "--log-level", "info"])
+            .env("TETHER_TOKEN_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tether");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (data_addr, admin_addr) = within("tether to start", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                if v["fields"]["message"] == "tether is serving" {
+                    let data = v["fields"]["data_addr"].as_str().unwrap().parse().unwrap();
+                    let admin = v["fields"]["admin_addr"].as_str().unwrap().parse().unwrap();
+                    return (data, admin);
+                }
+            }
+            panic!("tether exited before serving");
+        })
+        .await;
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        TetherProcess { child, data_addr, admin_addr }
+    }
+
+    /// ws:// URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.data_addr, path)
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().unwrap();
+        within("tether to die", self.child.wait()).await.unwrap();
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub async fn signal(mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
+        within("tether to exit", self.child.wait()).await.unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// A refused upgrade: status and parsed JSON body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+/// Connects with extra request headers; `Err` carries a refusal.
+pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<(Ws, HeaderMap), Refused> {
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    match within("the upgrade", tokio_tungstenite::connect_async(req)).await {
+        Ok((ws, resp)) => Ok((ws, resp.headers().clone())),
+        Err(WsError::Http(resp)) => {
+            let body =
+                resp.body().as_deref().map(|b| serde_json::from_slice(b).expect("JSON body")).unwrap_or(Value::Null);
+            Err(Refused { status: resp.status().as_u16(), body, headers: resp.headers().clone() })
+        }
+        Err(e) => panic!("upgrade failed without a status: {e}"),
+    }
+}
+
+/// Connects and expects success.
+pub async fn open(url: &str, headers: &[(&str, &str)]) -> Ws {
+    connect(url, headers).await.unwrap_or_else(|r| panic!("refused: {r:?}")).0
+}
+
+/// Resumes with headers.
+pub async fn resume(url: &str, token: &str, offset: u64) -> Ws {
+    open(url, &[("tether-session", token), ("tether-offset", &offset.to_string())]).await
+}
+
+/// Next message that is not a ping/pong.
+pub async fn next(ws: &mut Ws) -> Message {
+    loop {
+        match within("a message", ws.next()).await {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(m)) => return m,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+/// Next text message.
+pub async fn next_text(ws: &mut Ws) -> String {
+    match next(ws).await {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Next control frame, parsed.
+pub async fn control(ws: &mut Ws) -> Value {
+    let t = next_text(ws).await;
+    let body = t.strip_prefix('#').unwrap_or_else(|| panic!("expected a control frame, got {t:?}"));
+    serde_json::from_str(body).unwrap()
+}
+
+/// The welcome frame; returns it and the token.
+pub async fn welcome(ws: &mut Ws) -> (Value, String) {
+    let w = control(ws).await;
+    assert_eq!(w["type"], "welcome", "{w}");
+    let token = w["session"].as_str().unwrap().to_owned();
+    (w, token)
+}
+
+/// Next prefix-stamped text data frame as (seq, payload).
+pub async fn data(ws: &mut Ws) -> (u64, String) {
+    let t = next_text(ws).await;
+    let (seq, payload) = t.split_once(':').unwrap_or_else(|| panic!("not a stamped frame: {t:?}"));
+    (seq.parse().unwrap_or_else(|_| panic!("bad seq in {t:?}")), payload.to_owned())
+}
+
+/// Expects the next frames to be `m<from>..=m<to>` with seqs equal to `from..=to`.
+pub async fn expect_stream(ws: &mut Ws, from: u64, to: u64) {
+    for i in from..=to {
+        assert_eq!(data(ws).await, (i, format!("m{i}")));
+    }
+}
+
+/// Waits for the close frame and returns its code.
+pub async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match within("a close frame", ws.next()).await {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(Message::Close(None))) => return 1005,
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+/// Abrupt client drop: TCP reset, no close frame.
+pub fn drop_abruptly(ws: Ws) {
+    if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    }
+    drop(ws);
+}
+
+// ---------------------------------------------------------------- http
+
+/// A plain HTTP GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    within("an HTTP response", async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status = text[9..12].parse().unwrap();
+        let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+        (status, body)
+    })
+    .await
+}
+
+/// Sends raw bytes as an HTTP request and returns status and body.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    within("an HTTP response", async {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = 0;
+        loop {
+            let n = s.read(&mut buf[got..]).await.unwrap();
+            got += n;
+            let text = String::from_utf8_lossy(&buf[..got]).to_string();
+            if n == 0 || complete(&text) {
+                let status = text[9..12].parse().unwrap();
+                let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+                return (status, body);
+            }
+        }
+    })
+    .await
+}
+
+fn complete(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+    let len = head.lines().find_map(|l| {
+        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+    });
+    len.is_some_and(|n| body.len() >= n)
+}
+
+/// The value of one sample (`name{labels}` exactly as rendered), or 0.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == sample).map(|(_, v)| v.parse().unwrap()))
+        .unwrap_or(0.0)
+}

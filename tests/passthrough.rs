@@ -1,0 +1,151 @@
+//! Frames and headers cross tether as they should, over real sockets.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use tether::config::StampMode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn text_binary_and_fragmented_both_ways() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start(&backend).await;
+    let mut ws = open(&t.url("/chat"), &[]).await;
+    let (w, token) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "new");
+    assert_eq!(w["v"], 1);
+    assert_eq!(w["replay"], serde_json::Value::Null);
+    assert!(!token.is_empty());
+    let mut b = backend.next_conn().await;
+
+    // backend → client: text, binary (stamped), and a fragmented text message.
+    b.text("hello");
+    b.send(Message::binary(vec![1u8, 2, 3]));
+    b.send(Message::Frame(Frame::message("frag", OpCode::Data(Data::Text), false)));
+    let mut h = FrameHeader::default();
+    h.is_final = true;
+    h.opcode = OpCode::Data(Data::Continue);
+    b.send(Message::Frame(Frame::from_payload(h, "ment".into())));
+    assert_eq!(data(&mut ws).await, (1, "hello".into()));
+    assert_eq!(next(&mut ws).await, Message::binary(vec![0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3]));
+    assert_eq!(data(&mut ws).await, (3, "fragment".into()));
+
+    // client → backend: byte-for-byte, including a fragmented message.
+    ws.send(Message::text("up")).await.unwrap();
+    ws.send(Message::binary(vec![9u8, 8])).await.unwrap();
+    ws.send(Message::Frame(Frame::message("a", OpCode::Data(Data::Binary), false))).await.unwrap();
+    let mut h = FrameHeader::default();
+    h.is_final = true;
+    h.opcode = OpCode::Data(Data::Continue);
+    ws.send(Message::Frame(Frame::from_payload(h, "b".into()))).await.unwrap();
+    assert_eq!(b.recv().await, Some(Message::text("up")));
+    assert_eq!(b.recv().await, Some(Message::binary(vec![9u8, 8])));
+    assert_eq!(b.recv().await, Some(Message::binary(b"ab".to_vec())));
+
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, r#"tether_frames_total{direction="downstream"}"#), 3.0);
+    assert_eq!(metric(&m, r#"tether_frames_total{direction="upstream"}"#), 3.0);
+    assert_eq!(metric(&m, "tether_journal_appends_total"), 3.0);
+    assert_eq!(metric(&m, r#"tether_resumes_total{outcome="new",reason="none"}"#), 1.0);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn path_query_headers_and_subprotocol() {
+    let mut backend = Backend::start_with(BackendOptions { subprotocol: Some("chat.v2".into()), refuse: None }).await;
+    let t = Tether::start(&backend).await;
+    let (mut ws, resp) = connect(
+        &t.url("/rooms/7?x=1&tether_foo=2"),
+        &[
+            ("sec-websocket-protocol", "chat.v1, chat.v2"),
+            ("authorization", "Bearer abc"),
+            ("cookie", "sid=42"),
+            ("x-app", "yes"),
+            ("connection", "Upgrade, x-hop"),
+            ("x-hop", "must-not-pass"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.get("sec-websocket-protocol").unwrap(), "chat.v2");
+    assert_eq!(resp.get("tether-outcome").unwrap(), "new");
+    assert_eq!(resp.get("x-backend").unwrap(), "yes", "backend response headers reach the client");
+    let (_, token) = welcome(&mut ws).await;
+    assert_eq!(resp.get("tether-session").unwrap().to_str().unwrap(), token);
+
+    let b = backend.next_conn().await;
+    assert_eq!(b.path, "/rooms/7?x=1&tether_foo=2");
+    let h = &b.headers;
+    assert_eq!(h.get("authorization").unwrap(), "Bearer abc");
+    assert_eq!(h.get("cookie").unwrap(), "sid=42");
+    assert_eq!(h.get("x-app").unwrap(), "yes");
+    assert_eq!(h.get("sec-websocket-protocol").unwrap(), "chat.v1, chat.v2");
+    assert!(h.get("x-hop").is_none(), "Connection-named headers are hop-by-hop");
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(h.get("x-forwarded-for").unwrap(), "10.1.1.1, 127.0.0.1");
+    assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+    assert_eq!(h.get("x-forwarded-host").unwrap().to_str().unwrap(), t.data_addr.to_string());
+    assert_eq!(h.get("host").unwrap().to_str().unwrap(), backend.addr.to_string());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn tether_query_parameters_are_not_forwarded() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start(&backend).await;
+    let mut ws = open(&t.url("/q?a=1"), &[]).await;
+    let (_, token) = welcome(&mut ws).await;
+    let b = backend.next_conn().await;
+    assert_eq!(b.path, "/q?a=1");
+    b.text("x");
+    assert_eq!(data(&mut ws).await, (1, "x".into()));
+    drop_abruptly(ws);
+    // Resume via query parameters: the backend connection is reused, not reopened.
+    let mut ws = open(&t.url(&format!("/q?a=1&tether_session={token}&tether_offset=1")), &[]).await;
+    let (w, _) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "resumed");
+    assert_eq!(backend.count(), 1);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn json_stamp_mode() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start_with(&backend, |c| c.stamp.mode = StampMode::Json).await;
+    let mut ws = open(&t.url("/"), &[]).await;
+    welcome(&mut ws).await;
+    let b = backend.next_conn().await;
+    b.text(r#"{"price":10}"#);
+    b.text("[1,2]");
+    assert_eq!(next_text(&mut ws).await, r#"{"seq":1,"price":10}"#);
+    assert_eq!(next_text(&mut ws).await, "2:[1,2]");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn none_stamp_mode_is_byte_for_byte() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start_with(&backend, |c| c.stamp.mode = StampMode::None).await;
+    let (mut ws, resp) = connect(&t.url("/"), &[]).await.unwrap();
+    let token = resp.get("tether-session").unwrap().to_str().unwrap().to_owned();
+    let b = backend.next_conn().await;
+    b.text("one");
+    b.send(Message::binary(vec![7u8]));
+    b.text("three");
+    assert_eq!(next(&mut ws).await, Message::text("one"), "no welcome frame, no stamp");
+    assert_eq!(next(&mut ws).await, Message::binary(vec![7u8]));
+    assert_eq!(next(&mut ws).await, Message::text("three"));
+    drop_abruptly(ws);
+    b.text("four");
+    // The offset is the count of data frames processed.
+    let (mut ws, resp) = connect(&t.url("/"), &[("tether-session", &token), ("tether-offset", "2")]).await.unwrap();
+    assert_eq!(resp.get("tether-outcome").unwrap(), "resumed");
+    assert_eq!(next(&mut ws).await, Message::text("three"));
+    assert_eq!(next(&mut ws).await, Message::text("four"));
+    t.stop().await;
+}
