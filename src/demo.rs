@@ -104,7 +104,7 @@ pub async fn run(mut config: Config) -> Result<(), DemoError> {
     let url = format!("ws://{}/demo", running.data_addr);
 
     println!("\n== tether demo ==");
-    println!("backend: {} (sends \"tick <n>\" every 500 ms)", "built-in");
+    println!("backend: built-in (sends \"tick <n>\" every 500 ms)");
     println!("tether:  {url}   admin: http://{}/metrics", running.admin_addr);
     println!("journal: {}\n", data_dir.display());
 

@@ -25,9 +25,7 @@ async fn text_binary_and_fragmented_both_ways() {
     b.text("hello");
     b.send(Message::binary(vec![1u8, 2, 3]));
     b.send(Message::Frame(Frame::message("frag", OpCode::Data(Data::Text), false)));
-    let mut h = FrameHeader::default();
-    h.is_final = true;
-    h.opcode = OpCode::Data(Data::Continue);
+    let h = FrameHeader { is_final: true, opcode: OpCode::Data(Data::Continue), ..Default::default() };
     b.send(Message::Frame(Frame::from_payload(h, "ment".into())));
     assert_eq!(data(&mut ws).await, (1, "hello".into()));
     assert_eq!(next(&mut ws).await, Message::binary(vec![0, 0, 0, 0, 0, 0, 0, 2, 1, 2, 3]));
@@ -37,9 +35,7 @@ async fn text_binary_and_fragmented_both_ways() {
     ws.send(Message::text("up")).await.unwrap();
     ws.send(Message::binary(vec![9u8, 8])).await.unwrap();
     ws.send(Message::Frame(Frame::message("a", OpCode::Data(Data::Binary), false))).await.unwrap();
-    let mut h = FrameHeader::default();
-    h.is_final = true;
-    h.opcode = OpCode::Data(Data::Continue);
+    let h = FrameHeader { is_final: true, opcode: OpCode::Data(Data::Continue), ..Default::default() };
     ws.send(Message::Frame(Frame::from_payload(h, "b".into()))).await.unwrap();
     assert_eq!(b.recv().await, Some(Message::text("up")));
     assert_eq!(b.recv().await, Some(Message::binary(vec![9u8, 8])));

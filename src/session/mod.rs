@@ -311,20 +311,22 @@ impl Session {
         m.frames.with_label_values(&["downstream"]).inc();
         m.bytes.with_label_values(&["downstream"]).inc_by(len);
         self.ring.lock().unwrap_or_else(|p| p.into_inner()).push(seq, payload.clone());
-        if self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await.is_err() {
-            return false;
-        }
+        // Retention is decided before the frame can be delivered, so a client
+        // that has seen frame `seq` also sees the trim point it implies.
         let trim = {
             let mut inner = self.lock();
             inner.retained.push(seq, len, Instant::now());
             let s = &self.shared;
             let trim = inner.retained.enforce(s.max_session_frames, s.max_session_bytes);
-            trim.map(|t| (t, self.note_trim(&mut inner, t)))
+            trim.map(|t| self.note_trim(&mut inner, t))
         };
-        if let Some((_, meta)) = trim {
-            return self.shared.journal.trim(self.id, meta.trimmed_to, meta).await.is_ok();
+        if self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await.is_err() {
+            return false;
         }
-        true
+        match trim {
+            Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await.is_ok(),
+            None => true,
+        }
     }
 
     fn note_trim(&self, inner: &mut Inner, t: Trim) -> SessionMeta {

@@ -1,6 +1,8 @@
 //! Test harness: a real WebSocket backend on loopback, tether in-process or
 //! as a real process, and a client with helpers that assert on exact frames.
 #![allow(dead_code)]
+// tungstenite's handshake callback signature fixes the error type.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::path::Path;
