@@ -107,7 +107,7 @@ pub struct LimitsConfig {
     pub max_write_buffer_bytes: usize,
     /// Read buffer per socket.
     pub read_buffer_bytes: usize,
-    /// Most sessions held at once (attached, detached and resumable).
+    /// Most sessions with an open backend connection (attached or lingering).
     pub max_sessions: usize,
     /// Recent frames kept in memory per session, in bytes, so live clients
     /// are served without reading the journal.

@@ -74,6 +74,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         linger: config.session.linger,
         ring_bytes: config.limits.ring_bytes,
         max_sessions: config.limits.max_sessions,
+        live: Default::default(),
         retention: j.retention,
         max_session_frames: j.max_session_frames,
         max_session_bytes: j.max_session_bytes,

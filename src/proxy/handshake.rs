@@ -77,6 +77,9 @@ async fn upgrade(
                 match session.attach(conn.take()) {
                     Ok(attached) => break attached,
                     Err(_) => {
+                        if ctx.sessions.is_full() {
+                            return Err(over_capacity(ctx));
+                        }
                         let (c, r) = connect(req, peer, ctx).await?;
                         conn = Some(c);
                         resp = Some(r);
@@ -272,7 +275,11 @@ async fn connect(
 }
 
 fn over_capacity(ctx: &Context) -> Refusal {
-    Refusal::unavailable("over_capacity", "tether holds its maximum number of sessions", ctx.retry_after)
+    Refusal::unavailable(
+        "over_capacity",
+        "tether holds its maximum number of backend connections (limits.max_sessions)",
+        ctx.retry_after,
+    )
 }
 
 fn gone() -> Refusal {

@@ -26,6 +26,7 @@ pub(super) async fn run(
     mut linger: watch::Receiver<Option<Instant>>,
 ) {
     let shared = session.shared.clone();
+    let _live = LiveGuard(&shared.live);
     let mut client_close: Option<(EndInfo, tokio::time::Instant)> = None;
     let end = loop {
         let deadline = *linger.borrow_and_update();
@@ -110,4 +111,13 @@ pub(super) async fn run(
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// Counts this backend connection in `Shared::live` until the task ends.
+struct LiveGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

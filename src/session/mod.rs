@@ -61,8 +61,10 @@ pub struct Shared {
     pub linger: Duration,
     /// In-memory ring per session, bytes.
     pub ring_bytes: usize,
-    /// Most sessions held.
+    /// Most sessions with an open backend connection.
     pub max_sessions: usize,
+    /// Sessions with an open backend connection now.
+    pub live: std::sync::atomic::AtomicUsize,
     /// How long ended or orphaned sessions stay resumable.
     pub retention: Duration,
     /// Per-session frame limit.
@@ -296,6 +298,7 @@ impl Session {
 
     /// Starts the backend task for `conn`; returns the live state to store.
     fn start_backend(self: &Arc<Self>, conn: BackendSocket) -> Life {
+        self.shared.live.fetch_add(1, Ordering::Relaxed);
         let (upstream, upstream_rx) = mpsc::channel(64);
         let (linger, linger_rx) = watch::channel(None);
         self.shared.tasks.spawn(backend::run(self.clone(), conn, upstream_rx, linger_rx));

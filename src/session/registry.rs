@@ -2,6 +2,7 @@
 //! age, disk budget and end-of-retention purges.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,20 +66,18 @@ impl Sessions {
         self.lock().get(id).cloned()
     }
 
-    /// True if a new session would exceed `limits.max_sessions`.
+    /// True if another backend connection would exceed `limits.max_sessions`
+    /// (orphaned and ended sessions hold no sockets and do not count).
     pub fn is_full(&self) -> bool {
-        self.lock().len() >= self.shared.max_sessions
+        self.shared.live.load(Ordering::Relaxed) >= self.shared.max_sessions
     }
 
     /// Creates a session around a connected backend and starts its task.
     pub async fn create(&self, backend: BackendSocket) -> Result<Arc<Session>, Full> {
         let id = SessionId::generate();
         let meta = SessionMeta::default();
-        {
-            let map = self.lock();
-            if map.len() >= self.shared.max_sessions {
-                return Err(Full(self.shared.max_sessions));
-            }
+        if self.is_full() {
+            return Err(Full(self.shared.max_sessions));
         }
         // The record goes into the journal queue before any frame of the session.
         let _ = self.shared.journal.put_meta(id, meta.clone()).await;
