@@ -10,7 +10,11 @@ fn main() -> anyhow::Result<()> {
     let mut config = cli.config()?;
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Config = command {
-        print!("{}", toml::to_string(&config)?);
+        let mut shown = config.clone();
+        if !shown.token.secret.is_empty() {
+            shown.token.secret = "<redacted>".into();
+        }
+        print!("{}", toml::to_string(&shown)?);
         return Ok(());
     }
     if let Command::Demo = command {

@@ -1,4 +1,4 @@
-//! The Prometheus metric families tether exports (docs/METRICS.md).
+//! The Prometheus metric families tether exports (docs/ARCHITECTURE.md).
 
 use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 

@@ -35,15 +35,16 @@ pub struct Admin {
     pub shutdown: CancellationToken,
 }
 
-/// Serves the admin endpoints until shutdown.
+/// Serves the admin endpoints for the life of the process: during a drain
+/// `/readyz` must keep answering 503 and `/livez` 200.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
-        let tcp = tokio::select! {
-            _ = admin.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let admin = admin.clone();
         tokio::spawn(async move {

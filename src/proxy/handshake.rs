@@ -93,6 +93,9 @@ async fn upgrade(
                     let _ = spare.close(None).await;
                 });
             }
+            if kind == Attached::Restarted {
+                session.persist_meta().await;
+            }
             let outcome = match (gap.is_some(), kind) {
                 (true, _) => Outcome::Gap,
                 (false, Attached::Restarted) => Outcome::Restarted,
@@ -225,7 +228,7 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
             reason,
             requested_offset: c.offset,
             first_available: 1,
-            lost: SeqRange { from: c.offset + 1, to: None },
+            lost: SeqRange { from: c.offset.saturating_add(1), to: None },
         }),
     };
     if raw.epoch != ctx.epoch {
@@ -255,7 +258,7 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
         ));
     }
     let first = session.first_available();
-    let wanted = c.offset + 1;
+    let wanted = c.offset.saturating_add(1);
     let gap = (wanted < first).then(|| GapReport {
         reason: GapReason::Trimmed,
         requested_offset: c.offset,

@@ -193,14 +193,22 @@ async fn finish(
             "too_big"
         }
         Exit::Gone(Gone::Timeout) => "timeout",
-        Exit::Gone(Gone::Away) => "away",
+        Exit::Gone(Gone::Away) => {
+            // Flushes the close reply tungstenite queued when it read the close.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+            "away"
+        }
         Exit::Gone(Gone::Abnormal) => "abnormal",
         Exit::BackendEnded(info) => {
             if inband {
                 let end = Control::End { code: info.code, reason: info.reason.clone() };
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(end.to_message())).await;
             }
-            let code = if sendable(info.code) { info.code } else { 1011 };
+            let code = match info.code {
+                1005 => 1000,
+                c if sendable(c) => c,
+                _ => 1011,
+            };
             close(&mut sink, code, &info.reason).await;
             "backend_ended"
         }

@@ -276,6 +276,13 @@ impl Session {
         }
     }
 
+    /// Writes the session's current record to the journal (e.g. after a
+    /// restart cleared its orphaned mark).
+    pub async fn persist_meta(&self) {
+        let meta = self.lock().meta.clone();
+        let _ = self.shared.journal.put_meta(self.id, meta).await;
+    }
+
     /// Sends a client frame towards the backend; false if the session has no
     /// backend connection any more.
     pub async fn send_upstream(&self, msg: Upstream) -> bool {
