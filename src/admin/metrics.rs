@@ -40,6 +40,10 @@ pub struct Metrics {
     pub refusals: IntCounterVec,
     /// Frames journaled but not yet written to the attached client, summed.
     pub delivery_lag_frames: IntGauge,
+    /// Seconds from a resumed client's attach until its replay was written.
+    pub replay_seconds: Histogram,
+    /// Always 1; labels carry the version.
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -119,8 +123,20 @@ impl Metrics {
                 "Frames journaled but not yet written to attached clients, summed over sessions.",
             )
             .unwrap(),
+            replay_seconds: Histogram::with_opts(histogram_opts!(
+                "tether_replay_seconds",
+                "Time from a resuming client's attach until every replayed frame was written to it.",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+            ))
+            .unwrap(),
+            build_info: IntGaugeVec::new(
+                opts!("tether_build_info", "Build information; the value is always 1."),
+                &["version"],
+            )
+            .unwrap(),
             registry,
         };
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m.register_all();
         m
     }
@@ -144,6 +160,8 @@ impl Metrics {
             Box::new(self.client_disconnects.clone()),
             Box::new(self.refusals.clone()),
             Box::new(self.delivery_lag_frames.clone()),
+            Box::new(self.replay_seconds.clone()),
+            Box::new(self.build_info.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Uri};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 use super::refusal::Refusal;
 use crate::admin::metrics::Metrics;
 use crate::protocol::credentials;
-use crate::session::BackendSocket;
+use crate::session::{BackendResponse, BackendSocket};
 
 /// Where the backend is.
 #[derive(Debug, Clone)]
@@ -83,7 +83,7 @@ pub async fn connect(
     ws_config: WebSocketConfig,
     timeout: std::time::Duration,
     metrics: &Metrics,
-) -> Result<(BackendSocket, Response<Option<Vec<u8>>>), Refusal> {
+) -> Result<(BackendSocket, BackendResponse), Refusal> {
     let result = tokio::time::timeout(timeout, dial(upstream, uri, headers, peer, ws_config)).await;
     let (label, out) = match result {
         Ok(Ok(ok)) => ("ok", Ok(ok)),
@@ -106,7 +106,7 @@ async fn dial(
     headers: &HeaderMap,
     peer: SocketAddr,
     ws_config: WebSocketConfig,
-) -> Result<(BackendSocket, Response<Option<Vec<u8>>>), Refusal> {
+) -> Result<(BackendSocket, BackendResponse), Refusal> {
     let mut path = format!("{}{}", upstream.prefix, uri.path());
     if let Some(q) = credentials::strip_params(uri.query()) {
         path.push('?');

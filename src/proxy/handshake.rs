@@ -24,7 +24,7 @@ use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
 use crate::protocol::token::RawToken;
 use crate::protocol::unix_ms;
-use crate::session::{Attached, BackendSocket, Session};
+use crate::session::{AttachError, Attached, BackendResponse, BackendSocket, Session};
 
 /// What the credentials resolve to.
 enum Plan {
@@ -59,49 +59,65 @@ async fn upgrade(
         Some(c) => resolve(c, &identity, ctx)?,
     };
 
-    let (session, mut attachment, outcome, start, gap, backend_resp) = match plan {
-        Plan::New { gap } => {
-            if ctx.sessions.is_full() {
-                return Err(over_capacity(ctx));
+    let mut plan = plan;
+    // A backend connection opened for a restart that turned out to be moot
+    // (the session was purged meanwhile) serves the new session instead.
+    let mut dialed: Option<(BackendSocket, BackendResponse)> = None;
+    let (session, attachment, outcome, start, gap, backend_resp) = loop {
+        match plan {
+            Plan::New { gap } => {
+                let (conn, resp) = match dialed.take() {
+                    Some(d) => d,
+                    None if ctx.sessions.is_full() => return Err(over_capacity(ctx)),
+                    None => connect(req, peer, ctx).await?,
+                };
+                let session = ctx.sessions.create(conn).await.map_err(|_| over_capacity(ctx))?;
+                let (attachment, _, _) = session.attach(None).map_err(|_| gone())?;
+                let outcome = if gap.is_some() { Outcome::Gap } else { Outcome::New };
+                break (session, attachment, outcome, 1, gap, Some(resp));
             }
-            let (conn, resp) = connect(req, peer, ctx).await?;
-            let session = ctx.sessions.create(conn).await.map_err(|_| over_capacity(ctx))?;
-            let (attachment, _, _) = session.attach(None).map_err(|_| gone())?;
-            let outcome = if gap.is_some() { Outcome::Gap } else { Outcome::New };
-            (session, attachment, outcome, 1, gap, Some(resp))
-        }
-        Plan::Resume { session, start, gap } => {
-            let mut conn: Option<BackendSocket> = None;
-            let mut resp = None;
-            let (attachment, kind, spare) = loop {
-                match session.attach(conn.take()) {
-                    Ok(attached) => break attached,
-                    Err(_) => {
-                        if ctx.sessions.is_full() {
-                            return Err(over_capacity(ctx));
-                        }
-                        let (c, r) = connect(req, peer, ctx).await?;
-                        conn = Some(c);
+            Plan::Resume { session, start, gap } => {
+                let mut resp = None;
+                let attached = loop {
+                    match session.attach(dialed.take().map(|(c, r)| {
                         resp = Some(r);
+                        c
+                    })) {
+                        Ok(attached) => break Some(attached),
+                        Err(AttachError::Purged(conn)) => {
+                            dialed = conn.zip(resp.take());
+                            break None;
+                        }
+                        Err(AttachError::NeedsBackend) => {
+                            if ctx.sessions.is_full() {
+                                return Err(over_capacity(ctx));
+                            }
+                            dialed = Some(connect(req, peer, ctx).await?);
+                        }
                     }
+                };
+                let Some((attachment, kind, spare)) = attached else {
+                    let offset = creds.as_ref().map_or(0, |c| c.offset);
+                    plan = Plan::New { gap: Some(lost_session(GapReason::Expired, offset)) };
+                    continue;
+                };
+                if let Some(mut spare) = spare {
+                    // A concurrent resume revived the session first.
+                    resp = None;
+                    tokio::spawn(async move {
+                        let _ = spare.close(None).await;
+                    });
                 }
-            };
-            if let Some(mut spare) = spare {
-                // A concurrent resume revived the session first.
-                resp = None;
-                tokio::spawn(async move {
-                    let _ = spare.close(None).await;
-                });
+                if kind == Attached::Restarted {
+                    session.persist_meta().await;
+                }
+                let outcome = match (gap.is_some(), kind) {
+                    (true, _) => Outcome::Gap,
+                    (false, Attached::Restarted) => Outcome::Restarted,
+                    (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
+                };
+                break (session, attachment, outcome, start, gap, resp);
             }
-            if kind == Attached::Restarted {
-                session.persist_meta().await;
-            }
-            let outcome = match (gap.is_some(), kind) {
-                (true, _) => Outcome::Gap,
-                (false, Attached::Restarted) => Outcome::Restarted,
-                (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
-            };
-            (session, attachment, outcome, start, gap, resp)
         }
     };
 
@@ -145,8 +161,7 @@ async fn upgrade(
             }
             Err(e) => {
                 tracing::debug!(session = %session.id, error = %e, "client upgrade failed");
-                session.detach(attachment.gen);
-                attachment.finish();
+                session.abandon(attachment);
             }
         }
     });
@@ -223,14 +238,7 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
             "the session token is forged or bound to another identity",
         )
     };
-    let fresh = |reason| Plan::New {
-        gap: Some(GapReport {
-            reason,
-            requested_offset: c.offset,
-            first_available: 1,
-            lost: SeqRange { from: c.offset.saturating_add(1), to: None },
-        }),
-    };
+    let fresh = |reason| Plan::New { gap: Some(lost_session(reason, c.offset)) };
     if raw.epoch != ctx.epoch {
         // With a generated secret the old journal took its key with it, so a
         // token from another epoch cannot be verified: it can only mean the
@@ -272,9 +280,20 @@ async fn connect(
     req: &Request<Incoming>,
     peer: SocketAddr,
     ctx: &Context,
-) -> Result<(BackendSocket, Response<Option<Vec<u8>>>), Refusal> {
+) -> Result<(BackendSocket, BackendResponse), Refusal> {
     backend::connect(&ctx.upstream, req.uri(), req.headers(), peer, ctx.ws_config, ctx.backend_timeout, &ctx.metrics)
         .await
+}
+
+/// The report for a session that no longer exists: the client continues in
+/// a new session whose seqs start at 1, and how much it lost is unknown.
+fn lost_session(reason: GapReason, offset: u64) -> GapReport {
+    GapReport {
+        reason,
+        requested_offset: offset,
+        first_available: 1,
+        lost: SeqRange { from: offset.saturating_add(1), to: None },
+    }
 }
 
 fn over_capacity(ctx: &Context) -> Refusal {

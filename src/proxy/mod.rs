@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::Response;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,7 +28,7 @@ use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::protocol::stamp::Stamper;
 use crate::protocol::token::TokenKey;
-use crate::session::Sessions;
+use crate::session::{BackendResponse, Sessions};
 
 /// Everything a client connection needs, shared by all of them.
 pub struct Context {
@@ -116,7 +115,7 @@ impl Context {
     /// The subprotocol to confirm to the client: the backend's choice when
     /// this request opened a backend connection, otherwise the client's first
     /// offer (a resumed session keeps the backend connection that chose it).
-    pub fn subprotocol(&self, client: &HeaderMap, backend: Option<&Response<Option<Vec<u8>>>>) -> Option<HeaderValue> {
+    pub fn subprotocol(&self, client: &HeaderMap, backend: Option<&BackendResponse>) -> Option<HeaderValue> {
         match backend {
             Some(resp) => resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
             None => client

@@ -120,6 +120,8 @@ pub async fn run(
     let (events_tx, mut events) = mpsc::channel(1);
     let reader = tokio::spawn(read_client(stream, session.clone(), events_tx, last_seen.clone()));
 
+    let attached_at = std::time::Instant::now();
+    let mut replaying = cursor <= replay_to;
     let mut ping = tokio::time::interval(ctx.ping_interval);
     ping.reset();
     let exit = if inband && sink.send(welcome.to_message()).await.is_err() {
@@ -141,7 +143,12 @@ pub async fn run(
                     }
                 }
                 step = deliver(&mut sink, &session, &mut cursor, &mut committed, &mut ended, replay_to, &ctx) => match step {
-                    Ok(Step::Progress) => {}
+                    Ok(Step::Progress) => {
+                        if replaying && cursor > replay_to {
+                            replaying = false;
+                            ctx.metrics.replay_seconds.observe(attached_at.elapsed().as_secs_f64());
+                        }
+                    }
                     Ok(Step::Ended(info)) => break Exit::BackendEnded(info),
                     Err(PumpError::Ws(_)) => break Exit::Gone(Gone::Abnormal),
                     Err(PumpError::Journal(e)) => break Exit::Journal(e),

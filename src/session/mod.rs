@@ -37,6 +37,18 @@ use ring::Ring;
 
 /// A connected backend WebSocket.
 pub type BackendSocket = WebSocketStream<TcpStream>;
+/// The backend's answer to the upgrade (its 101).
+pub type BackendResponse = http::Response<Option<Vec<u8>>>;
+
+/// Why a client could not attach.
+#[allow(clippy::large_enum_variant)] // returned once per resume, never stored
+pub enum AttachError {
+    /// The session is orphaned: open a backend connection and try again.
+    NeedsBackend,
+    /// The janitor purged the session meanwhile; the connection (if one was
+    /// given) is handed back.
+    Purged(Option<BackendSocket>),
+}
 
 /// What a client sends towards the backend.
 #[derive(Debug)]
@@ -123,6 +135,7 @@ impl Attachment {
 }
 
 struct Slot {
+    gen: u64,
     kick: oneshot::Sender<()>,
     exited: oneshot::Receiver<()>,
 }
@@ -133,6 +146,8 @@ struct Inner {
     meta: SessionMeta,
     gen: u64,
     current: Option<Slot>,
+    /// Set by the janitor when it removes the session; nothing may attach.
+    purged: bool,
 }
 
 /// One session.
@@ -180,7 +195,7 @@ impl Session {
             delivered: AtomicU64::new(last),
             ended: watch::Sender::new(None),
             ring: Mutex::new(Ring::new(shared.ring_bytes)),
-            inner: Mutex::new(Inner { life, retained, meta, gen: 0, current: None }),
+            inner: Mutex::new(Inner { life, retained, meta, gen: 0, current: None, purged: false }),
             shared,
         })
     }
@@ -241,15 +256,18 @@ impl Session {
     pub fn attach(
         self: &Arc<Self>,
         backend: Option<BackendSocket>,
-    ) -> Result<(Attachment, Attached, Option<BackendSocket>), Option<BackendSocket>> {
+    ) -> Result<(Attachment, Attached, Option<BackendSocket>), AttachError> {
         let mut inner = self.lock();
+        if inner.purged {
+            return Err(AttachError::Purged(backend));
+        }
         let (kind, spare) = match (&inner.life, backend) {
             (Life::Live { linger, .. }, spare) => {
                 linger.send_replace(None);
                 (Attached::Live, spare)
             }
             (Life::Ended { .. }, spare) => (Attached::Ended, spare),
-            (Life::Orphaned { .. }, None) => return Err(None),
+            (Life::Orphaned { .. }, None) => return Err(AttachError::NeedsBackend),
             (Life::Orphaned { .. }, Some(conn)) => {
                 inner.life = self.start_backend(conn);
                 inner.meta.orphaned_ms = None;
@@ -259,8 +277,26 @@ impl Session {
         let (kick, kicked) = oneshot::channel();
         let (exited_tx, exited) = oneshot::channel();
         inner.gen += 1;
-        let previous = inner.current.replace(Slot { kick, exited });
+        let gen = inner.gen;
+        let previous = inner.current.replace(Slot { gen, kick, exited });
         Ok((Attachment { gen: inner.gen, kicked, exited: Some(exited_tx), previous }, kind, spare))
+    }
+
+    /// The upgrade for `attachment` failed before its pump started: give the
+    /// session back to the connection it would have taken over, if any, which
+    /// was never kicked; otherwise detach.
+    pub fn abandon(&self, mut attachment: Attachment) {
+        let mut inner = self.lock();
+        if inner.gen == attachment.gen {
+            if let Some(prev) = attachment.previous.take() {
+                inner.gen = prev.gen;
+                inner.current = Some(prev);
+                return;
+            }
+        }
+        drop(inner);
+        self.detach(attachment.gen);
+        attachment.finish();
     }
 
     /// Releases the session if `gen` still holds it; a live session starts

@@ -139,19 +139,25 @@ impl Sessions {
         let s = &self.shared;
         let mut total = 0u64;
         for session in &sessions {
-            let (trim, purge) = {
+            let (trim, purge, purged_frames) = {
                 let mut inner = session.lock();
                 let purge = inner.current.is_none()
                     && match inner.life {
                         Life::Orphaned { since } | Life::Ended { since } => now.duration_since(since) > s.retention,
                         Life::Live { .. } => false,
                     };
+                // Under the session lock, so no resume can attach after this.
+                inner.purged = purge;
                 let trim = if purge { None } else { inner.retained.enforce_age(s.max_frame_age, now) };
-                total += inner.retained.bytes;
-                (trim.map(|t| session.note_trim(&mut inner, t)), purge)
+                if !purge {
+                    total += inner.retained.bytes;
+                }
+                let frames = inner.retained.frames;
+                (trim.map(|t| session.note_trim(&mut inner, t)), purge, frames)
             };
             if purge {
                 self.lock().remove(&session.id);
+                s.metrics.trimmed_frames.with_label_values(&["session_purged"]).inc_by(purged_frames);
                 tracing::info!(session = %session.id, "session purged after journal.retention");
                 let _ = s.journal.purge(session.id).await;
             } else if let Some(meta) = trim {
