@@ -148,6 +148,8 @@ pub async fn run(
                             replaying = false;
                             ctx.metrics.replay_seconds.observe(attached_at.elapsed().as_secs_f64());
                         }
+                        // Last, so a lag of 0 on /metrics implies the counts above.
+                        session.set_delivered(cursor - 1);
                     }
                     Ok(Step::Ended(info)) => break Exit::BackendEnded(info),
                     Err(PumpError::Ws(_)) => break Exit::Gone(Gone::Abnormal),
@@ -298,7 +300,6 @@ async fn deliver(
     }
     sink.flush().await?;
     ctx.metrics.replayed_frames.inc_by(replayed);
-    session.set_delivered(*cursor - 1);
     Ok(Step::Progress)
 }
 

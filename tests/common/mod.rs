@@ -271,6 +271,8 @@ pub struct TetherProcess {
     pub child: tokio::process::Child,
     pub data_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Every stderr line so far (JSON logs).
+    pub logs: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TetherProcess {
@@ -305,8 +307,31 @@ impl TetherProcess {
         })
         .await;
         // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        TetherProcess { child, data_addr, admin_addr }
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        TetherProcess { child, data_addr, admin_addr, logs }
+    }
+
+    /// Waits until a log line's message is `message` and returns all lines.
+    pub async fn wait_log(&self, message: &str) -> Vec<String> {
+        within(&format!("log {message:?}"), async {
+            loop {
+                let lines = self.logs.lock().unwrap().clone();
+                let found = lines
+                    .iter()
+                    .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["fields"]["message"] == message));
+                if found {
+                    return lines;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
     }
 
     /// ws:// URL for `path`.
@@ -486,4 +511,19 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == sample).map(|(_, v)| v.parse().unwrap()))
         .unwrap_or(0.0)
+}
+
+/// Scrapes `/metrics` until `sample` has `value` (state that tether updates
+/// after the client-visible event, e.g. a detach after a dropped socket).
+pub async fn wait_metric(admin: SocketAddr, sample: &str, value: f64) -> String {
+    within(&format!("{sample} == {value}"), async {
+        loop {
+            let text = http_get(admin, "/metrics").await.1;
+            if metric(&text, sample) == value {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
 }

@@ -1,0 +1,62 @@
+//! `/metrics`, `/livez` and `/readyz` after real scenarios, with exact values.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn delivery_metrics_after_a_drop_and_resume() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start(&backend).await;
+    let admin = t.admin_addr;
+    assert_eq!(http_get(admin, "/livez").await.0, 200);
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+
+    let mut a = open(&t.url("/"), &[]).await;
+    welcome(&mut a).await;
+    let ba = backend.next_conn().await;
+    ba.stream(1, 3);
+    expect_stream(&mut a, 1, 3).await;
+
+    let mut b = open(&t.url("/"), &[]).await;
+    let (_, token) = welcome(&mut b).await;
+    let bb = backend.next_conn().await;
+    bb.stream(1, 2);
+    expect_stream(&mut b, 1, 2).await;
+    drop_abruptly(b);
+    let m = wait_metric(admin, r#"tether_sessions{state="detached"}"#, 1.0).await;
+    assert_eq!(metric(&m, r#"tether_sessions{state="attached"}"#), 1.0);
+    assert_eq!(metric(&m, r#"tether_client_disconnects_total{kind="abnormal"}"#), 1.0);
+
+    bb.stream(3, 5);
+    let r = connect(&t.url("/"), &[("tether-session", &token), ("tether-offset", "9")]).await;
+    assert_eq!(r.err().map(|r| r.status), Some(409));
+    let mut b = resume(&t.url("/"), &token, 2).await;
+    welcome(&mut b).await;
+    expect_stream(&mut b, 3, 5).await;
+
+    let m = wait_metric(admin, "tether_delivery_lag_frames", 0.0).await;
+    let exact = [
+        (r#"tether_build_info{version="0.1.0"}"#, 1.0),
+        (r#"tether_sessions{state="attached"}"#, 2.0),
+        (r#"tether_sessions{state="detached"}"#, 0.0),
+        (r#"tether_frames_total{direction="downstream"}"#, 8.0),
+        (r#"tether_bytes_total{direction="downstream"}"#, 16.0),
+        ("tether_journal_appends_total", 8.0),
+        ("tether_journal_append_seconds_count", 8.0),
+        ("tether_replayed_frames_total", 3.0),
+        ("tether_replay_seconds_count", 1.0),
+        (r#"tether_resumes_total{outcome="new",reason="none"}"#, 2.0),
+        (r#"tether_resumes_total{outcome="resumed",reason="none"}"#, 1.0),
+        (r#"tether_backend_connects_total{result="ok"}"#, 2.0),
+        (r#"tether_refusals_total{error="offset_ahead",status="409"}"#, 1.0),
+        ("tether_journal_write_errors_total", 0.0),
+        ("tether_journal_retained_bytes", 16.0),
+    ];
+    for (sample, want) in exact {
+        assert_eq!(metric(&m, sample), want, "{sample}");
+    }
+    assert!(metric(&m, "tether_journal_batch_ops_count") >= 1.0);
+    assert!(metric(&m, "tether_journal_batch_ops_sum") >= 8.0, "every op is in a batch");
+    t.stop().await;
+}
