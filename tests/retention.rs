@@ -65,3 +65,49 @@ async fn linger_expiry_then_resume_is_restarted() {
     assert_eq!(metric(&m, r#"tether_resumes_total{outcome="restarted",reason="none"}"#), 1.0);
     t.stop().await;
 }
+
+/// A client that stops reading while attached falls behind retention: it gets
+/// a `gap` control frame naming exactly the frames trimmed under it, then
+/// carries on; every seq is either delivered once, in order, or reported.
+#[tokio::test]
+async fn slow_attached_client_is_told_of_the_gap() {
+    const N: u64 = 800;
+    const SIZE: usize = 64 * 1024;
+    let mut backend = Backend::start().await;
+    let t = Tether::start_with(&backend, |c| c.journal.max_session_frames = 10).await;
+    let mut ws = open(&t.url("/"), &[]).await;
+    welcome(&mut ws).await;
+    let b = backend.next_conn().await;
+    // 50 MiB, far more than the loopback socket buffers hold while the client
+    // does not read.
+    b.stream_padded(1, N, SIZE);
+    wait_metric(t.admin_addr, "tether_journal_appends_total", N as f64).await;
+
+    let mut next_seq = 1u64;
+    let mut gaps = Vec::new();
+    while next_seq <= N {
+        let text = next_text(&mut ws).await;
+        if let Some(control) = text.strip_prefix('#') {
+            let g: serde_json::Value = serde_json::from_str(control).unwrap();
+            assert_eq!(g["type"], "gap", "{g}");
+            assert_eq!(g["reason"], "trimmed");
+            assert_eq!(g["requested_offset"], next_seq - 1);
+            assert_eq!(g["lost"]["from"], next_seq, "the gap starts exactly where delivery stopped");
+            let to = g["lost"]["to"].as_u64().unwrap();
+            assert_eq!(g["first_available"], to + 1);
+            gaps.push((next_seq, to));
+            next_seq = to + 1;
+            continue;
+        }
+        let (seq, payload) = text.split_once(':').unwrap();
+        assert_eq!(seq.parse::<u64>().unwrap(), next_seq, "in order, no duplicate, nothing silently skipped");
+        assert!(payload.starts_with(&format!("m{next_seq} ")));
+        next_seq += 1;
+    }
+    assert!(!gaps.is_empty(), "the client fell behind 10 retained frames by hundreds");
+    let lost: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#), (N - 10) as f64);
+    eprintln!("slow client: {} gap report(s), {lost} of {N} frames lost and reported", gaps.len());
+    t.stop().await;
+}

@@ -41,7 +41,7 @@ pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T
 
 enum Cmd {
     Send(Message),
-    Stream { from: u64, to: u64 },
+    Stream { from: u64, to: u64, pad: usize },
     Close(u16, String),
     Drop,
 }
@@ -67,7 +67,12 @@ impl BackendConn {
     }
     /// Sends text messages `m<from>` ..= `m<to>` back to back.
     pub fn stream(&self, from: u64, to: u64) {
-        let _ = self.tx.send(Cmd::Stream { from, to });
+        let _ = self.tx.send(Cmd::Stream { from, to, pad: 0 });
+    }
+    /// As [`BackendConn::stream`], each message `m<i>` followed by a space
+    /// and padded with `.` to at least `size` bytes.
+    pub fn stream_padded(&self, from: u64, to: u64, size: usize) {
+        let _ = self.tx.send(Cmd::Stream { from, to, pad: size });
     }
     /// Closes with `code`.
     pub fn close(&self, code: u16, reason: &str) {
@@ -183,9 +188,15 @@ async fn serve_backend_conn(
         tokio::select! {
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Send(m)) => { if ws.send(m).await.is_err() { break; } }
-                Some(Cmd::Stream { from, to }) => {
+                Some(Cmd::Stream { from, to, pad }) => {
                     for i in from..=to {
-                        if ws.feed(Message::text(format!("m{i}"))).await.is_err() { break; }
+                        let mut m = format!("m{i}");
+                        if pad > 0 {
+                            m.push(' ');
+                            let fill = pad.saturating_sub(m.len());
+                            m.push_str(&".".repeat(fill));
+                        }
+                        if ws.feed(Message::text(m)).await.is_err() { break; }
                     }
                     if ws.flush().await.is_err() { break; }
                 }
