@@ -111,3 +111,50 @@ async fn slow_attached_client_is_told_of_the_gap() {
     eprintln!("slow client: {} gap report(s), {lost} of {N} frames lost and reported", gaps.len());
     t.stop().await;
 }
+
+/// After `journal.retention` an ended session is purged; its token then
+/// gets a new session and an `expired` report. A valid token for a session
+/// too young to have been purged is `unknown_session`.
+#[tokio::test]
+async fn purged_and_unknown_sessions_get_a_new_session_and_a_report() {
+    let mut backend = Backend::start().await;
+    let t = Tether::start_with(&backend, |c| c.journal.retention = Duration::from_millis(50)).await;
+    let mut ws = open(&t.url("/"), &[]).await;
+    let (_, token) = welcome(&mut ws).await;
+    let b = backend.next_conn().await;
+    b.stream(1, 4);
+    expect_stream(&mut ws, 1, 4).await;
+    b.close(1000, "done");
+    assert_eq!(control(&mut ws).await["type"], "end");
+    // The janitor purges it once it has been ended for longer than retention.
+    wait_metric(t.admin_addr, r#"tether_trimmed_frames_total{reason="session_purged"}"#, 4.0).await;
+
+    let mut ws = resume(&t.url("/"), &token, 2).await;
+    let (w, token2) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "gap");
+    assert_eq!(
+        w["gap"],
+        json!({"reason": "expired", "requested_offset": 2, "first_available": 1, "lost": {"from": 3, "to": null}})
+    );
+    assert_ne!(token2, token);
+    backend.next_conn().await.stream(1, 1);
+    expect_stream(&mut ws, 1, 1).await;
+
+    // Same secret, same epoch, a session id tether never created.
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
+    let epoch = u64::from_be_bytes(raw[1..9].try_into().unwrap());
+    let key = tether::protocol::token::TokenKey::new(SECRET.as_bytes().to_vec(), &[]).unwrap();
+    // Its creation time (the id's first 48 bits) is far in the future, so
+    // it cannot have been purged: never `expired`, however slow this run.
+    let ghost = tether::protocol::SessionId([0xff; 16]);
+    let forged_but_valid = key.mint(epoch, &ghost, &key.identity(&http::HeaderMap::new()));
+    let mut ws = resume(&t.url("/"), &forged_but_valid, 7).await;
+    let (w, _) = welcome(&mut ws).await;
+    assert_eq!(w["gap"]["reason"], "unknown_session");
+    assert_eq!(w["gap"]["lost"], json!({"from": 8, "to": null}));
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, r#"tether_resumes_total{outcome="gap",reason="expired"}"#), 1.0);
+    assert_eq!(metric(&m, r#"tether_resumes_total{outcome="gap",reason="unknown_session"}"#), 1.0);
+    t.stop().await;
+}
