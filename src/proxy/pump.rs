@@ -105,7 +105,7 @@ pub async fn run(
     let (mut sink, stream) = ws.split();
     let mut committed = session.watch_committed();
     let mut ended = session.watch_ended();
-    let replay_to = *committed.borrow_and_update();
+    let replay_to = attachment.replay_to;
     let mut cursor = greeting.start;
     let inband = ctx.stamper.mode() != StampMode::None;
 

@@ -111,6 +111,9 @@ pub enum Attached {
 pub struct Attachment {
     /// Generation, to tell this attachment from its successors.
     pub gen: u64,
+    /// The committed seq when the client attached: frames up to it are
+    /// replays, later ones live (including a restarted backend's first frames).
+    pub replay_to: u64,
     /// Fires when a newer connection takes the session over.
     pub kicked: oneshot::Receiver<()>,
     /// Dropped when this connection's pump exits.
@@ -261,6 +264,7 @@ impl Session {
         if inner.purged {
             return Err(AttachError::Purged(backend));
         }
+        let replay_to = self.committed();
         let (kind, spare) = match (&inner.life, backend) {
             (Life::Live { linger, .. }, spare) => {
                 linger.send_replace(None);
@@ -279,7 +283,7 @@ impl Session {
         inner.gen += 1;
         let gen = inner.gen;
         let previous = inner.current.replace(Slot { gen, kick, exited });
-        Ok((Attachment { gen: inner.gen, kicked, exited: Some(exited_tx), previous }, kind, spare))
+        Ok((Attachment { gen: inner.gen, replay_to, kicked, exited: Some(exited_tx), previous }, kind, spare))
     }
 
     /// The upgrade for `attachment` failed before its pump started: give the
