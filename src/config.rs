@@ -297,7 +297,7 @@ impl Config {
             let Some(rest) = name.strip_prefix("TETHER_") else { continue };
             let rest = rest.to_ascii_lowercase();
             let Some((section, key)) = rest.split_once('_') else { continue };
-            if !SECTIONS.contains(&section) {
+            if !SECTIONS.contains(&section) || is_service_link(key) {
                 continue;
             }
             let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -348,6 +348,19 @@ impl Config {
     }
 }
 
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP`
+/// and friends for every Service in the namespace; a Service named e.g.
+/// `tether-server-x` must not read as an unknown `[server]` key. No tether
+/// key starts with `port` or `service_`.
+fn is_service_link(key: &str) -> bool {
+    key == "port"
+        || key.starts_with("port_")
+        || key.starts_with("service_")
+        || key.contains("_service_")
+        || key.ends_with("_port")
+        || key.contains("_port_")
+}
+
 /// Environment values are TOML when they parse as a TOML value (numbers,
 /// booleans, arrays), and plain strings otherwise (`120s`, `0.0.0.0:8080`).
 fn env_value(raw: &str) -> toml::Value {
@@ -386,6 +399,16 @@ mod tests {
         assert_eq!(c.journal.sync, SyncMode::Always);
         assert_eq!(c.session.linger, Duration::from_secs(7));
         assert_eq!(c.limits.max_sessions, 12);
+
+        // Kubernetes service links for a Service named `tether-server-x`.
+        let links = [
+            ("TETHER_SERVER_X_SERVICE_HOST".to_owned(), "10.0.0.1".to_owned()),
+            ("TETHER_SERVER_X_PORT".to_owned(), "tcp://10.0.0.1:80".to_owned()),
+            ("TETHER_SERVER_X_PORT_80_TCP_PORT".to_owned(), "80".to_owned()),
+            ("TETHER_SERVER_SERVICE_HOST".to_owned(), "10.0.0.2".to_owned()),
+            ("TETHER_SERVER_PORT".to_owned(), "tcp://10.0.0.2:80".to_owned()),
+        ];
+        assert!(Config::load(None, links).is_ok());
 
         let err = Config::load(None, [("TETHER_JOURNAL_SYNK".into(), "always".into())]);
         assert!(err.unwrap_err().to_string().contains("synk"));

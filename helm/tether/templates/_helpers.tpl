@@ -1,0 +1,453 @@
+{{/*
+Helpers for the tether chart.
+
+The templates used by the sidecar ("tether.sidecar.container",
+"tether.sidecar.volumes", "tether.config.toml", "tether.fullname",
+"tether.terminationGracePeriodSeconds") read only .Values, .Release and,
+if present, .Capabilities. That way another chart that has this one as a
+dependency can include them with
+
+  (dict "Values" .Values.tether "Release" .Release "Capabilities" .Capabilities)
+
+and get the same names as the ConfigMap and Secret this chart renders. For the
+same reason the chart name is written out ("tether") instead of read from
+.Chart.
+*/}}
+
+{{- define "tether.name" -}}
+{{- default "tether" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified name: <release>-tether, or the release name if it contains "tether". */}}
+{{- define "tether.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "tether" .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tether.headlessName" -}}
+{{- printf "%s-headless" (include "tether.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "tether.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tether.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tether.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tether.labels" -}}
+helm.sh/chart: {{ include "tether.chart" . }}
+{{ include "tether.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Selector of the Services: the chart's own pods, or sidecar.podSelector. Empty: no Services. */}}
+{{- define "tether.serviceSelector" -}}
+{{- if eq .Values.mode "standalone" }}
+{{- include "tether.selectorLabels" . }}
+{{- else if .Values.sidecar.deployment.enabled }}
+{{- include "tether.selectorLabels" . }}
+{{- else if .Values.sidecar.podSelector }}
+{{- toYaml .Values.sidecar.podSelector }}
+{{- end }}
+{{- end }}
+
+{{- define "tether.image" -}}
+{{- if not .Values.image.tag }}
+{{- fail "image.tag must be set (the chart does not default it from .Chart so that the sidecar templates work from another chart)" }}
+{{- end }}
+{{- printf "%s:%s" .Values.image.repository (toString .Values.image.tag) }}
+{{- end }}
+
+{{- define "tether.secretName" -}}
+{{- default (include "tether.fullname" .) .Values.tokenSecret.existingSecret }}
+{{- end }}
+
+{{- define "tether.configMapName" -}}
+{{- include "tether.fullname" . }}
+{{- end }}
+
+{{/* The journal directory: a subdirectory of the volume, away from lost+found. */}}
+{{- define "tether.dataDir" -}}
+{{- printf "%s/journal" (trimSuffix "/" .Values.persistence.mountPath) }}
+{{- end }}
+
+{{- define "tether.upstream" -}}
+{{- if eq .Values.mode "sidecar" }}
+{{- printf "ws://127.0.0.1:%d" (int .Values.sidecar.backendPort) }}
+{{- else }}
+{{- .Values.config.server.upstream }}
+{{- end }}
+{{- end }}
+
+{{/*
+Duration string (humantime, as tether reads it: "20s", "2m", "1m 30s",
+"500ms") to whole seconds, rounded up.
+*/}}
+{{- define "tether.durationSeconds" -}}
+{{- $d := toString . | trim }}
+{{- if not (regexMatch "^([0-9]+ *[a-zA-Z]+ *)+$" $d) }}
+{{- fail (printf "cannot read the duration %q (expected e.g. \"20s\", \"2m\", \"1m 30s\")" $d) }}
+{{- end }}
+{{- $ms := 0 }}
+{{- range $part := regexFindAll "[0-9]+ *[a-zA-Z]+" $d -1 }}
+{{- $n := regexFind "^[0-9]+" $part | atoi }}
+{{- $unit := regexFind "[a-zA-Z]+$" $part }}
+{{- if has $unit (list "ns" "nsec" "us" "usec") }}
+{{- $ms = add $ms 1 }}
+{{- else if has $unit (list "ms" "msec" "millis") }}
+{{- $ms = add $ms $n }}
+{{- else if has $unit (list "s" "sec" "secs" "second" "seconds") }}
+{{- $ms = add $ms (mul $n 1000) }}
+{{- else if has $unit (list "m" "min" "mins" "minute" "minutes") }}
+{{- $ms = add $ms (mul $n 60000) }}
+{{- else if has $unit (list "h" "hr" "hrs" "hour" "hours") }}
+{{- $ms = add $ms (mul $n 3600000) }}
+{{- else if has $unit (list "d" "day" "days") }}
+{{- $ms = add $ms (mul $n 86400000) }}
+{{- else }}
+{{- fail (printf "unknown unit %q in the duration %q" $unit $d) }}
+{{- end }}
+{{- end }}
+{{- div (add $ms 999) 1000 }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: preStop sleep + server.shutdown_grace + margin,
+or the value given, which must exceed preStop sleep + shutdown_grace. In
+sidecar mode, put it on the pod that carries the sidecar.
+*/}}
+{{- define "tether.terminationGracePeriodSeconds" -}}
+{{- $grace := include "tether.durationSeconds" (.Values.config.server.shutdown_grace | default "20s") | atoi }}
+{{- $sleep := int .Values.lifecycle.preStopSleepSeconds }}
+{{- $min := add $sleep $grace }}
+{{- if kindIs "invalid" .Values.lifecycle.terminationGracePeriodSeconds }}
+{{- add $min (int .Values.lifecycle.terminationMarginSeconds) }}
+{{- else }}
+{{- $given := int .Values.lifecycle.terminationGracePeriodSeconds }}
+{{- if le $given $min }}
+{{- fail (printf "lifecycle.terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d) + config.server.shutdown_grace (%ds), or the drain is cut short by SIGKILL" $given $sleep $grace) }}
+{{- end }}
+{{- $given }}
+{{- end }}
+{{- end }}
+
+{{/*
+The keys tether.toml may hold, per section, in the order of
+config/tether.toml. Keep in sync with config/tether.toml: tether rejects
+unknown keys, and scripts/check-helm compares the rendered file with it.
+"derived" keys are set by the chart from other values; "secret" is passed
+through the environment, never the ConfigMap.
+*/}}
+{{- define "tether.configKeys" -}}
+sections: [server, limits, session, token, stamp, journal, log]
+keys:
+  server: [upstream, backend_connect_timeout, handshake_timeout, allowed_origins, retry_after_secs, shutdown_grace]
+  limits: [max_message_bytes, max_frame_bytes, max_header_bytes, write_buffer_bytes, max_write_buffer_bytes, read_buffer_bytes, max_sessions, ring_bytes, replay_batch_bytes]
+  session: [linger, ping_interval, ping_timeout]
+  token: [identity_headers]
+  stamp: [mode, json_field]
+  journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch]
+  log: [format, level]
+derived:
+  server.listen: "listenHost and ports.data"
+  server.admin_listen: "listenHost and ports.admin"
+  journal.data_dir: "persistence.mountPath (the journal is <mountPath>/journal)"
+  token.secret: "tokenSecret (it is passed as TETHER_TOKEN_SECRET from a Secret)"
+{{- end }}
+
+{{/* Fails on a config section or key tether does not know. */}}
+{{- define "tether.validateConfig" -}}
+{{- $spec := fromYaml (include "tether.configKeys" .) }}
+{{- $cfg := .Values.config | default dict }}
+{{- if not (kindIs "map" $cfg) }}
+{{- fail "config must be a map of tether.toml sections" }}
+{{- end }}
+{{- range $section, $table := $cfg }}
+{{- if not (has $section $spec.sections) }}
+{{- fail (printf "config.%s: tether has no such section (sections: %s)" $section (join ", " $spec.sections)) }}
+{{- end }}
+{{- if not (kindIs "invalid" $table) }}
+{{- if not (kindIs "map" $table) }}
+{{- fail (printf "config.%s must be a map" $section) }}
+{{- end }}
+{{- range $key, $value := $table }}
+{{- $full := printf "%s.%s" $section $key }}
+{{- if hasKey $spec.derived $full }}
+{{- fail (printf "config.%s is set by the chart from %s; do not set it here" $full (get $spec.derived $full)) }}
+{{- end }}
+{{- if not (has $key (get $spec.keys $section)) }}
+{{- fail (printf "config.%s: tether has no such key (unknown keys are an error in tether; see config/tether.toml)" $full) }}
+{{- end }}
+{{- if kindIs "map" $value }}
+{{- fail (printf "config.%s must be a string, number, boolean or list" $full) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The tether.toml the ConfigMap holds. */}}
+{{- define "tether.config.toml" -}}
+{{- include "tether.validateConfig" . }}
+{{- $spec := fromYaml (include "tether.configKeys" .) }}
+{{- $cfg := .Values.config | default dict }}
+{{- $derived := dict
+      "server.listen" (printf "%s:%d" .Values.listenHost (int .Values.ports.data))
+      "server.admin_listen" (printf "%s:%d" .Values.listenHost (int .Values.ports.admin))
+      "server.upstream" (include "tether.upstream" .)
+      "journal.data_dir" (include "tether.dataDir" .) }}
+# tether.toml rendered by the tether Helm chart from its values (config.*).
+# token.secret comes from the environment (TETHER_TOKEN_SECRET).
+{{- range $section := $spec.sections }}
+{{- $table := get $cfg $section | default dict }}
+
+[{{ $section }}]
+{{- if eq $section "server" }}
+listen = {{ get $derived "server.listen" | toJson }}
+admin_listen = {{ get $derived "server.admin_listen" | toJson }}
+upstream = {{ get $derived "server.upstream" | toJson }}
+{{- end }}
+{{- if eq $section "journal" }}
+data_dir = {{ get $derived "journal.data_dir" | toJson }}
+{{- end }}
+{{- range $key := get $spec.keys $section }}
+{{- if and (ne (printf "%s.%s" $section $key) "server.upstream") (hasKey $table $key) (not (kindIs "invalid" (get $table $key))) }}
+{{ $key }} = {{ get $table $key | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{ end }}
+
+{{/* The preStop handler: native sleep (Kubernetes >= 1.30) or exec sleep. */}}
+{{- define "tether.preStop" -}}
+{{- $mode := .Values.lifecycle.preStopMode | default "auto" }}
+{{- $seconds := int .Values.lifecycle.preStopSleepSeconds }}
+{{- if eq $mode "auto" }}
+{{- $mode = "exec" }}
+{{- with .Capabilities }}
+{{- if semverCompare ">=1.30.0-0" .KubeVersion.Version }}
+{{- $mode = "sleep" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $mode "sleep" }}
+sleep:
+  seconds: {{ $seconds }}
+{{- else if eq $mode "exec" }}
+exec:
+  command: ["sleep", {{ $seconds | toString | quote }}]
+{{- else }}
+{{- fail (printf "lifecycle.preStopMode must be auto, sleep or exec, not %q" $mode) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The tether container (a list item). Used by the StatefulSet and, as
+"tether.sidecar.container", next to a backend container.
+*/}}
+{{- define "tether.container" -}}
+- name: tether
+  image: {{ include "tether.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- with .Values.command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  args:
+    - --config
+    - /etc/tether/tether.toml
+    {{- with .Values.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: tether-data
+      containerPort: {{ int .Values.ports.data }}
+      protocol: TCP
+    - name: tether-admin
+      containerPort: {{ int .Values.ports.admin }}
+      protocol: TCP
+  env:
+    - name: TETHER_TOKEN_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "tether.secretName" . }}
+          key: {{ .Values.tokenSecret.key }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- if .Values.probes.startup.enabled }}
+  startupProbe:
+    httpGet:
+      path: /livez
+      port: tether-admin
+    periodSeconds: {{ .Values.probes.startup.periodSeconds }}
+    failureThreshold: {{ .Values.probes.startup.failureThreshold }}
+    timeoutSeconds: {{ .Values.probes.startup.timeoutSeconds }}
+  {{- end }}
+  livenessProbe:
+    httpGet:
+      path: /livez
+      port: tether-admin
+    periodSeconds: {{ .Values.probes.liveness.periodSeconds }}
+    failureThreshold: {{ .Values.probes.liveness.failureThreshold }}
+    timeoutSeconds: {{ .Values.probes.liveness.timeoutSeconds }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: tether-admin
+    periodSeconds: {{ .Values.probes.readiness.periodSeconds }}
+    failureThreshold: {{ .Values.probes.readiness.failureThreshold }}
+    timeoutSeconds: {{ .Values.probes.readiness.timeoutSeconds }}
+  lifecycle:
+    preStop:
+      {{- include "tether.preStop" . | trim | nindent 6 }}
+  {{- with .Values.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: tether-config
+      mountPath: /etc/tether
+      readOnly: true
+    - name: tether-journal
+      mountPath: {{ .Values.persistence.mountPath }}
+    - name: tether-tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/* The sidecar container: the same container, upstream ws://127.0.0.1:<sidecar.backendPort>. */}}
+{{- define "tether.sidecar.container" -}}
+{{- if ne .Values.mode "sidecar" }}
+{{- fail "tether.sidecar.container needs mode: sidecar in tether's values (its upstream is ws://127.0.0.1:<sidecar.backendPort>)" }}
+{{- end }}
+{{- include "tether.container" . }}
+{{- end }}
+
+{{/* Volumes every tether pod needs apart from the journal: the config and /tmp. */}}
+{{- define "tether.baseVolumes" -}}
+- name: tether-config
+  configMap:
+    name: {{ include "tether.configMapName" . }}
+- name: tether-tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+
+{{/* The volumes to add to a pod that carries the sidecar (a list). */}}
+{{- define "tether.sidecar.volumes" -}}
+{{- include "tether.baseVolumes" . }}
+{{- $j := .Values.sidecar.journal }}
+{{- if eq $j.type "emptyDir" }}
+- name: tether-journal
+  emptyDir:
+    {{- with $j.medium }}
+    medium: {{ . }}
+    {{- end }}
+    {{- with $j.sizeLimit }}
+    sizeLimit: {{ . }}
+    {{- end }}
+{{- else if eq $j.type "persistentVolumeClaim" }}
+{{- if not $j.claimName }}
+{{- fail "sidecar.journal.claimName is required when sidecar.journal.type is persistentVolumeClaim" }}
+{{- end }}
+- name: tether-journal
+  persistentVolumeClaim:
+    claimName: {{ $j.claimName }}
+{{- else }}
+{{- fail (printf "sidecar.journal.type must be emptyDir or persistentVolumeClaim, not %q" $j.type) }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by the StatefulSet and the sidecar Deployment (not the securityContext). */}}
+{{- define "tether.podSpecCommon" -}}
+automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.serviceAccountName }}
+serviceAccountName: {{ . }}
+{{- end }}
+# Kubernetes would otherwise inject <SERVICE>_SERVICE_HOST-style variables; one
+# for a Service named like tether-server-... reads as TETHER_SERVER_* config.
+enableServiceLinks: false
+terminationGracePeriodSeconds: {{ include "tether.terminationGracePeriodSeconds" . }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod template metadata: labels and a checksum of the config so a config change rolls the pods. */}}
+{{- define "tether.podMetadata" -}}
+labels:
+  {{- include "tether.selectorLabels" . | nindent 2 }}
+  {{- with .Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  checksum/config: {{ include "tether.config.toml" . | sha256sum }}
+  {{- with .Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/* More than one pod with no affinity sends resumes to the wrong pod. */}}
+{{- define "tether.validateReplicas" -}}
+{{- $replicas := int .replicas }}
+{{- $top := .top }}
+{{- if and (gt $replicas 1) (ne $top.Values.service.sessionAffinity "ClientIP") (not $top.Values.allowReplicasWithoutAffinity) }}
+{{- fail (printf "%d replicas without session affinity: tether does not forward resumes between replicas yet, so a resume must reach the pod that owns the session. Use 1 replica, or service.sessionAffinity: ClientIP, or set allowReplicasWithoutAffinity: true if your ingress routes resumes to the owning pod (consistent hash on the session token)." $replicas) }}
+{{- end }}
+{{- end }}
+
+{{/* Checks on values that apply in every mode. */}}
+{{- define "tether.validate" -}}
+{{- if not (has .Values.mode (list "standalone" "sidecar")) }}
+{{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
+{{- end }}
+{{- include "tether.validateConfig" . }}
+{{- if and (eq .Values.mode "standalone") (not (hasPrefix "ws://" (toString .Values.config.server.upstream))) }}
+{{- fail "config.server.upstream must be a ws:// URL (tether has no wss:// upstreams)" }}
+{{- end }}
+{{- with .Values.tokenSecret.value }}
+{{- if lt (len .) 32 }}
+{{- fail "tokenSecret.value must be at least 32 characters" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tokenSecret.value .Values.tokenSecret.existingSecret }}
+{{- fail "set tokenSecret.value or tokenSecret.existingSecret, not both" }}
+{{- end }}
+{{- $_ := include "tether.terminationGracePeriodSeconds" . }}
+{{- end }}

@@ -1,0 +1,759 @@
+#!/usr/bin/env python3
+"""Offline checks of the Helm chart helm/tether.
+
+Run through scripts/check-helm, which installs what this needs:
+helm-python-sdk (Helm v4's Go library, bundled as libhelm_c.so and called
+through ctypes: no helm binary, no cluster, no network) and
+kubernetes-validate (Kubernetes JSON schemas, shipped in the package).
+
+What it does:
+  - lints the chart strictly (helm lint --strict) with the default values and
+    with every file in helm/tether/ci/;
+  - renders it (helm template) with the default values, with
+    ci/sidecar-values.yaml, with ci/servicemonitor-values.yaml and with a few
+    more value sets, and validates every rendered document against the
+    Kubernetes schemas (strict: unknown fields fail); the ServiceMonitor is a
+    CRD, so its fields are asserted instead;
+  - asserts what matters: ports, probes, the journal PVC and its mount, the
+    token Secret wiring, the rendered tether.toml (it must parse and carry
+    exactly the keys of config/tether.toml), the PDB, the non-root
+    securityContext, the shutdown timing;
+  - renders a parent chart built from the sidecar snippet in the chart README
+    (so the documented snippet is checked too);
+  - checks that values tether would reject make the render fail.
+
+Prints one line per check and `check-helm: N passed, M failed`; exits 1 on
+any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+from helm_python import _native
+from kubernetes_validate import utils as kv_utils
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "tether"
+TETHER_TOML = ROOT / "config" / "tether.toml"
+RELEASE = "tether"
+NAMESPACE = "tether"
+# Kubernetes versions whose schemas every rendered document must satisfy: the
+# oldest we aim at and the newest kubernetes-validate ships.
+WANTED_KUBE = "1.29.0"
+# Kinds that are CRDs: no schema in kubernetes-validate, fields asserted below.
+CRD_KINDS = {"ServiceMonitor"}
+
+
+# --- reporting --------------------------------------------------------------
+
+
+class Results:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"ok   {name}")
+        else:
+            self.failed += 1
+            print(f"FAIL {name}" + (f": {detail}" if detail else ""))
+        return ok
+
+    def eq(self, name: str, got: Any, want: Any) -> bool:
+        return self.check(name, got == want, f"got {got!r}, want {want!r}")
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Runs fn; an exception is one failed check."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - report, carry on
+            self.check(name, False, f"{type(e).__name__}: {e}")
+            if "-v" in sys.argv:
+                traceback.print_exc()
+            return None
+
+
+R = Results()
+
+
+# --- helm -------------------------------------------------------------------
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    """Parses a values file the way helm -f does."""
+    return helm.values_from_yaml(path.read_text())
+
+
+def render(
+    chart_dir: Path,
+    values: dict[str, Any] | None = None,
+    *,
+    kube_version: str = "v" + WANTED_KUBE,
+    api_versions: list[str] | None = None,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+) -> dict[str, str]:
+    """helm template: {template path: rendered text}.
+
+    Chart.render() in helm-python-sdk 0.2.2 takes name/namespace/revision/
+    is_install/is_upgrade; the native helm_render also accepts kube_version and
+    api_versions (like --kube-version and --api-versions), which Chart.render
+    does not expose, so this calls it directly.
+    """
+    opts: dict[str, Any] = {
+        "name": release,
+        "namespace": namespace,
+        "is_install": True,
+        "kube_version": kube_version,
+    }
+    if api_versions:
+        opts["api_versions"] = api_versions
+    with helm.Chart.load(str(chart_dir)) as chart:
+        out = _native.call_string(
+            "helm_render",
+            chart._raw(),
+            None if values is None else json.dumps(values),
+            json.dumps(opts),
+        )
+    rendered: dict[str, str] = json.loads(out)
+    return rendered
+
+
+def documents(rendered: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every non-empty YAML document of the rendered manifests (NOTES excluded)."""
+    docs = []
+    for path in sorted(rendered):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(rendered[path]):
+            if doc:
+                docs.append((path, doc))
+    return docs
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silences what the Go library logs to fd 2 (coalesce warnings on values
+    that are meant to be rejected); errors still come back as exceptions."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def notes(rendered: dict[str, str]) -> str:
+    return next((v for k, v in rendered.items() if k.endswith("/NOTES.txt")), "")
+
+
+# --- kubernetes-validate ----------------------------------------------------
+
+
+def kube_versions() -> list[str]:
+    have = kv_utils.all_versions()
+    want = [v for v in have if kv_utils.major_minor(v) == kv_utils.major_minor(WANTED_KUBE)]
+    picked = want[:1] or have[:1]
+    if have[-1] not in picked:
+        picked.append(have[-1])
+    return picked
+
+
+KUBE_VERSIONS: list[str] = []
+
+
+def validate_all(label: str, docs: list[tuple[str, dict[str, Any]]]) -> None:
+    seen: set[tuple[str, str]] = set()
+    for path, doc in docs:
+        kind = doc.get("kind", "?")
+        name = (doc.get("metadata") or {}).get("name", "?")
+        ident = f"{label}: {kind}/{name}"
+        R.check(f"{ident} has apiVersion, kind, metadata.name",
+                bool(doc.get("apiVersion") and doc.get("kind") and name != "?"))
+        key = (kind, name)
+        R.check(f"{ident} is unique", key not in seen)
+        seen.add(key)
+        if kind in CRD_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+                R.check(f"{ident} valid against Kubernetes {kv_utils.major_minor(version)} (strict)", True)
+            except kubernetes_validate.ValidationError as e:
+                where = ".".join(str(p) for p in e.path)
+                R.check(f"{ident} valid against Kubernetes {kv_utils.major_minor(version)} (strict)",
+                        False, f"{where}: {e.message}")
+            except kv_utils.SchemaNotFoundError as e:
+                R.check(f"{ident} has a schema", False, e.message)
+
+
+# --- helpers over rendered objects -----------------------------------------
+
+
+def by_kind(docs: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[tuple[str, dict[str, Any]]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    if len(found) != 1:
+        raise AssertionError(f"expected one {kind}, found {len(found)}")
+    return found[0]
+
+
+def container(pod_spec: dict[str, Any], name: str = "tether") -> dict[str, Any]:
+    for c in pod_spec.get("containers", []):
+        if c.get("name") == name:
+            return c
+    raise AssertionError(f"no container named {name}")
+
+
+def port_number(c: dict[str, Any], port: Any) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in c.get("ports", []):
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return None
+
+
+def duration_seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total = 0.0
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text)
+    if not parts or re.sub(r"(\d+)\s*([a-z]+)|\s", "", text):
+        raise ValueError(f"cannot read duration {text!r}")
+    for n, unit in parts:
+        total += int(n) * units[{"sec": "s", "secs": "s", "min": "m", "mins": "m"}.get(unit, unit)]
+    return total
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def toml_of(docs: list[tuple[str, dict[str, Any]]], cm_name: str | None = None) -> dict[str, Any]:
+    cms = [d for d in by_kind(docs, "ConfigMap") if cm_name is None or d["metadata"]["name"] == cm_name]
+    if len(cms) != 1:
+        raise AssertionError(f"expected one ConfigMap{' ' + cm_name if cm_name else ''}, found {len(cms)}")
+    text = cms[0]["data"]["tether.toml"]
+    dump = os.environ.get("CHECK_HELM_DUMP_DIR")
+    if dump:
+        # scripts/test feeds every rendered file to `tether config`, so tether
+        # itself confirms it accepts what the chart renders.
+        Path(dump, f"rendered-{len(list(Path(dump).glob('*.toml')))}.toml").write_text(text)
+    return tomllib.loads(text)
+
+
+def check_tether_container(label: str, pod_spec: dict[str, Any], values: dict[str, Any],
+                           docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Assertions on the tether container of a pod, in any mode."""
+    c = container(pod_spec)
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    R.eq(f"{label}: data port", ports.get("tether-data"), values["ports"]["data"])
+    R.eq(f"{label}: admin port", ports.get("tether-admin"), values["ports"]["admin"])
+    R.eq(f"{label}: command", c.get("command", []) + c.get("args", [])[:2],
+         ["tether", "--config", "/etc/tether/tether.toml"])
+    R.eq(f"{label}: image", c.get("image"), f"{values['image']['repository']}:{values['image']['tag']}")
+
+    for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz"), ("startupProbe", "/livez")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        R.eq(f"{label}: {probe} path", get.get("path"), path)
+        R.eq(f"{label}: {probe} on the admin port", port_number(c, get.get("port")), values["ports"]["admin"])
+
+    # Token secret from a Secret, through TETHER_TOKEN_SECRET.
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = ((env.get("TETHER_TOKEN_SECRET") or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+    R.check(f"{label}: TETHER_TOKEN_SECRET from a secretKeyRef", bool(ref.get("name") and ref.get("key")),
+            f"env: {list(env)}")
+    existing = values["tokenSecret"]["existingSecret"]
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    if existing:
+        R.eq(f"{label}: token from tokenSecret.existingSecret", ref.get("name"), existing)
+        R.check(f"{label}: no Secret rendered with existingSecret", existing not in secrets and not secrets,
+                f"rendered {list(secrets)}")
+    else:
+        secret = secrets.get(ref.get("name", ""))
+        if R.check(f"{label}: the referenced Secret is rendered", secret is not None,
+                   f"{ref.get('name')} not in {list(secrets)}"):
+            raw = (secret.get("data") or {}).get(ref.get("key"))
+            value = base64.b64decode(raw).decode() if raw else ""
+            R.check(f"{label}: the Secret holds the key, >= 32 characters", len(value) >= 32, f"length {len(value)}")
+            if values["tokenSecret"]["value"]:
+                R.eq(f"{label}: the Secret holds tokenSecret.value", value, values["tokenSecret"]["value"])
+            else:
+                R.check(f"{label}: the generated Secret is kept on uninstall",
+                        (secret["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep")
+
+    # Mounts: config, journal, /tmp.
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    R.eq(f"{label}: config mounted at /etc/tether", (mounts.get("tether-config") or {}).get("mountPath"),
+         "/etc/tether")
+    R.eq(f"{label}: journal volume mounted at persistence.mountPath",
+         (mounts.get("tether-journal") or {}).get("mountPath"), values["persistence"]["mountPath"])
+    R.eq(f"{label}: /tmp mounted (read-only root filesystem)", (mounts.get("tether-tmp") or {}).get("mountPath"),
+         "/tmp")
+    vols = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    cm_name = ((vols.get("tether-config") or {}).get("configMap") or {}).get("name")
+    cms = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    R.check(f"{label}: the config volume is the rendered ConfigMap with tether.toml",
+            cm_name in cms and "tether.toml" in cms[cm_name].get("data", {}), f"{cm_name} not in {list(cms)}")
+    R.check(f"{label}: /tmp is an emptyDir", "emptyDir" in (vols.get("tether-tmp") or {}))
+
+    # Security.
+    sc = c.get("securityContext") or {}
+    R.check(f"{label}: container runAsNonRoot", sc.get("runAsNonRoot") is True)
+    R.check(f"{label}: container runAsUser is not root", (sc.get("runAsUser") or 0) > 0)
+    R.check(f"{label}: readOnlyRootFilesystem", sc.get("readOnlyRootFilesystem") is True)
+    R.check(f"{label}: allowPrivilegeEscalation false", sc.get("allowPrivilegeEscalation") is False)
+    R.eq(f"{label}: capabilities drop ALL", (sc.get("capabilities") or {}).get("drop"), ["ALL"])
+    R.check(f"{label}: resources set", bool((c.get("resources") or {}).get("requests")))
+
+    # Shutdown: preStop sleep, then SIGTERM and a drain of shutdown_grace.
+    pre = (c.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in pre:
+        sleep = pre["sleep"].get("seconds", 0)
+    else:
+        cmd = (pre.get("exec") or {}).get("command") or []
+        sleep = int(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else 0
+    R.check(f"{label}: preStop sleeps before SIGTERM", sleep > 0, f"preStop: {pre}")
+    cfg = toml_of(docs, cm_name) if cm_name in cms else {}
+    grace = duration_seconds(cfg.get("server", {}).get("shutdown_grace", "20s"))
+    tgps = pod_spec.get("terminationGracePeriodSeconds") or 30
+    R.check(f"{label}: terminationGracePeriodSeconds > preStop + shutdown_grace",
+            tgps > sleep + grace, f"{tgps} <= {sleep} + {grace}")
+    R.check(f"{label}: enableServiceLinks false (no TETHER_*_SERVICE_HOST variables)",
+            pod_spec.get("enableServiceLinks") is False)
+    return c
+
+
+def check_tether_toml(label: str, cfg: dict[str, Any], values: dict[str, Any], upstream: str) -> None:
+    """The rendered tether.toml against config/tether.toml and the values."""
+    ref = tomllib.loads(TETHER_TOML.read_text())
+    ports, host = values["ports"], values["listenHost"]
+    R.eq(f"{label}: server.listen", cfg.get("server", {}).get("listen"), f"{host}:{ports['data']}")
+    R.eq(f"{label}: server.admin_listen", cfg.get("server", {}).get("admin_listen"), f"{host}:{ports['admin']}")
+    R.eq(f"{label}: server.upstream", cfg.get("server", {}).get("upstream"), upstream)
+    R.eq(f"{label}: journal.data_dir on the journal volume", cfg.get("journal", {}).get("data_dir"),
+         values["persistence"]["mountPath"].rstrip("/") + "/journal")
+    R.check(f"{label}: token.secret is not in the ConfigMap", "secret" not in cfg.get("token", {}))
+    # Exactly the keys tether knows (config/tether.toml lists every key).
+    want_keys = {(s, k) for s, t in ref.items() for k in t} - {("token", "secret")}
+    got_keys = {(s, k) for s, t in cfg.items() for k in t}
+    R.check(f"{label}: keys are those of config/tether.toml (minus token.secret)", got_keys == want_keys,
+            f"unknown to tether: {sorted(got_keys - want_keys)}, missing: {sorted(want_keys - got_keys)}")
+    # Every value the chart did not set on purpose follows values.config.
+    for (s, k) in sorted(got_keys & want_keys):
+        if (s, k) in {("server", "listen"), ("server", "admin_listen"), ("server", "upstream"),
+                      ("journal", "data_dir")}:
+            continue
+        want = values["config"].get(s, {}).get(k)
+        if cfg[s][k] != want:
+            R.check(f"{label}: {s}.{k} follows values.config", False, f"got {cfg[s][k]!r}, want {want!r}")
+            break
+    else:
+        R.check(f"{label}: every other key follows values.config", True)
+
+
+# --- scenarios --------------------------------------------------------------
+
+
+def merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(defaults)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def check_key_list() -> None:
+    """The chart's list of tether.toml keys ("tether.configKeys" in _helpers.tpl,
+    static YAML) against config/tether.toml: the chart renders only keys on that
+    list, so a key tether gains or loses must be added or removed there."""
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    m = re.search(r'{{-? define "tether.configKeys" -?}}\n(.*?){{-? end }}', text, re.S)
+    if not R.check("_helpers.tpl defines tether.configKeys", m is not None):
+        return
+    spec = yaml.safe_load(m.group(1))
+    ref = tomllib.loads(TETHER_TOML.read_text())
+    R.eq("tether.configKeys sections are config/tether.toml's, in order", spec["sections"], list(ref))
+    listed = {f"{s}.{k}" for s, keys in spec["keys"].items() for k in keys}
+    derived = set(spec["derived"])
+    want = {f"{s}.{k}" for s, t in ref.items() for k in t}
+    R.check("tether.configKeys lists every key of config/tether.toml once (keys + derived)",
+            listed | derived == want and not listed & derived,
+            f"unknown to tether: {sorted((listed | derived) - want)}, missing: {sorted(want - listed - derived)}, "
+            f"both listed and derived: {sorted(listed & derived)}")
+    R.eq("derived keys", sorted(derived), ["journal.data_dir", "server.admin_listen", "server.listen", "token.secret"])
+
+
+def lint_all(defaults: dict[str, Any]) -> None:
+    sets = [("default values", None)] + [
+        (f"ci/{p.name}", load_values(p)) for p in sorted((CHART / "ci").glob("*.yaml"))
+    ]
+    for label, values in sets:
+        report = helm.lint(str(CHART), values, strict=True, kube_version="v" + WANTED_KUBE)
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        R.check(f"lint --strict ({label})", not report.get("errors") and not bad,
+                "; ".join(f"{m['path']}: {m['error']}" for m in bad) or "; ".join(report.get("errors", [])))
+
+
+def check_default(defaults: dict[str, Any]) -> None:
+    label = "default"
+    rendered = render(CHART)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    kinds = sorted(d["kind"] for _, d in docs)
+    R.eq(f"{label}: kinds", kinds,
+         ["ConfigMap", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"])
+
+    sts = one(docs, "StatefulSet")
+    spec = sts["spec"]
+    pod = spec["template"]["spec"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    R.eq(f"{label}: replicas", spec.get("replicas"), 1)
+    R.check(f"{label}: StatefulSet selector matches the pod labels",
+            selects(spec["selector"]["matchLabels"], pod_labels))
+    check_tether_container(label, pod, defaults, docs)
+
+    # The journal: a volumeClaimTemplate named like the mounted volume.
+    vcts = {v["metadata"]["name"]: v for v in spec.get("volumeClaimTemplates", [])}
+    vct = vcts.get("tether-journal")
+    if R.check(f"{label}: volumeClaimTemplate tether-journal", vct is not None, f"got {list(vcts)}"):
+        R.eq(f"{label}: PVC access mode", vct["spec"]["accessModes"], ["ReadWriteOnce"])
+        R.eq(f"{label}: PVC size", vct["spec"]["resources"]["requests"]["storage"], defaults["persistence"]["size"])
+    R.check(f"{label}: the journal is not also a pod volume",
+            "tether-journal" not in {v["name"] for v in pod.get("volumes", [])})
+
+    psc = pod.get("securityContext") or {}
+    R.check(f"{label}: pod runAsNonRoot", psc.get("runAsNonRoot") is True)
+    R.check(f"{label}: pod fsGroup (journal PVC writable)", (psc.get("fsGroup") or 0) > 0)
+    R.check(f"{label}: no service account token", pod.get("automountServiceAccountToken") is False)
+    R.check(f"{label}: config checksum on the pod template",
+            "checksum/config" in (spec["template"]["metadata"].get("annotations") or {}))
+
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, defaults, defaults["config"]["server"]["upstream"])
+    # The defaults in values.yaml are tether's own defaults.
+    ref = tomllib.loads(TETHER_TOML.read_text())
+    differ = [f"{s}.{k}: {cfg[s][k]!r} != {ref[s][k]!r}" for s in ref for k in ref[s]
+              if s in cfg and k in cfg[s] and (s, k) not in {("server", "upstream"), ("journal", "data_dir")}
+              and cfg[s][k] != ref[s][k]]
+    R.check(f"{label}: values.config defaults equal config/tether.toml's", not differ, "; ".join(differ))
+
+    # Services.
+    svcs = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    headless = svcs.get(spec.get("serviceName"))
+    R.check(f"{label}: serviceName is a rendered headless Service",
+            headless is not None and headless["spec"].get("clusterIP") == "None",
+            f"{spec.get('serviceName')} in {list(svcs)}")
+    c = container(pod)
+    for name, svc in svcs.items():
+        R.check(f"{label}: Service {name} selects the pods", selects(svc["spec"]["selector"], pod_labels))
+        for p in svc["spec"]["ports"]:
+            R.check(f"{label}: Service {name} port {p['name']} targets a container port",
+                    port_number(c, p["targetPort"]) is not None)
+    client = [s for n, s in svcs.items() if s["spec"].get("clusterIP") != "None"]
+    if R.check(f"{label}: one client-facing Service", len(client) == 1):
+        ports = {p["name"]: p for p in client[0]["spec"]["ports"]}
+        R.eq(f"{label}: client Service exposes only the data port", sorted(ports), ["tether-data"])
+        R.eq(f"{label}: client Service port", ports["tether-data"]["port"], defaults["service"]["port"])
+        R.eq(f"{label}: sessionAffinity", client[0]["spec"].get("sessionAffinity"), "None")
+    if headless:
+        R.eq(f"{label}: headless Service ports", sorted(p["name"] for p in headless["spec"]["ports"]),
+             ["tether-admin", "tether-data"])
+        R.check(f"{label}: headless Service publishes not-ready pods (drain, startup)",
+                headless["spec"].get("publishNotReadyAddresses") is True)
+
+    pdb = one(docs, "PodDisruptionBudget")
+    R.check(f"{label}: PDB selects the pods", selects(pdb["spec"]["selector"]["matchLabels"], pod_labels))
+    R.eq(f"{label}: PDB maxUnavailable", pdb["spec"].get("maxUnavailable"), 1)
+
+    text = notes(rendered)
+    R.check(f"{label}: NOTES say resumes are not forwarded", "does NOT forward resumes" in text)
+    R.check(f"{label}: NOTES warn about the placeholder upstream", "placeholder" in text)
+
+
+def check_sidecar(defaults: dict[str, Any]) -> None:
+    label = "sidecar"
+    override = load_values(CHART / "ci" / "sidecar-values.yaml")
+    values = merged(defaults, override)
+    rendered = render(CHART, override)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    R.check(f"{label}: no StatefulSet", not by_kind(docs, "StatefulSet"))
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["containers"]]
+    R.eq(f"{label}: containers", names, [override["sidecar"]["deployment"]["backend"]["name"], "tether"])
+    R.check(f"{label}: Deployment selector matches the pod labels",
+            selects(dep["spec"]["selector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"]))
+    check_tether_container(label, pod, values, docs)
+    vols = {v["name"]: v for v in pod["volumes"]}
+    R.check(f"{label}: journal on an emptyDir", "emptyDir" in (vols.get("tether-journal") or {}),
+            f"volumes: {list(vols)}")
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, values, f"ws://127.0.0.1:{values['sidecar']['backendPort']}")
+    R.eq(f"{label}: log.format from the values file", cfg["log"]["format"], "json")
+    svcs = by_kind(docs, "Service")
+    R.check(f"{label}: Services select the Deployment's pods",
+            len(svcs) == 2 and all(selects(s["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+                                   for s in svcs))
+    R.check(f"{label}: PDB for the Deployment", len(by_kind(docs, "PodDisruptionBudget")) == 1)
+    psc = pod.get("securityContext") or {}
+    R.check(f"{label}: pod fsGroup, no pod-wide runAsUser forced on the backend",
+            (psc.get("fsGroup") or 0) > 0 and "runAsUser" not in psc, f"{psc}")
+
+    # The sidecar on a claim instead of an emptyDir.
+    pvc_values = merged(override, {"sidecar": {"journal": {"type": "persistentVolumeClaim",
+                                                           "claimName": "chat-journal"}}})
+    docs = documents(render(CHART, pvc_values))
+    validate_all(f"{label} (PVC)", docs)
+    dep = one(docs, "Deployment")
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    R.eq(f"{label} (PVC): journal claim", (vols.get("tether-journal") or {}).get("persistentVolumeClaim"),
+         {"claimName": "chat-journal"})
+    R.eq(f"{label} (PVC): Recreate strategy", (dep["spec"].get("strategy") or {}).get("type"), "Recreate")
+
+
+def check_servicemonitor(defaults: dict[str, Any]) -> None:
+    label = "servicemonitor"
+    override = load_values(CHART / "ci" / "servicemonitor-values.yaml")
+    values = merged(defaults, override)
+    docs = documents(render(CHART, override, api_versions=["monitoring.coreos.com/v1"]))
+    validate_all(label, docs)
+    sm = one(docs, "ServiceMonitor")
+    R.eq(f"{label}: apiVersion", sm.get("apiVersion"), "monitoring.coreos.com/v1")
+    R.eq(f"{label}: namespace", sm["metadata"].get("namespace"), NAMESPACE)
+    R.eq(f"{label}: label for Prometheus' selector", sm["metadata"]["labels"].get("release"), "prometheus")
+    eps = sm["spec"].get("endpoints") or []
+    if R.check(f"{label}: one endpoint", len(eps) == 1):
+        R.eq(f"{label}: endpoint port", eps[0].get("port"), "tether-admin")
+        R.eq(f"{label}: endpoint path", eps[0].get("path"), "/metrics")
+        R.eq(f"{label}: interval", eps[0].get("interval"), "15s")
+        R.eq(f"{label}: scrapeTimeout", eps[0].get("scrapeTimeout"), "5s")
+    R.eq(f"{label}: namespaceSelector", sm["spec"].get("namespaceSelector"), {"matchNames": [NAMESPACE]})
+    sel = sm["spec"]["selector"]["matchLabels"]
+    matched = [s for s in by_kind(docs, "Service") if selects(sel, s["metadata"].get("labels") or {})]
+    R.check(f"{label}: selects exactly the headless Service",
+            len(matched) == 1 and matched[0]["spec"].get("clusterIP") == "None",
+            f"matched {[s['metadata']['name'] for s in matched]}")
+    if matched:
+        R.check(f"{label}: that Service has the admin port",
+                "tether-admin" in [p["name"] for p in matched[0]["spec"]["ports"]])
+    sts = one(docs, "StatefulSet")
+    vct = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    R.eq(f"{label}: storageClassName", vct.get("storageClassName"), "fast-ssd")
+    R.eq(f"{label}: PVC size", vct["resources"]["requests"]["storage"], "20Gi")
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, values, override["config"]["server"]["upstream"])
+    R.eq(f"{label}: journal.sync from the values file", cfg["journal"]["sync"], "interval")
+
+
+def check_variants(defaults: dict[str, Any]) -> None:
+    # existingSecret in standalone mode.
+    label = "existingSecret"
+    v = {"tokenSecret": {"existingSecret": "my-token", "key": "k"}}
+    docs = documents(render(CHART, v))
+    validate_all(label, docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tether_container(label, pod, merged(defaults, v), docs)
+    ref = next(e for e in container(pod)["env"] if e["name"] == "TETHER_TOKEN_SECRET")
+    R.eq(f"{label}: secretKeyRef", ref["valueFrom"]["secretKeyRef"], {"name": "my-token", "key": "k"})
+
+    # A literal secret.
+    label = "tokenSecret.value"
+    v = {"tokenSecret": {"value": "x" * 40}}
+    docs = documents(render(CHART, v))
+    check_tether_container(label, one(docs, "StatefulSet")["spec"]["template"]["spec"], merged(defaults, v), docs)
+    R.check(f"{label}: not marked keep", "annotations" not in one(docs, "Secret")["metadata"])
+
+    # Several replicas with ClientIP affinity.
+    label = "replicas 3 + ClientIP"
+    docs = documents(render(CHART, {"replicaCount": 3, "service": {"sessionAffinity": "ClientIP"}}))
+    validate_all(label, docs)
+    R.eq(f"{label}: replicas", one(docs, "StatefulSet")["spec"]["replicas"], 3)
+    client = [s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"][0]
+    R.eq(f"{label}: sessionAffinity", client["spec"].get("sessionAffinity"), "ClientIP")
+    R.eq(f"{label}: affinity timeout", client["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10800)
+
+    # No persistence: an emptyDir journal and no claim.
+    label = "persistence disabled"
+    docs = documents(render(CHART, {"persistence": {"enabled": False}}))
+    validate_all(label, docs)
+    spec = one(docs, "StatefulSet")["spec"]
+    R.check(f"{label}: no volumeClaimTemplates", not spec.get("volumeClaimTemplates"))
+    vols = {x["name"]: x for x in spec["template"]["spec"]["volumes"]}
+    R.check(f"{label}: journal on an emptyDir", "emptyDir" in (vols.get("tether-journal") or {}))
+
+    # preStop on Kubernetes < 1.30 (no native sleep action) and >= 1.30.
+    for kv, want in (("v1.29.0", "exec"), ("v1.30.0", "sleep")):
+        pod = one(documents(render(CHART, kube_version=kv)), "StatefulSet")["spec"]["template"]["spec"]
+        pre = container(pod)["lifecycle"]["preStop"]
+        R.check(f"preStop on Kubernetes {kv}: {want}", want in pre, f"got {pre}")
+
+    # Longer shutdown_grace: the grace period follows.
+    label = "shutdown_grace 1m 30s"
+    docs = documents(render(CHART, {"config": {"server": {"shutdown_grace": "1m 30s"}}}))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    R.eq(f"{label}: terminationGracePeriodSeconds", pod["terminationGracePeriodSeconds"], 5 + 90 + 10)
+
+    # A config change rolls the pods.
+    a = one(documents(render(CHART)), "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    b = one(documents(render(CHART, {"config": {"journal": {"sync": "always"}}})),
+            "StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    R.check("config change changes checksum/config", a["checksum/config"] != b["checksum/config"])
+
+    # A null key is left out (tether's default applies).
+    cfg = toml_of(documents(render(CHART, {"config": {"session": {"linger": None}}})))
+    R.check("config key set to null is left out", "linger" not in cfg["session"])
+
+
+def check_rejections() -> None:
+    """Values that would make tether refuse to start, or break resumes, must not render."""
+    cases = [
+        ("unknown config key", {"config": {"server": {"listen_addr": "0.0.0.0:1"}}}, "no such key"),
+        ("unknown config section", {"config": {"proxy": {"x": 1}}}, "no such section"),
+        ("derived key config.journal.data_dir", {"config": {"journal": {"data_dir": "/x"}}}, "set by the chart"),
+        ("derived key config.token.secret", {"config": {"token": {"secret": "y" * 40}}}, "set by the chart"),
+        ("config value that is a map", {"config": {"log": {"level": {"a": 1}}}}, "must be a string"),
+        ("wss:// upstream", {"config": {"server": {"upstream": "wss://b:1"}}}, "ws:// URL"),
+        ("replicas 2 without affinity", {"replicaCount": 2}, "does not forward resumes"),
+        ("terminationGracePeriodSeconds too short", {"lifecycle": {"terminationGracePeriodSeconds": 25}},
+         "must exceed"),
+        ("short tokenSecret.value", {"tokenSecret": {"value": "short"}}, "at least 32"),
+        ("tokenSecret.value and existingSecret", {"tokenSecret": {"value": "z" * 40, "existingSecret": "s"}},
+         "not both"),
+        ("unknown mode", {"mode": "daemonset"}, "standalone or sidecar"),
+        ("bad shutdown_grace", {"config": {"server": {"shutdown_grace": "soon"}}}, "duration"),
+        ("sidecar Deployment without a backend", {"mode": "sidecar", "sidecar": {"deployment": {"enabled": True}}},
+         "backend"),
+        ("sidecar PVC without claimName",
+         {"mode": "sidecar", "sidecar": {"journal": {"type": "persistentVolumeClaim"},
+                                         "deployment": {"enabled": True, "backend": {"name": "b", "image": "b"}}}},
+         "claimName"),
+        ("ServiceMonitor in sidecar mode without Services", {"mode": "sidecar", "serviceMonitor": {"enabled": True}},
+         "needs the chart's Services"),
+    ]
+    for label, values, needle in cases:
+        try:
+            with quiet_stderr():
+                render(CHART, values)
+            R.check(f"rejects {label}", False, "rendered without error")
+        except helm.HelmError as e:
+            R.check(f"rejects {label}", needle in str(e), f"error does not mention {needle!r}: {e}")
+    # The escape hatch for external routing.
+    R.run("allowReplicasWithoutAffinity", lambda: R.eq(
+        "allowReplicasWithoutAffinity renders 2 replicas",
+        one(documents(render(CHART, {"replicaCount": 2, "allowReplicasWithoutAffinity": True})),
+            "StatefulSet")["spec"]["replicas"], 2))
+
+
+def readme_snippets() -> dict[str, str]:
+    """Code blocks of the chart README marked <!-- check-helm: FILE -->."""
+    text = (CHART / "README.md").read_text()
+    found = re.findall(r"<!-- check-helm: (\S+) -->\s*```[a-z]*\n(.*?)```", text, re.S)
+    return {name: body for name, body in found}
+
+
+def check_parent_chart() -> None:
+    """The README's "Sidecar in your own Deployment" snippet, as a real parent chart."""
+    label = "parent chart"
+    snippets = readme_snippets()
+    need = ["Chart.yaml", "values.yaml", "templates/deployment.yaml"]
+    if not R.check(f"{label}: README has the snippets {need}", all(n in snippets for n in need),
+                   f"found {sorted(snippets)}"):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = Path(tmp) / "myapp"
+        for name in need:
+            (parent / name).parent.mkdir(parents=True, exist_ok=True)
+            (parent / name).write_text(snippets[name])
+        shutil.copytree(CHART, parent / "charts" / "tether")
+        report = helm.lint(str(parent), strict=True, kube_version="v" + WANTED_KUBE)
+        bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+        R.check(f"{label}: lint --strict", not report.get("errors") and not bad,
+                "; ".join(f"{m['path']}: {m['error']}" for m in bad) or "; ".join(report.get("errors", [])))
+        rendered = render(parent, release="myapp", namespace="apps")
+        docs = documents(rendered)
+        validate_all(label, docs)
+        R.check(f"{label}: no StatefulSet from the subchart", not by_kind(docs, "StatefulSet"))
+        deps = by_kind(docs, "Deployment")
+        if not R.check(f"{label}: one Deployment", len(deps) == 1):
+            return
+        dep = deps[0]
+        pod = dep["spec"]["template"]["spec"]
+        sub_values = merged(load_values(CHART / "values.yaml"), load_values(parent / "values.yaml")["tether"])
+        check_tether_container(label, pod, sub_values, docs)
+        backend_port = sub_values["sidecar"]["backendPort"]
+        cfg = toml_of(docs)
+        check_tether_toml(label, cfg, sub_values, f"ws://127.0.0.1:{backend_port}")
+        R.check(f"{label}: the backend container listens on sidecar.backendPort",
+                backend_port in [p.get("containerPort") for c in pod["containers"] if c["name"] != "tether"
+                                 for p in c.get("ports", [])])
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        svcs = by_kind(docs, "Service")
+        R.check(f"{label}: the subchart's Services select the parent's pods",
+                len(svcs) == 2 and all(selects(s["spec"]["selector"], labels) for s in svcs),
+                f"{[s['spec']['selector'] for s in svcs]} vs {labels}")
+        R.check(f"{label}: checksum annotation from tether.config.toml",
+                "checksum/tether-config" in (dep["spec"]["template"]["metadata"].get("annotations") or {}))
+
+
+def main() -> int:
+    global KUBE_VERSIONS
+    start = time.monotonic()
+    print(f"helm-python-sdk {helm.__version__} (libhelm_c {helm.helm_c_version()}, Helm {helm.helm_sdk_version()}); "
+          f"kubernetes-validate {kubernetes_validate.__version__ if hasattr(kubernetes_validate, '__version__') else '?'}")
+    KUBE_VERSIONS = kube_versions()
+    print(f"schemas: Kubernetes {', '.join(kv_utils.major_minor(v) for v in KUBE_VERSIONS)}")
+    defaults = load_values(CHART / "values.yaml")
+    with helm.Chart.load(str(CHART)) as chart:
+        meta = chart.metadata
+    R.eq("values image.tag equals Chart.yaml appVersion", str(defaults["image"]["tag"]), str(meta.get("appVersion")))
+    for name, fn in (
+        ("config key list", check_key_list),
+        ("lint", lambda: lint_all(defaults)),
+        ("default values", lambda: check_default(defaults)),
+        ("sidecar values", lambda: check_sidecar(defaults)),
+        ("servicemonitor values", lambda: check_servicemonitor(defaults)),
+        ("variants", lambda: check_variants(defaults)),
+        ("rejections", check_rejections),
+        ("parent chart", check_parent_chart),
+    ):
+        R.run(name, fn)
+    print(f"({time.monotonic() - start:.1f}s)")
+    print(f"check-helm: {R.passed} passed, {R.failed} failed")
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
