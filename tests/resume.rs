@@ -180,3 +180,30 @@ async fn client_close_1001_detaches() {
     assert_eq!(backend.count(), 1);
     t.stop().await;
 }
+
+/// Every `journal.sync` mode journals, delivers and replays.
+#[tokio::test]
+async fn every_sync_mode_delivers_and_resumes() {
+    use tether::config::SyncMode;
+    for mode in [SyncMode::None, SyncMode::Interval, SyncMode::Always] {
+        let mut backend = Backend::start().await;
+        let t = Tether::start_with(&backend, |c| {
+            c.journal.sync = mode;
+            c.journal.sync_interval = std::time::Duration::from_millis(5);
+        })
+        .await;
+        let mut ws = open(&t.url("/"), &[]).await;
+        let (_, token) = welcome(&mut ws).await;
+        let b = backend.next_conn().await;
+        b.stream(1, 50);
+        expect_stream(&mut ws, 1, 50).await;
+        drop_abruptly(ws);
+        b.stream(51, 60);
+        let mut ws = resume(&t.url("/"), &token, 40).await;
+        assert_eq!(welcome(&mut ws).await.0["outcome"], "resumed", "{mode:?}");
+        expect_stream(&mut ws, 41, 60).await;
+        let m = t.metrics().await;
+        assert_eq!(metric(&m, "tether_journal_appends_total"), 60.0, "{mode:?}");
+        t.stop().await;
+    }
+}

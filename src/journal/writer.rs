@@ -43,6 +43,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let _fail_fast = AbortOnPanic;
         // A tiny runtime of its own lets the thread wait for work with a
         // timeout, so `interval` syncs happen even when traffic stops.
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("writer runtime");
@@ -50,7 +51,9 @@ impl Writer {
         loop {
             let first = if self.dirty {
                 let wait = self.config.sync_interval.saturating_sub(self.last_sync.elapsed());
-                match rt.block_on(tokio::time::timeout(wait, rx.recv())) {
+                // The timer is created inside the runtime: `timeout` needs its
+                // time driver when it is constructed, not only when polled.
+                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
                     Ok(op) => op,
                     Err(_) => {
                         self.sync_wal();
@@ -174,5 +177,19 @@ impl Writer {
         }
         self.dirty = false;
         self.last_sync = Instant::now();
+    }
+}
+
+/// Without its writer tether can deliver nothing, and would stall silently:
+/// a panic here ends the process so the supervisor restarts it, and every
+/// session resumes from the intact journal as `restarted`.
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("tether: the journal writer panicked; aborting so the process is restarted");
+            std::process::abort();
+        }
     }
 }
