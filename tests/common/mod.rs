@@ -89,13 +89,16 @@ impl BackendConn {
     }
     /// Waits until the connection has ended, returning the close frame if any.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
-        let mut close = None;
-        while let Some(m) = self.recv().await {
-            if let Message::Close(f) = m {
-                close = f;
+        within("the backend connection to end", async {
+            let mut close = None;
+            while let Some(m) = self.rx.recv().await.flatten() {
+                if let Message::Close(f) = m {
+                    close = f;
+                }
             }
-        }
-        close
+            close
+        })
+        .await
     }
 }
 
@@ -402,15 +405,20 @@ pub async fn resume(url: &str, token: &str, offset: u64) -> Ws {
     open(url, &[("tether-session", token), ("tether-offset", &offset.to_string())]).await
 }
 
-/// Next message that is not a ping/pong.
+/// Next message that is not a ping/pong. The deadline covers the whole
+/// wait: tether pings more often than [`WAIT`], so a per-read deadline
+/// would never fire.
 pub async fn next(ws: &mut Ws) -> Message {
-    loop {
-        match within("a message", ws.next()).await {
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(m)) => return m,
-            other => panic!("connection ended: {other:?}"),
+    within("a message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                other => panic!("connection ended: {other:?}"),
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Next text message.
@@ -452,14 +460,17 @@ pub async fn expect_stream(ws: &mut Ws, from: u64, to: u64) {
 
 /// Waits for the close frame and returns its code.
 pub async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match within("a close frame", ws.next()).await {
-            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
-            Some(Ok(Message::Close(None))) => return 1005,
-            Some(Ok(_)) => continue,
-            other => panic!("no close frame: {other:?}"),
+    within("a close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
         }
-    }
+    })
+    .await
 }
 
 /// Abrupt client drop: TCP reset, no close frame.
