@@ -145,3 +145,77 @@ async fn none_stamp_mode_is_byte_for_byte() {
     assert_eq!(next(&mut ws).await, Message::text("four"));
     t.stop().await;
 }
+
+/// A backend that writes its 101 and a first frame in one TCP write, then a
+/// backend whose 101 has the wrong accept key. tether does this handshake
+/// itself, so both paths are checked byte for byte here.
+#[tokio::test]
+async fn frames_right_after_the_101_and_a_bad_accept_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let raw = tokio::spawn(async move {
+        let mut heads = Vec::new();
+        for accept_right in [true, false] {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8(head).unwrap();
+            let key =
+                head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
+            let accept = if accept_right { derive_accept_key(key.as_bytes()) } else { "d3Jvbmc=".into() };
+            let mut reply = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes();
+            reply.extend_from_slice(&[0x81, 5]); // one unmasked text frame, "early"
+            reply.extend_from_slice(b"early");
+            tcp.write_all(&reply).await.unwrap();
+            heads.push(head);
+            // Keep the connection open until tether closes it.
+            tokio::spawn(async move {
+                let mut rest = Vec::new();
+                let _ = tcp.read_to_end(&mut rest).await;
+            });
+        }
+        heads
+    });
+    let backend = Backend::start().await; // unused; tether is pointed at the raw one
+    let t = Tether::start_with(&backend, |c| c.server.upstream = format!("ws://{addr}/base")).await;
+
+    let mut ws = open(&t.url("/feed?room=1"), &[("x-app", "yes")]).await;
+    let (w, _) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "new");
+    assert_eq!(data(&mut ws).await, (1, "early".into()));
+
+    assert_refused_502(connect(&t.url("/"), &[]).await, "backend_handshake_failed");
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, r#"tether_backend_connects_total{result="backend_handshake_failed"}"#), 1.0);
+    assert_eq!(metric(&m, r#"tether_refusals_total{error="backend_handshake_failed",status="502"}"#), 1.0);
+    ws.close(None).await.unwrap();
+    t.stop().await;
+
+    let heads = within("the raw backend", raw).await.unwrap();
+    let first = &heads[0];
+    assert!(first.starts_with("GET /base/feed?room=1 HTTP/1.1\r\n"), "{first}");
+    for line in ["host: ", "upgrade: websocket", "connection: Upgrade", "sec-websocket-version: 13", "x-app: yes"] {
+        assert!(first.lines().any(|l| l.starts_with(line)), "no {line:?} in {first}");
+    }
+}
+
+fn assert_refused_502(r: Result<(Ws, http::HeaderMap), Refused>, error: &str) {
+    match r {
+        Ok(_) => panic!("expected a 502 refusal"),
+        Err(r) => {
+            assert_eq!(r.status, 502);
+            assert_eq!(r.body["error"], error, "{}", r.body);
+            assert!(r.body["detail"].as_str().unwrap().contains("Sec-WebSocket-Accept"), "{}", r.body);
+        }
+    }
+}

@@ -5,14 +5,12 @@
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Uri};
+use http::Uri;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
 
+use super::dial::{self, DialError};
 use super::refusal::Refusal;
-use crate::admin::metrics::Metrics;
+use super::Context;
 use crate::protocol::credentials;
 use crate::session::{BackendResponse, BackendSocket};
 
@@ -74,17 +72,16 @@ pub fn is_hop_header(name: &HeaderName, connection: &HeaderMap) -> bool {
         .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(name.as_str())))
 }
 
-/// Connects to the backend for a client request with `uri` and `headers`.
+/// Connects to the backend for a client request with `uri` and `headers`,
+/// within `ctx.backend_timeout`.
 pub async fn connect(
-    upstream: &Upstream,
+    ctx: &Context,
     uri: &Uri,
     headers: &HeaderMap,
     peer: SocketAddr,
-    ws_config: WebSocketConfig,
-    timeout: std::time::Duration,
-    metrics: &Metrics,
 ) -> Result<(BackendSocket, BackendResponse), Refusal> {
-    let result = tokio::time::timeout(timeout, dial(upstream, uri, headers, peer, ws_config)).await;
+    let timeout = ctx.backend_timeout;
+    let result = tokio::time::timeout(timeout, open(ctx, uri, headers, peer)).await;
     let (label, out) = match result {
         Ok(Ok(ok)) => ("ok", Ok(ok)),
         Ok(Err(r)) => (r.error, Err(r)),
@@ -96,49 +93,41 @@ pub async fn connect(
             )),
         ),
     };
-    metrics.backend_connects.with_label_values(&[label]).inc();
+    ctx.metrics.backend_connects.with_label_values(&[label]).inc();
     out
 }
 
-async fn dial(
-    upstream: &Upstream,
+async fn open(
+    ctx: &Context,
     uri: &Uri,
     headers: &HeaderMap,
     peer: SocketAddr,
-    ws_config: WebSocketConfig,
 ) -> Result<(BackendSocket, BackendResponse), Refusal> {
+    let upstream = &ctx.upstream;
     let mut path = format!("{}{}", upstream.prefix, uri.path());
     if let Some(q) = credentials::strip_params(uri.query()) {
         path.push('?');
         path.push_str(&q);
     }
-    let target = format!("ws://{}{}", upstream.authority, path);
-    let mut req = Request::get(&target)
-        .body(())
-        .map_err(|e| Refusal::bad_request("bad_path", format!("cannot forward path: {e}")))?;
-    let out = req.headers_mut();
+    if path.is_empty() {
+        path.push('/');
+    }
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
+    out.insert(header::HOST, hv(&upstream.authority));
     for (name, value) in headers {
         if !is_hop_header(name, headers) && !name.as_str().starts_with("x-forwarded-") {
             out.append(name.clone(), value.clone());
         }
     }
-    forwarded(out, headers, peer);
-    out.insert(header::HOST, hv(&upstream.authority));
-    out.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    out.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-    out.insert(header::SEC_WEBSOCKET_KEY, hv(&generate_key()));
+    forwarded(&mut out, headers, peer);
 
     let tcp = TcpStream::connect(&upstream.authority).await.map_err(|e| {
         Refusal::bad_gateway("backend_unreachable", format!("cannot connect to {}: {e}", upstream.authority))
     })?;
     let _ = tcp.set_nodelay(true);
-    tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config)).await.map_err(|e| match e {
-        WsError::Http(resp) => Refusal::bad_gateway(
-            "backend_refused",
-            format!("backend answered {} instead of 101", resp.status().as_u16()),
-        ),
-        other => Refusal::bad_gateway("backend_handshake_failed", format!("backend handshake failed: {other}")),
+    dial::handshake(tcp, &path, out, ctx.ws_config, ctx.max_header_bytes).await.map_err(|e| match e {
+        DialError::Refused(_) => Refusal::bad_gateway("backend_refused", e.to_string()),
+        DialError::Protocol(_) | DialError::Io(_) => Refusal::bad_gateway("backend_handshake_failed", e.to_string()),
     })
 }
 

@@ -281,8 +281,7 @@ async fn connect(
     peer: SocketAddr,
     ctx: &Context,
 ) -> Result<(BackendSocket, BackendResponse), Refusal> {
-    backend::connect(&ctx.upstream, req.uri(), req.headers(), peer, ctx.ws_config, ctx.backend_timeout, &ctx.metrics)
-        .await
+    backend::connect(ctx, req.uri(), req.headers(), peer).await
 }
 
 /// The report for a session that no longer exists: the client continues in

@@ -8,6 +8,7 @@
 //! - [`refusal`]: every error a client can cause before the upgrade.
 
 pub mod backend;
+pub mod dial;
 pub mod handshake;
 pub mod pump;
 pub mod refusal;
