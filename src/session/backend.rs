@@ -22,7 +22,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub(super) async fn run(
     session: Arc<Session>,
     mut ws: BackendSocket,
-    mut upstream: mpsc::Receiver<Upstream>,
+    mut upstream: mpsc::Receiver<Box<Upstream>>,
     mut linger: watch::Receiver<Option<Instant>>,
 ) {
     let shared = session.shared.clone();
@@ -65,7 +65,7 @@ pub(super) async fn run(
                 }
                 None => break client_close.take().map(|c| c.0).unwrap_or(EndInfo { code: 1006, reason: String::new() }),
             },
-            cmd = upstream.recv(), if client_close.is_none() => match cmd {
+            cmd = upstream.recv(), if client_close.is_none() => match cmd.map(|c| *c) {
                 Some(Upstream::Data(m)) => {
                     let len = m.len() as u64;
                     if ws.send(m).await.is_err() {

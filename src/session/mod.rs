@@ -91,7 +91,7 @@ pub struct Shared {
 
 /// Where a session stands.
 enum Life {
-    Live { upstream: mpsc::Sender<Upstream>, linger: watch::Sender<Option<Instant>> },
+    Live { upstream: mpsc::Sender<Box<Upstream>>, linger: watch::Sender<Option<Instant>> },
     Orphaned { since: Instant },
     Ended { since: Instant },
 }
@@ -330,7 +330,7 @@ impl Session {
             Life::Live { upstream, .. } => upstream.clone(),
             _ => return false,
         };
-        tx.send(msg).await.is_ok()
+        tx.send(Box::new(msg)).await.is_ok()
     }
 
     /// Frames `from..=to` from the in-memory ring, if it still has `from`.
@@ -346,6 +346,8 @@ impl Session {
     /// Starts the backend task for `conn`; returns the live state to store.
     fn start_backend(self: &Arc<Self>, conn: BackendSocket) -> Life {
         self.shared.live.fetch_add(1, Ordering::Relaxed);
+        // Boxed: tokio allocates a block of 32 slots with every channel, and
+        // 32 unboxed messages would cost each idle session 1.8 KB.
         let (upstream, upstream_rx) = mpsc::channel(64);
         let (linger, linger_rx) = watch::channel(None);
         self.shared.tasks.spawn(backend::run(self.clone(), conn, upstream_rx, linger_rx));
