@@ -105,7 +105,8 @@ pub struct LimitsConfig {
     pub write_buffer_bytes: usize,
     /// Hard cap on a socket's write buffer before writes fail.
     pub max_write_buffer_bytes: usize,
-    /// Read buffer per socket.
+    /// Read buffer per socket (client and backend), and the most one read
+    /// system call takes in.
     pub read_buffer_bytes: usize,
     /// Most sessions with an open backend connection (attached or lingering).
     pub max_sessions: usize,
@@ -124,7 +125,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 16 * 1024,
             write_buffer_bytes: 16 * 1024,
             max_write_buffer_bytes: 4 << 20,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             max_sessions: 10_000,
             ring_bytes: 64 * 1024,
             replay_batch_bytes: 256 * 1024,
