@@ -206,7 +206,7 @@ pub enum SyncMode {
     /// WAL written to the OS before forwarding; survives kill -9, not power loss.
     #[default]
     None,
-    /// As `none`, plus an fsync at most every `sync_interval`.
+    /// As `none`, plus an fsync every `sync_interval` if anything was written.
     Interval,
     /// fsync before forwarding (group commit across sessions).
     Always,

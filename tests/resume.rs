@@ -204,6 +204,22 @@ async fn every_sync_mode_delivers_and_resumes() {
         expect_stream(&mut ws, 41, 60).await;
         let m = t.metrics().await;
         assert_eq!(metric(&m, "tether_journal_appends_total"), 60.0, "{mode:?}");
+        let fsyncs =
+            |m: &str, trigger: &str| metric(m, &format!(r#"tether_journal_fsyncs_total{{trigger="{trigger}"}}"#));
+        match mode {
+            SyncMode::None => assert_eq!((fsyncs(&m, "batch"), fsyncs(&m, "interval")), (0.0, 0.0)),
+            SyncMode::Always => assert!(fsyncs(&m, "batch") >= 1.0 && fsyncs(&m, "interval") == 0.0, "{m}"),
+            SyncMode::Interval => {
+                // The syncer runs every 5 ms once something was written.
+                assert_eq!(fsyncs(&m, "batch"), 0.0);
+                within("an interval fsync", async {
+                    while fsyncs(&t.metrics().await, "interval") < 1.0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+            }
+        }
         t.stop().await;
     }
 }

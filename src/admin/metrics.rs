@@ -21,6 +21,9 @@ pub struct Metrics {
     pub journal_batch_ops: Histogram,
     /// Failed journal writes (retried; nothing is forwarded meanwhile).
     pub journal_write_errors: IntCounter,
+    /// WAL fsyncs, by what triggered them (`batch` with `sync = "always"`,
+    /// `interval`, `drain`).
+    pub journal_fsyncs: IntCounterVec,
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub journal_disk_bytes: IntGauge,
     /// Payload bytes retained across sessions (what the disk budget counts).
@@ -79,6 +82,11 @@ impl Metrics {
             journal_write_errors: IntCounter::new(
                 "tether_journal_write_errors_total",
                 "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+            )
+            .unwrap(),
+            journal_fsyncs: IntCounterVec::new(
+                opts!("tether_journal_fsyncs_total", "Journal WAL fsyncs, by trigger (batch, interval, drain)."),
+                &["trigger"],
             )
             .unwrap(),
             journal_disk_bytes: IntGauge::new(
@@ -151,6 +159,7 @@ impl Metrics {
             Box::new(self.journal_append_seconds.clone()),
             Box::new(self.journal_batch_ops.clone()),
             Box::new(self.journal_write_errors.clone()),
+            Box::new(self.journal_fsyncs.clone()),
             Box::new(self.journal_disk_bytes.clone()),
             Box::new(self.journal_retained_bytes.clone()),
             Box::new(self.replayed_frames.clone()),

@@ -8,8 +8,9 @@
 //! client without being in the journal, and nothing queued is dropped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::mpsc;
@@ -27,7 +28,15 @@ pub(super) fn spawn(
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("tether-journal".into())
-        .spawn(move || Writer { db, config, healthy, metrics, last_sync: Instant::now(), dirty: false }.run(rx))
+        .spawn(move || {
+            let dirty = Arc::new(AtomicBool::new(false));
+            let syncer = (config.sync == SyncMode::Interval)
+                .then(|| Syncer::spawn(db.clone(), config.sync_interval, dirty.clone(), metrics.clone()));
+            Writer { db, config, healthy, metrics, dirty }.run(rx);
+            if let Some(s) = syncer {
+                s.stop();
+            }
+        })
         .expect("spawn journal writer thread")
 }
 
@@ -36,34 +45,15 @@ struct Writer {
     config: JournalConfig,
     healthy: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-    last_sync: Instant,
-    /// Written since the last fsync (`interval` mode).
-    dirty: bool,
+    /// Written since the syncer's last fsync (`interval` mode).
+    dirty: Arc<AtomicBool>,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let _fail_fast = AbortOnPanic;
-        // A tiny runtime of its own lets the thread wait for work with a
-        // timeout, so `interval` syncs happen even when traffic stops.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("writer runtime");
         let mut ops: Vec<Op> = Vec::with_capacity(self.config.max_batch);
-        loop {
-            let first = if self.dirty {
-                let wait = self.config.sync_interval.saturating_sub(self.last_sync.elapsed());
-                // The timer is created inside the runtime: `timeout` needs its
-                // time driver when it is constructed, not only when polled.
-                match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                    Ok(op) => op,
-                    Err(_) => {
-                        self.sync_wal();
-                        continue;
-                    }
-                }
-            } else {
-                rx.blocking_recv()
-            };
-            let Some(first) = first else { break };
+        while let Some(first) = rx.blocking_recv() {
             ops.push(first);
             while ops.len() < self.config.max_batch {
                 match rx.try_recv() {
@@ -75,7 +65,7 @@ impl Writer {
                 return;
             }
         }
-        self.sync_wal();
+        sync_wal(&self.db, &self.metrics, "drain");
     }
 
     /// Writes `ops` (retrying until it succeeds), then acknowledges them.
@@ -123,7 +113,7 @@ impl Writer {
             }
         }
         if !syncs.is_empty() {
-            self.sync_wal();
+            sync_wal(&self.db, &self.metrics, "drain");
             for done in syncs {
                 let _ = done.send(());
             }
@@ -160,28 +150,68 @@ impl Writer {
         let mut wo = WriteOptions::default();
         wo.set_sync(self.config.sync == SyncMode::Always);
         self.db.write_opt(batch, &wo)?;
-        if self.config.sync == SyncMode::Interval {
-            self.dirty = true;
-            if self.last_sync.elapsed() >= self.config.sync_interval {
-                self.sync_wal();
-            }
+        match self.config.sync {
+            SyncMode::Always => self.metrics.journal_fsyncs.with_label_values(&["batch"]).inc(),
+            SyncMode::Interval => self.dirty.store(true, Ordering::Release),
+            SyncMode::None => {}
         }
         Ok(())
     }
+}
 
-    fn sync_wal(&mut self) {
-        if let Err(e) = self.db.flush_wal(true) {
-            self.metrics.journal_write_errors.inc();
-            tracing::error!(error = %e, "journal fsync failed");
-            return;
-        }
-        self.dirty = false;
-        self.last_sync = Instant::now();
+/// `sync = interval`: fsyncs the WAL every `sync_interval` if anything was
+/// written since the last time. It has its own thread so the writer keeps
+/// committing while an fsync runs: on the writer thread, every frame that
+/// arrived during an fsync waited for it (p99 of 0.8–7.8 ms at 16 KiB in
+/// docs/BENCHMARKS.md). An fsync covers everything written before it started,
+/// so a power loss still loses at most about one interval of writes.
+struct Syncer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Syncer {
+    fn spawn(db: Arc<DB>, interval: Duration, dirty: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Syncer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tether-wal-sync".into())
+            .spawn(move || {
+                let _fail_fast = AbortOnPanic;
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    if dirty.swap(false, Ordering::AcqRel) && !sync_wal(&db, &metrics, "interval") {
+                        // Tried again at the next interval.
+                        dirty.store(true, Ordering::Release);
+                    }
+                }
+            })
+            .expect("spawn WAL sync thread");
+        Syncer { stop, thread }
+    }
+
+    /// Stops the thread; the writer's own final fsync follows.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
     }
 }
 
-/// Without its writer tether can deliver nothing, and would stall silently:
-/// a panic here ends the process so the supervisor restarts it, and every
+/// Fsyncs the WAL; false (counted and logged) if that failed.
+fn sync_wal(db: &DB, metrics: &Metrics, trigger: &str) -> bool {
+    match db.flush_wal(true) {
+        Ok(()) => {
+            metrics.journal_fsyncs.with_label_values(&[trigger]).inc();
+            true
+        }
+        Err(e) => {
+            metrics.journal_write_errors.inc();
+            tracing::error!(error = %e, "journal fsync failed");
+            false
+        }
+    }
+}
+
+/// Without its writer tether can deliver nothing, and would stall silently
+/// (nor may the WAL silently stop being synced): a panic here ends the process so the supervisor restarts it, and every
 /// session resumes from the intact journal as `restarted`.
 struct AbortOnPanic;
 
