@@ -105,8 +105,8 @@ pub struct LimitsConfig {
     pub write_buffer_bytes: usize,
     /// Hard cap on a socket's write buffer before writes fail.
     pub max_write_buffer_bytes: usize,
-    /// Read buffer per socket (client and backend), and the most one read
-    /// system call takes in.
+    /// Frame-parsing buffer each socket (client and backend) keeps for its
+    /// life; kernel reads take up to `lazy_read::BURST` regardless.
     pub read_buffer_bytes: usize,
     /// Most sessions with an open backend connection (attached or lingering).
     pub max_sessions: usize,

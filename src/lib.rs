@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod journal;
+pub mod lazy_read;
 pub mod protocol;
 pub mod proxy;
 pub mod server;

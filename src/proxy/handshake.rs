@@ -20,6 +20,7 @@ use super::backend::{self, is_hop_header};
 use super::pump::{self, Greeting};
 use super::refusal::Refusal;
 use super::Context;
+use crate::lazy_read::LazyRead;
 use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
 use crate::protocol::token::RawToken;
@@ -155,8 +156,12 @@ async fn upgrade(
     ctx.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ctx.ws_config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    LazyRead::new(TokioIo::new(upgraded)),
+                    Role::Server,
+                    Some(ctx.ws_config),
+                )
+                .await;
                 pump::run(ws, session, attachment, greeting, ctx).await;
             }
             Err(e) => {

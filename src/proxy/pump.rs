@@ -25,11 +25,12 @@ use tokio_tungstenite::WebSocketStream;
 use super::Context;
 use crate::config::StampMode;
 use crate::journal::{EndInfo, JournalError};
+use crate::lazy_read::LazyRead;
 use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::unix_ms;
 use crate::session::{Attachment, Session, Upstream};
 
-type ClientSocket = WebSocketStream<TokioIo<Upgraded>>;
+type ClientSocket = WebSocketStream<LazyRead<TokioIo<Upgraded>>>;
 type Sink = SplitSink<ClientSocket, Message>;
 
 /// Close code sent to a connection whose session was taken over.

@@ -30,13 +30,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::metrics::Metrics;
 use crate::journal::{EndInfo, Journal, SessionMeta};
+use crate::lazy_read::LazyRead;
 use crate::protocol::{unix_ms, Payload, SessionId};
 pub use registry::Sessions;
 use retention::{Retained, Trim};
 use ring::Ring;
 
 /// A connected backend WebSocket.
-pub type BackendSocket = WebSocketStream<TcpStream>;
+pub type BackendSocket = WebSocketStream<LazyRead<TcpStream>>;
 /// The backend's answer to the upgrade (its 101).
 pub type BackendResponse = http::Response<Option<Vec<u8>>>;
 
