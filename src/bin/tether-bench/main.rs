@@ -118,72 +118,84 @@ async fn run_plan(plan: &Plan, l: &Launcher) -> Results {
         stream_matrix(plan, l, &mut res).await;
     }
     if plan.has("replay") {
-        for run in 0..plan.runs {
-            quiet().await;
-            match special::replay(l, plan.replay_frames, 64, run).await {
-                Ok(r) => {
-                    eprintln!(
-                        "[replay {} frames, run {}/{}] fill {} msg/s, replay {} frames/s, tether {} µs/frame{}",
-                        thousands(r.frames as f64),
-                        run + 1,
-                        plan.runs,
-                        thousands(r.fill_rate),
-                        thousands(r.replay_rate),
-                        fixed(r.tether_cpu_us, 2),
-                        r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
-                    );
-                    res.replay.push(r);
-                }
-                Err(e) => res.failures.push(format!("replay run {}: {e:#}", run + 1)),
-            }
-        }
+        res.replay = rounds(plan, "replay", &quiet, &mut res.failures, |run| async move {
+            let r = special::replay(l, plan.replay_frames, 64, run).await?;
+            let line = format!(
+                "[replay {} frames, run {}/{}] fill {} msg/s, replay {} frames/s, tether {} µs/frame{}",
+                thousands(r.frames as f64),
+                run + 1,
+                plan.runs,
+                thousands(r.fill_rate),
+                thousands(r.replay_rate),
+                fixed(r.tether_cpu_us, 2),
+                r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
+            );
+            Ok((r, line))
+        })
+        .await;
     }
     if plan.has("resume") {
-        for run in 0..plan.runs {
-            quiet().await;
-            match special::resume(l, plan.resume_secs, plan.resume_workers, run).await {
-                Ok(r) => {
-                    eprintln!(
-                        "[resume run {}/{}] fresh p50 {} p99 {} µs ({}), resume p50 {} p99 {} µs ({}, {} without replay){}",
-                        run + 1,
-                        plan.runs,
-                        micros(r.fresh_p50_us),
-                        micros(r.fresh_p99_us),
-                        r.fresh_samples,
-                        micros(r.resume_p50_us),
-                        micros(r.resume_p99_us),
-                        r.resume_samples,
-                        r.skipped,
-                        r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
-                    );
-                    res.resume.push(r);
-                }
-                Err(e) => res.failures.push(format!("resume run {}: {e:#}", run + 1)),
-            }
-        }
+        res.resume = rounds(plan, "resume", &quiet, &mut res.failures, |run| async move {
+            let r = special::resume(l, plan.resume_secs, plan.resume_workers, run).await?;
+            let line = format!(
+                "[resume run {}/{}] fresh p50 {} p99 {} µs ({}), resume p50 {} p99 {} µs ({}, {} without replay){}",
+                run + 1,
+                plan.runs,
+                micros(r.fresh_p50_us),
+                micros(r.fresh_p99_us),
+                r.fresh_samples,
+                micros(r.resume_p50_us),
+                micros(r.resume_p99_us),
+                r.resume_samples,
+                r.skipped,
+                r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
+            );
+            Ok((r, line))
+        })
+        .await;
     }
     if plan.has("idle") {
-        for run in 0..plan.runs {
-            quiet().await;
-            match special::idle(l, plan.idle_sessions, run).await {
-                Ok(r) => {
-                    eprintln!(
-                        "[idle run {}/{}] {} sessions: RSS {} → {} KiB, {} bytes per session (open-files limit {})",
-                        run + 1,
-                        plan.runs,
-                        r.sessions,
-                        r.rss_base_kib,
-                        r.rss_kib,
-                        thousands(r.per_session_bytes),
-                        r.nofile
-                    );
-                    res.idle.push(r);
-                }
-                Err(e) => res.failures.push(format!("idle run {}: {e:#}", run + 1)),
-            }
-        }
+        res.idle = rounds(plan, "idle", &quiet, &mut res.failures, |run| async move {
+            let r = special::idle(l, plan.idle_sessions, run).await?;
+            let line = format!(
+                "[idle run {}/{}] {} sessions: RSS {} → {} KiB, {} bytes per session (open-files limit {})",
+                run + 1,
+                plan.runs,
+                r.sessions,
+                r.rss_base_kib,
+                r.rss_kib,
+                thousands(r.per_session_bytes),
+                r.nofile
+            );
+            Ok((r, line))
+        })
+        .await;
     }
     res
+}
+
+/// Runs a scenario `plan.runs` times, each after waiting for a quiet
+/// machine; prints each run's progress line and keeps its result, or
+/// records its failure.
+async fn rounds<R, Q, QF, F, Fut>(plan: &Plan, name: &str, quiet: &Q, failures: &mut Vec<String>, mut one: F) -> Vec<R>
+where
+    Q: Fn() -> QF,
+    QF: std::future::Future,
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(R, String)>>,
+{
+    let mut out = Vec::new();
+    for run in 0..plan.runs {
+        quiet().await;
+        match one(run).await {
+            Ok((r, line)) => {
+                eprintln!("{line}");
+                out.push(r);
+            }
+            Err(e) => failures.push(format!("{name} run {}: {e:#}", run + 1)),
+        }
+    }
+    out
 }
 
 /// Saturation rounds for each cell, then fixed-load rounds at shares of the
