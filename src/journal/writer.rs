@@ -188,7 +188,7 @@ impl Syncer {
         Syncer { stop, thread }
     }
 
-    /// Stops the thread; the writer's own final fsync follows.
+    /// Stops the thread, once the writer has made its own final fsync.
     fn stop(self) {
         drop(self.stop);
         let _ = self.thread.join();
