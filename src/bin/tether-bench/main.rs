@@ -207,47 +207,43 @@ async fn stream_matrix(plan: &Plan, l: &Launcher, res: &mut Results) {
     let mut broken: Vec<Setup> = Vec::new();
     for &size in &plan.sizes {
         for &conns in &plan.conns {
-            for run in 0..plan.runs {
-                for &setup in &plan.setups {
-                    if broken.contains(&setup) {
-                        continue;
-                    }
-                    let t = TrialSpec {
-                        setup,
-                        size,
-                        conns,
-                        rate: None,
-                        load_pct: 0,
-                        base: 0.0,
-                        calibration: false,
-                        ms: plan.sat_ms,
-                        run,
-                    };
-                    trial(l, t, plan.runs, plan.attempts, res, &mut broken).await;
-                }
-            }
+            let spec = |setup, run, rate, load_pct, base, ms| TrialSpec {
+                setup,
+                size,
+                conns,
+                rate,
+                load_pct,
+                base,
+                calibration: false,
+                ms,
+                run,
+            };
+            interleaved(plan, l, res, &mut broken, |setup, run| spec(setup, run, None, 0, 0.0, plan.sat_ms)).await;
             let Some(base) = capacity(plan, l, size, conns, res).await else { continue };
             for &load in &plan.loads {
                 let rate = base * f64::from(load) / 100.0;
-                for run in 0..plan.runs {
-                    for &setup in &plan.setups {
-                        if broken.contains(&setup) {
-                            continue;
-                        }
-                        let t = TrialSpec {
-                            setup,
-                            size,
-                            conns,
-                            rate: Some(rate),
-                            load_pct: load,
-                            base,
-                            calibration: false,
-                            ms: plan.lat_ms,
-                            run,
-                        };
-                        trial(l, t, plan.runs, plan.attempts, res, &mut broken).await;
-                    }
-                }
+                interleaved(plan, l, res, &mut broken, |setup, run| {
+                    spec(setup, run, Some(rate), load, base, plan.lat_ms)
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// `plan.runs` rounds of one trial per setup (A B C A B C ...), skipping
+/// setups that stalled.
+async fn interleaved(
+    plan: &Plan,
+    l: &Launcher,
+    res: &mut Results,
+    broken: &mut Vec<Setup>,
+    spec: impl Fn(Setup, usize) -> TrialSpec,
+) {
+    for run in 0..plan.runs {
+        for &setup in &plan.setups {
+            if !broken.contains(&setup) {
+                trial(l, spec(setup, run), plan.runs, plan.attempts, res, broken).await;
             }
         }
     }
