@@ -1,12 +1,19 @@
 //! Command line: `tether [run]` serves; `tether demo` runs tether in front of
-//! a built-in demo backend and shows a stream surviving a disconnect.
+//! a built-in demo backend and shows a stream surviving a disconnect. Also
+//! what every binary that runs tether shares: log set-up, the runtime, and
+//! the shutdown signals.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use std::future::Future;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ConfigError, LogConfig, LogFormat};
+use crate::server::{self, RunError};
 
 /// tether: delivery guarantees for an unmodified WebSocket backend.
 ///
@@ -83,13 +90,65 @@ impl Cli {
     }
 }
 
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "human" => Ok(LogFormat::Human),
-            "json" => Ok(LogFormat::Json),
-            other => Err(format!("log format must be human or json, not {other:?}")),
-        }
+/// Why `tether run` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// `log.level` is not a valid filter.
+    #[error("log.level {level:?}: {source}")]
+    LogFilter {
+        /// The filter as configured.
+        level: String,
+        /// What is wrong with it.
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The tokio runtime or the signal handlers could not be set up.
+    #[error("cannot start: {0}")]
+    Setup(#[from] std::io::Error),
+    /// tether failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// What `tether run` does: logs, a runtime, tether until SIGTERM or SIGINT,
+/// then a drain.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    init_logs(&config.log)?;
+    runtime()?.block_on(async move {
+        // Handlers first: a SIGTERM that arrives as soon as tether is serving
+        // must drain, not kill the process or go unnoticed.
+        let stop = shutdown_signal()?;
+        Ok(server::run(config, stop).await?)
+    })
+}
+
+/// Installs the global log subscriber for `log`.
+pub fn init_logs(log: &LogConfig) -> Result<(), ServeError> {
+    let filter =
+        EnvFilter::try_new(&log.level).map_err(|source| ServeError::LogFilter { level: log.level.clone(), source })?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
     }
+    Ok(())
+}
+
+/// The multi-threaded tokio runtime tether runs on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+}
+
+/// Installs SIGTERM and SIGINT handlers now; the future completes at the
+/// first of them.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received");
+    })
 }

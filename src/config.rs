@@ -282,6 +282,17 @@ impl Default for LogConfig {
     }
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format must be human or json, not {other:?}")),
+        }
+    }
+}
+
 impl Config {
     /// Loads `path` (if given), then applies `TETHER_<SECTION>_<KEY>` variables
     /// from `env`, then checks the result.
@@ -318,9 +329,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         let l = &self.limits;
-        if !self.server.upstream.starts_with("ws://") {
-            return bad("server.upstream must be a ws:// URL");
-        }
+        UpstreamUrl::parse(&self.server.upstream).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if l.max_header_bytes < 8192 {
             return bad("limits.max_header_bytes must be at least 8192");
         }
@@ -346,6 +355,40 @@ impl Config {
             return bad("stamp.json_field must not be empty");
         }
         Ok(())
+    }
+}
+
+/// `server.upstream`, parsed: where the backend is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `host:port`, with port 80 if the URL names none.
+    pub(crate) authority: String,
+    /// The path prefix every client path is appended to, without a trailing `/`.
+    pub(crate) prefix: String,
+}
+
+/// A malformed `server.upstream`.
+#[derive(Debug, thiserror::Error)]
+#[error("server.upstream {url:?}: {problem}")]
+pub struct BadUpstream {
+    url: String,
+    problem: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `ws://host[:port][/prefix]`.
+    pub fn parse(url: &str) -> Result<UpstreamUrl, BadUpstream> {
+        let bad = |problem: String| BadUpstream { url: url.to_owned(), problem };
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        if uri.scheme_str() != Some("ws") {
+            return Err(bad("only ws:// is supported".into()));
+        }
+        let auth = uri.authority().ok_or_else(|| bad("no host".into()))?;
+        let authority = match auth.port_u16() {
+            Some(_) => auth.as_str().to_owned(),
+            None => format!("{}:80", auth.host()),
+        };
+        Ok(UpstreamUrl { authority, prefix: uri.path().trim_end_matches('/').to_owned() })
     }
 }
 
@@ -375,6 +418,15 @@ fn env_value(raw: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = UpstreamUrl::parse("ws://backend:9000/api/").unwrap();
+        assert_eq!((u.authority.as_str(), u.prefix.as_str()), ("backend:9000", "/api"));
+        let u = UpstreamUrl::parse("ws://backend").unwrap();
+        assert_eq!((u.authority.as_str(), u.prefix.as_str()), ("backend:80", ""));
+        assert!(UpstreamUrl::parse("wss://backend").is_err());
+    }
 
     #[test]
     fn shipped_file_matches_defaults() {

@@ -1,6 +1,7 @@
 //! `tether demo`: a built-in backend that ticks, tether in front of it, and
 //! a scripted client that drops its connection and resumes, so a newcomer
-//! sees a stream survive a disconnect with nothing lost.
+//! sees a stream survive a disconnect with nothing lost. Part of the binary,
+//! not the library.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,12 +15,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::server::{self, StartError};
+use tether::cli::{self, Cli};
+use tether::config::Config;
+use tether::server::{self, JournalError, StartError};
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// tether did not start.
     #[error(transparent)]
     Start(#[from] StartError),
@@ -34,32 +36,26 @@ pub enum DemoError {
     Unexpected(String),
     /// The journal could not be synced on exit.
     #[error(transparent)]
-    Journal(#[from] crate::journal::JournalError),
+    Journal(#[from] JournalError),
 }
 
 /// Demo defaults: loopback ports 8080/9090 and a fresh journal in the temp
-/// directory, unless the user chose otherwise.
-pub fn adjust_config(c: &mut Config, listen: bool, admin: bool, data_dir: bool) -> Result<(), DemoError> {
-    if listen {
+/// directory, unless the user chose otherwise on the command line.
+pub(crate) fn adjust_config(c: &mut Config, cli: &Cli) {
+    if cli.listen.is_none() {
         c.server.listen = "127.0.0.1:8080".parse().expect("static address");
     }
-    if admin {
+    if cli.admin_listen.is_none() {
         c.server.admin_listen = "127.0.0.1:9090".parse().expect("static address");
     }
-    if data_dir {
+    if cli.data_dir.is_none() {
         c.journal.data_dir = std::env::temp_dir().join(format!("tether-demo-{}", std::process::id()));
     }
-    Ok(())
 }
 
 /// The demo backend: every connection gets `tick <n>` every `period` and an
 /// `echo: <text>` for each text message it sends. Counts connections.
-pub async fn backend(
-    listener: TcpListener,
-    period: Duration,
-    connections: Arc<AtomicU64>,
-    shutdown: CancellationToken,
-) {
+async fn backend(listener: TcpListener, period: Duration, connections: Arc<AtomicU64>, shutdown: CancellationToken) {
     loop {
         let tcp = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -92,8 +88,9 @@ pub async fn backend(
     }
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(mut config: Config) -> Result<(), DemoError> {
+/// Runs the demo until Ctrl-C (or SIGTERM).
+pub(crate) async fn run(mut config: Config) -> Result<(), DemoError> {
+    let stop = cli::shutdown_signal()?;
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     config.server.upstream = format!("ws://{}", listener.local_addr()?);
@@ -108,7 +105,30 @@ pub async fn run(mut config: Config) -> Result<(), DemoError> {
     println!("tether:  {url}   admin: http://{}/metrics", running.admin_addr);
     println!("journal: {}\n", data_dir.display());
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let scripted = script(&url).await;
+    if let Ok(last) = &scripted {
+        println!(
+            "\nEvery seq from 1 to {last} arrived exactly once, in order; the backend saw {} connection(s).",
+            connections.load(Ordering::Relaxed)
+        );
+        println!("\nTry it by hand (e.g. with websocat):");
+        println!("  websocat -v {url}                  # note the token in the welcome frame");
+        println!("  websocat '{url}?tether_session=<token>&tether_offset=<last seq>'");
+        println!("  curl -s http://{}/metrics | grep ^tether_resumes", running.admin_addr);
+        println!("\ntether keeps running; Ctrl-C to stop.");
+        running.serve_until(stop).await?;
+    } else {
+        // The journal is closed properly even when the script failed.
+        running.drain().await?;
+    }
+    shutdown.cancel();
+    scripted.map(|_| ())
+}
+
+/// The scripted client: reads four frames, drops its TCP connection,
+/// resumes 3 s later, and checks the seqs continue. Returns the last seq.
+async fn script(url: &str) -> Result<u64, DemoError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     let welcome = next_text(&mut ws).await?;
     let token = json_field(&welcome, "session")?;
     println!("client connects      <- {}", shorten(&welcome));
@@ -123,7 +143,7 @@ pub async fn run(mut config: Config) -> Result<(), DemoError> {
     println!("tether keeps the backend connection open and journals what it sends...\n");
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut req = url.as_str().into_client_request()?;
+    let mut req = url.into_client_request()?;
     req.headers_mut().insert("tether-session", token.parse().map_err(|_| DemoError::Unexpected("token".into()))?);
     req.headers_mut().insert("tether-offset", last.to_string().parse().expect("digits"));
     println!("client resumes with Tether-Session: <token> and Tether-Offset: {last}");
@@ -151,20 +171,7 @@ pub async fn run(mut config: Config) -> Result<(), DemoError> {
         println!("client processes     <- {frame:<14} ({kind})");
     }
     ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "demo done".into() })).await?;
-    println!(
-        "\nEvery seq from 1 to {last} arrived exactly once, in order; the backend saw {} connection(s).",
-        connections.load(Ordering::Relaxed)
-    );
-    println!("\nTry it by hand (e.g. with websocat):");
-    println!("  websocat -v {url}                  # note the token in the welcome frame");
-    println!("  websocat '{url}?tether_session=<token>&tether_offset=<last seq>'");
-    println!("  curl -s http://{}/metrics | grep ^tether_resumes", running.admin_addr);
-    println!("\ntether keeps running; Ctrl-C to stop.");
-
-    tokio::signal::ctrl_c().await?;
-    shutdown.cancel();
-    running.drain().await?;
-    Ok(())
+    Ok(last)
 }
 
 type DemoSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

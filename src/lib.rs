@@ -3,15 +3,23 @@
 //! and replays what a reconnecting client missed, while the unmodified
 //! backend's connection stays open through the blip.
 //!
-//! Start at [`server::start`]; the data path is [`proxy`].
+//! [`run`] is the whole service; [`cli`] is what the `tether` binary adds
+//! (flags, logs, signals). The data path reads top to bottom in [`proxy`]:
+//! accept → authenticate resume → attach session → pump frames (journal,
+//! then forward) → detach. docs/ARCHITECTURE.md has the module map.
 
-pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod demo;
-pub mod journal;
-pub mod lazy_read;
-pub mod protocol;
-pub mod proxy;
 pub mod server;
-pub mod session;
+
+mod admin;
+mod journal;
+mod metrics;
+mod net;
+mod protocol;
+mod proxy;
+mod runtime;
+mod session;
+mod upstream;
+
+pub use server::{run, start, RunError, Running, StartError};

@@ -1,20 +1,29 @@
-//! Wiring: open the journal, restore sessions, bind the listeners, run until
-//! shutdown, then drain.
+//! Wiring an instance: build (journal, sessions, context) → bind (the data
+//! and admin listeners) → spawn (accept loops, janitor); then run until a
+//! shutdown signal and drain.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, metrics::Metrics, Admin};
-use crate::config::Config;
-use crate::journal::{Journal, JournalError};
+use crate::admin::{self, Admin};
+use crate::config::{BadUpstream, Config, UpstreamUrl};
+use crate::journal::{Journal, Opened};
+use crate::metrics::Metrics;
 use crate::protocol::token::TokenKey;
-use crate::proxy::{self, Context};
+use crate::proxy::{self, Context, Parts};
+use crate::runtime::Runtime;
 use crate::session::{Sessions, Shared};
+use crate::upstream::Upstream;
+
+pub use crate::journal::JournalError;
+pub use crate::protocol::token::BadIdentityHeader;
 
 /// Why tether could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +39,26 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
-    /// The configuration is inconsistent.
-    #[error("{0}")]
-    Config(String),
+    /// `server.upstream` is not a usable backend URL.
+    #[error(transparent)]
+    Upstream(#[from] BadUpstream),
+    /// `token.identity_headers` names an invalid header.
+    #[error(transparent)]
+    Token(#[from] BadIdentityHeader),
+    /// A bug: a start-up step panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why [`run`] stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// tether did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The journal could not be flushed and closed during the drain.
+    #[error("drain: {0}")]
+    Drain(#[from] JournalError),
 }
 
 /// A running instance.
@@ -46,105 +72,117 @@ pub struct Running {
     journal: Journal,
     admin: Arc<Admin>,
     tasks: TaskTracker,
-    grace: std::time::Duration,
+    grace: Duration,
     writer: std::thread::JoinHandle<()>,
+}
+
+/// Starts tether, serves until `stop` completes, then drains. This is what
+/// `tether run`, `tether demo` and `tether-bench` all run.
+pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), RunError> {
+    let running = start(config).await?;
+    Ok(running.serve_until(stop).await?)
 }
 
 /// Opens the journal, restores its sessions and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    let metrics = Arc::new(Metrics::new());
-    let jconf = config.journal.clone();
-    let want_secret = config.token.secret.is_empty();
-    let m = metrics.clone();
-    let opened = tokio::task::spawn_blocking(move || Journal::open(&jconf, want_secret, m))
-        .await
-        .map_err(|e| StartError::Config(format!("journal open panicked: {e}")))??;
-    let journal = opened.journal;
-    let secret = opened.stored_secret.clone().unwrap_or_else(|| config.token.secret.clone().into_bytes());
-    let tokens = TokenKey::new(secret, &config.token.identity_headers).map_err(StartError::Config)?;
+    let config = Arc::new(config);
+    let rt =
+        Runtime { metrics: Arc::new(Metrics::new()), shutdown: CancellationToken::new(), tasks: TaskTracker::new() };
+    let opened = open_journal(&config, &rt).await?;
+    let Opened { journal, stored_secret, recovered, writer } = opened;
+    let secret_generated = stored_secret.is_some();
+    let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
+    let tokens = TokenKey::new(secret, &config.token.identity_headers)?;
+    let shared = Arc::new(Shared { journal: journal.clone(), rt: rt.clone(), config: config.clone() });
+    let restored = recovered.len();
+    let sessions = Sessions::restore(shared, recovered).await?;
+    tracing::info!(sessions = restored, epoch = journal.epoch(), "journal open");
 
-    let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let j = &config.journal;
-    let shared = Arc::new(Shared {
-        journal: journal.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-        tasks: tasks.clone(),
-        linger: config.session.linger,
-        ring_bytes: config.limits.ring_bytes,
-        max_sessions: config.limits.max_sessions,
-        live: Default::default(),
-        retention: j.retention,
-        max_session_frames: j.max_session_frames,
-        max_session_bytes: j.max_session_bytes,
-        max_frame_age: j.max_frame_age,
-        disk_budget_bytes: j.disk_budget_bytes,
-    });
-    let recovered = opened.recovered.len();
-    let (sessions, rewrite) = Sessions::restore(shared, opened.recovered);
-    for (id, meta) in rewrite {
-        journal.put_meta(id, meta).await?;
-    }
-    tracing::info!(sessions = recovered, epoch = journal.epoch(), "journal open");
-
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    let (data, data_addr) = bind(config.server.listen).await?;
+    let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
+    let upstream = Upstream {
+        target: UpstreamUrl::parse(&config.server.upstream)?,
+        ws_config: proxy::ws_config(&config),
+        timeout: config.server.backend_connect_timeout,
+        max_head_bytes: config.limits.max_header_bytes,
+        metrics: rt.metrics.clone(),
     };
-    let data = bind(config.server.listen).await?;
-    let admin_listener = bind(config.server.admin_listen).await?;
-    let data_addr = data.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
-    let admin_addr =
-        admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, source })?;
-
-    let ctx = Context::new(
-        &config,
-        sessions.clone(),
+    let parts = Parts {
+        rt: rt.clone(),
+        sessions: sessions.clone(),
+        upstream,
         tokens,
-        want_secret,
-        journal.epoch(),
-        metrics.clone(),
-        shutdown.clone(),
-        tasks.clone(),
-    )
-    .map_err(StartError::Config)?;
+        secret_generated,
+        epoch: journal.epoch(),
+    };
+    let ctx = Arc::new(Context::new(config.clone(), parts));
     let admin = Arc::new(Admin {
-        metrics,
+        metrics: rt.metrics.clone(),
         sessions: sessions.clone(),
         journal: journal.clone(),
         ready: AtomicBool::new(false),
-        shutdown: shutdown.clone(),
+        shutdown: rt.shutdown.clone(),
     });
-    tokio::spawn(proxy::serve(data, Arc::new(ctx), config.server.handshake_timeout));
+
+    tokio::spawn(proxy::serve(data, ctx));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     tokio::spawn(sessions.janitor());
-    admin::set_ready(&admin, true);
+    admin.set_ready(true);
     tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, "tether is serving");
     Ok(Running {
         data_addr,
         admin_addr,
-        shutdown,
+        shutdown: rt.shutdown,
         journal,
         admin,
-        tasks,
+        tasks: rt.tasks,
         grace: config.server.shutdown_grace,
-        writer: opened.writer,
+        writer,
     })
 }
 
+/// Opens the journal on the blocking pool (RocksDB's open reads the disk).
+async fn open_journal(config: &Arc<Config>, rt: &Runtime) -> Result<Opened, StartError> {
+    let jconf = config.journal.clone();
+    let want_secret = config.token.secret.is_empty();
+    let metrics = rt.metrics.clone();
+    tokio::task::spawn_blocking(move || Journal::open(&jconf, want_secret, metrics))
+        .await
+        .map_err(|e| StartError::Internal(format!("opening the journal panicked: {e}")))?
+        .map_err(StartError::from)
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
 impl Running {
+    /// Serves until `stop` completes, then drains.
+    pub async fn serve_until(self, stop: impl Future<Output = ()>) -> Result<(), JournalError> {
+        stop.await;
+        tracing::info!("shutdown requested; draining");
+        self.drain().await
+    }
+
     /// Drains: not ready, stop accepting, tell attached clients (`draining`,
     /// then close 1012), close backend connections, sync the journal. Every
     /// session stays resumable (`restarted`) after the next start.
     pub async fn drain(self) -> Result<(), JournalError> {
-        admin::set_ready(&self.admin, false);
+        self.admin.set_ready(false);
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
         self.journal.close().await?;
-        let _ = tokio::task::spawn_blocking(move || self.writer.join()).await;
+        // The writer thread exits once closed; joining it means RocksDB is
+        // idle before the process exits. It cannot panic (AbortOnPanic).
+        let writer = self.writer;
+        if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
+            tracing::error!("the journal writer thread could not be joined");
+        }
         tracing::info!("drained; journal synced and closed");
         Ok(())
     }

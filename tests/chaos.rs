@@ -178,8 +178,7 @@ async fn client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_drop_and_resume_without_loss() {
     let started = Instant::now();
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| {
+    let (mut backend, t) = setup_with(|c| {
         c.limits.ring_bytes = 2048;
         c.limits.replay_batch_bytes = 1024;
     })

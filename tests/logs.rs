@@ -14,9 +14,7 @@ async fn lifecycle_lines_carry_the_session_id_not_the_token() {
     let mut backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
-    let mut ws = open(&p.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut ws, token, b) = attach(&mut backend, &p.url("/")).await;
     b.stream(1, 2);
     expect_stream(&mut ws, 1, 2).await;
     drop_abruptly(ws);

@@ -6,21 +6,16 @@ use common::*;
 
 #[tokio::test]
 async fn delivery_metrics_after_a_drop_and_resume() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
+    let (mut backend, t) = setup().await;
     let admin = t.admin_addr;
     assert_eq!(http_get(admin, "/livez").await.0, 200);
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
 
-    let mut a = open(&t.url("/"), &[]).await;
-    welcome(&mut a).await;
-    let ba = backend.next_conn().await;
+    let (mut a, _, ba) = attach(&mut backend, &t.url("/")).await;
     ba.stream(1, 3);
     expect_stream(&mut a, 1, 3).await;
 
-    let mut b = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut b).await;
-    let bb = backend.next_conn().await;
+    let (mut b, token, bb) = attach(&mut backend, &t.url("/")).await;
     bb.stream(1, 2);
     expect_stream(&mut b, 1, 2).await;
     drop_abruptly(b);

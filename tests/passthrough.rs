@@ -11,8 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn text_binary_and_fragmented_both_ways() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
+    let (mut backend, t) = setup().await;
     let mut ws = open(&t.url("/chat"), &[]).await;
     let (w, token) = welcome(&mut ws).await;
     assert_eq!(w["outcome"], "new");
@@ -92,11 +91,8 @@ async fn path_query_headers_and_subprotocol() {
 
 #[tokio::test]
 async fn tether_query_parameters_are_not_forwarded() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/q?a=1"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/q?a=1")).await;
     assert_eq!(b.path, "/q?a=1");
     b.text("x");
     assert_eq!(data(&mut ws).await, (1, "x".into()));
@@ -111,11 +107,8 @@ async fn tether_query_parameters_are_not_forwarded() {
 
 #[tokio::test]
 async fn json_stamp_mode() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.stamp.mode = StampMode::Json).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup_with(|c| c.stamp.mode = StampMode::Json).await;
+    let (mut ws, _, b) = attach(&mut backend, &t.url("/")).await;
     b.text(r#"{"price":10}"#);
     b.text("[1,2]");
     assert_eq!(next_text(&mut ws).await, r#"{"seq":1,"price":10}"#);
@@ -125,8 +118,7 @@ async fn json_stamp_mode() {
 
 #[tokio::test]
 async fn none_stamp_mode_is_byte_for_byte() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.stamp.mode = StampMode::None).await;
+    let (mut backend, t) = setup_with(|c| c.stamp.mode = StampMode::None).await;
     let (mut ws, resp) = connect(&t.url("/"), &[]).await.unwrap();
     let token = resp.get("tether-session").unwrap().to_str().unwrap().to_owned();
     let b = backend.next_conn().await;

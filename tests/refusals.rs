@@ -27,8 +27,7 @@ fn forge(token: &str) -> String {
 
 #[tokio::test]
 async fn bad_credentials_and_nothing_is_lost() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
+    let (mut backend, t) = setup().await;
     let url = t.url("/");
     let mut ws = open(&url, &[]).await;
     let (_, token) = welcome(&mut ws).await;
@@ -76,8 +75,7 @@ async fn bad_credentials_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn token_bound_to_identity() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.token.identity_headers = vec!["authorization".into()]).await;
+    let (mut backend, t) = setup_with(|c| c.token.identity_headers = vec!["authorization".into()]).await;
     let url = t.url("/");
     let mut ws = open(&url, &[("authorization", "Bearer alice")]).await;
     let (_, token) = welcome(&mut ws).await;
@@ -109,8 +107,7 @@ async fn backend_down_or_refusing_is_502() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.server.upstream = format!("ws://127.0.0.1:{port}")).await;
+    let (_backend, t) = setup_with(|c| c.server.upstream = format!("ws://127.0.0.1:{port}")).await;
     assert_refused(connect(&t.url("/"), &[]).await, 502, "backend_unreachable");
     let m = t.metrics().await;
     assert_eq!(metric(&m, r#"tether_refusals_total{error="backend_unreachable",status="502"}"#), 1.0);
@@ -119,8 +116,7 @@ async fn backend_down_or_refusing_is_502() {
 
 #[tokio::test]
 async fn capacity_origin_and_malformed_upgrades() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| {
+    let (mut backend, t) = setup_with(|c| {
         c.limits.max_sessions = 1;
         c.server.allowed_origins = vec!["https://ok.example".into()];
     })
@@ -162,15 +158,12 @@ fn error_of(body: &str) -> String {
 
 #[tokio::test]
 async fn oversize_client_message_is_1009_and_resumable() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| {
+    let (mut backend, t) = setup_with(|c| {
         c.limits.max_message_bytes = 1024;
         c.limits.max_frame_bytes = 1024;
     })
     .await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     use futures_util::SinkExt;
     ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![0u8; 4096])).await.unwrap();
     assert_eq!(close_code(&mut ws).await, 1009);

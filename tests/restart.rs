@@ -73,9 +73,7 @@ async fn wiped_journal_is_reported_as_journal_lost() {
     let mut backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
-    let mut ws = open(&p.url("/feed"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b1 = backend.next_conn().await;
+    let (mut ws, token, b1) = attach(&mut backend, &p.url("/feed")).await;
     b1.stream(1, 7);
     expect_stream(&mut ws, 1, 7).await;
     let offset = 5;
@@ -136,9 +134,7 @@ async fn sigterm_drains_and_the_session_survives() {
     let mut backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
-    let mut ws = open(&p.url("/live"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let mut b1 = backend.next_conn().await;
+    let (mut ws, token, mut b1) = attach(&mut backend, &p.url("/live")).await;
     b1.stream(1, 20);
     expect_stream(&mut ws, 1, 20).await;
     // Received 20, processed 15.

@@ -11,11 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn abrupt_drop_and_resume_with_headers() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/feed"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let mut b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, mut b) = attach(&mut backend, &t.url("/feed")).await;
     b.stream(1, 5);
     expect_stream(&mut ws, 1, 5).await;
     drop_abruptly(ws);
@@ -42,11 +39,8 @@ async fn abrupt_drop_and_resume_with_headers() {
 
 #[tokio::test]
 async fn welcome_names_the_replay_range() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     b.stream(1, 6);
     expect_stream(&mut ws, 1, 6).await;
     drop_abruptly(ws);
@@ -68,11 +62,8 @@ async fn welcome_names_the_replay_range() {
 /// repeated, each hand-over from replay to live must be exact.
 #[tokio::test]
 async fn replay_to_live_handover_under_streaming() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     let mut last = 0u64;
     let mut sent = 0u64;
     for round in 0..30u64 {
@@ -103,11 +94,8 @@ async fn replay_to_live_handover_under_streaming() {
 /// the session over and closes the old socket with 4001.
 #[tokio::test]
 async fn half_open_takeover() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut old = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut old).await;
-    let mut b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut old, token, mut b) = attach(&mut backend, &t.url("/")).await;
     b.stream(1, 3);
     expect_stream(&mut old, 1, 3).await;
     let mut new = resume(&t.url("/"), &token, 2).await;
@@ -127,11 +115,8 @@ async fn half_open_takeover() {
 
 #[tokio::test]
 async fn backend_close_sends_end_after_every_frame() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     b.stream(1, 2);
     expect_stream(&mut ws, 1, 2).await;
     drop_abruptly(ws);
@@ -150,11 +135,8 @@ async fn backend_close_sends_end_after_every_frame() {
 
 #[tokio::test]
 async fn client_close_1000_ends_the_session() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    welcome(&mut ws).await;
-    let mut b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, _, mut b) = attach(&mut backend, &t.url("/")).await;
     ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).await.unwrap();
     let f = b.closed().await.expect("backend got a close frame");
     assert_eq!(u16::from(f.code), 1000);
@@ -166,11 +148,8 @@ async fn client_close_1000_ends_the_session() {
 /// Close codes other than 1000 (here 1001 going away) only detach.
 #[tokio::test]
 async fn client_close_1001_detaches() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start(&backend).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup().await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "tab hidden".into() })).await.unwrap();
     b.stream(1, 2);
     let mut ws = resume(&t.url("/"), &token, 0).await;
@@ -186,15 +165,12 @@ async fn client_close_1001_detaches() {
 async fn every_sync_mode_delivers_and_resumes() {
     use tether::config::SyncMode;
     for mode in [SyncMode::None, SyncMode::Interval, SyncMode::Always] {
-        let mut backend = Backend::start().await;
-        let t = Tether::start_with(&backend, |c| {
+        let (mut backend, t) = setup_with(|c| {
             c.journal.sync = mode;
             c.journal.sync_interval = std::time::Duration::from_millis(5);
         })
         .await;
-        let mut ws = open(&t.url("/"), &[]).await;
-        let (_, token) = welcome(&mut ws).await;
-        let b = backend.next_conn().await;
+        let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
         b.stream(1, 50);
         expect_stream(&mut ws, 1, 50).await;
         drop_abruptly(ws);

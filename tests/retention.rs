@@ -9,11 +9,8 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn retention_exceeded_is_a_gap_with_the_exact_range() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.journal.max_session_frames = 10).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup_with(|c| c.journal.max_session_frames = 10).await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     b.stream(1, 25);
     expect_stream(&mut ws, 1, 25).await;
     drop_abruptly(ws);
@@ -39,11 +36,8 @@ async fn retention_exceeded_is_a_gap_with_the_exact_range() {
 
 #[tokio::test]
 async fn linger_expiry_then_resume_is_restarted() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.session.linger = Duration::from_millis(200)).await;
-    let mut ws = open(&t.url("/live"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let mut b = backend.next_conn().await;
+    let (mut backend, t) = setup_with(|c| c.session.linger = Duration::from_millis(200)).await;
+    let (mut ws, token, mut b) = attach(&mut backend, &t.url("/live")).await;
     b.stream(1, 3);
     expect_stream(&mut ws, 1, 3).await;
     drop_abruptly(ws);
@@ -73,11 +67,8 @@ async fn linger_expiry_then_resume_is_restarted() {
 async fn slow_attached_client_is_told_of_the_gap() {
     const N: u64 = 800;
     const SIZE: usize = 64 * 1024;
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.journal.max_session_frames = 10).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup_with(|c| c.journal.max_session_frames = 10).await;
+    let (mut ws, _, b) = attach(&mut backend, &t.url("/")).await;
     // 50 MiB, far more than the loopback socket buffers hold while the client
     // does not read.
     b.stream_padded(1, N, SIZE);
@@ -117,11 +108,8 @@ async fn slow_attached_client_is_told_of_the_gap() {
 /// too young to have been purged is `unknown_session`.
 #[tokio::test]
 async fn purged_and_unknown_sessions_get_a_new_session_and_a_report() {
-    let mut backend = Backend::start().await;
-    let t = Tether::start_with(&backend, |c| c.journal.retention = Duration::from_millis(50)).await;
-    let mut ws = open(&t.url("/"), &[]).await;
-    let (_, token) = welcome(&mut ws).await;
-    let b = backend.next_conn().await;
+    let (mut backend, t) = setup_with(|c| c.journal.retention = Duration::from_millis(50)).await;
+    let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
     b.stream(1, 4);
     expect_stream(&mut ws, 1, 4).await;
     b.close(1000, "done");
@@ -144,11 +132,9 @@ async fn purged_and_unknown_sessions_get_a_new_session_and_a_report() {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
     let epoch = u64::from_be_bytes(raw[1..9].try_into().unwrap());
-    let key = tether::protocol::token::TokenKey::new(SECRET.as_bytes().to_vec(), &[]).unwrap();
     // Its creation time (the id's first 48 bits) is far in the future, so
     // it cannot have been purged: never `expired`, however slow this run.
-    let ghost = tether::protocol::SessionId([0xff; 16]);
-    let forged_but_valid = key.mint(epoch, &ghost, &key.identity(&http::HeaderMap::new()));
+    let forged_but_valid = mint_token(epoch, [0xff; 16]);
     let mut ws = resume(&t.url("/"), &forged_but_valid, 7).await;
     let (w, _) = welcome(&mut ws).await;
     assert_eq!(w["gap"]["reason"], "unknown_session");

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::admin::metrics::Metrics;
 use crate::config::JournalConfig;
+use crate::metrics::Metrics;
 use crate::protocol::{Payload, SessionId};
 
 const CF_FRAMES: &str = "frames";
@@ -42,6 +42,14 @@ pub enum JournalError {
     /// A stored record does not decode.
     #[error("corrupt journal record: {0}")]
     Corrupt(String),
+    /// The data directory could not be created or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The writer has stopped (shutdown).
     #[error("journal writer has stopped")]
     Closed,
@@ -49,40 +57,57 @@ pub enum JournalError {
 
 /// What the journal remembers of a session between frames.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionMeta {
+pub(crate) struct SessionMeta {
     /// Every frame with seq <= this was trimmed (0: none).
-    pub trimmed_to: u64,
+    pub(crate) trimmed_to: u64,
     /// Set once the session ended: the backend's or client's close.
-    pub ended: Option<EndInfo>,
+    pub(crate) ended: Option<EndInfo>,
     /// When the session lost its backend connection without ending (linger
     /// expiry, restart), in Unix ms; it is resumable as `restarted`.
-    pub orphaned_ms: Option<u64>,
+    pub(crate) orphaned_ms: Option<u64>,
     /// When the session ended, in Unix ms.
-    pub ended_ms: Option<u64>,
+    pub(crate) ended_ms: Option<u64>,
 }
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndInfo {
+pub(crate) struct EndInfo {
     /// Close code (1006 when the backend vanished without one).
-    pub code: u16,
+    pub(crate) code: u16,
     /// Close reason.
-    pub reason: String,
+    pub(crate) reason: String,
+}
+
+impl EndInfo {
+    /// The connection ended without a close frame (1006).
+    pub(crate) fn abnormal() -> EndInfo {
+        EndInfo { code: 1006, reason: String::new() }
+    }
+
+    /// A close frame without a status code (1005).
+    pub(crate) fn no_status() -> EndInfo {
+        EndInfo { code: 1005, reason: String::new() }
+    }
+
+    /// A normal close without a reason (1000).
+    pub(crate) fn normal() -> EndInfo {
+        EndInfo { code: 1000, reason: String::new() }
+    }
 }
 
 /// A session found in the journal at start-up.
 #[derive(Debug, Clone)]
-pub struct RecoveredSession {
+pub(crate) struct RecoveredSession {
     /// Its id.
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     /// Its stored record.
-    pub meta: SessionMeta,
+    pub(crate) meta: SessionMeta,
     /// Highest seq ever journaled (or trimmed).
-    pub last_seq: u64,
+    pub(crate) last_seq: u64,
     /// Frames retained.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Payload bytes retained.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// One journal operation, applied in order by the writer.
@@ -106,9 +131,6 @@ pub(crate) enum Op {
     Purge {
         session: SessionId,
     },
-    Sync {
-        done: oneshot::Sender<()>,
-    },
     /// Sync, then stop the writer: later operations fail with `Closed`.
     Close {
         done: oneshot::Sender<()>,
@@ -117,7 +139,7 @@ pub(crate) enum Op {
 
 /// A cheap handle to the journal.
 #[derive(Clone)]
-pub struct Journal {
+pub(crate) struct Journal {
     db: Arc<DB>,
     tx: mpsc::Sender<Op>,
     epoch: u64,
@@ -125,28 +147,28 @@ pub struct Journal {
 }
 
 /// What `open` hands back besides the journal.
-pub struct Opened {
+pub(crate) struct Opened {
     /// The journal.
-    pub journal: Journal,
+    pub(crate) journal: Journal,
     /// The token secret kept in the journal (generated on first open); `None`
     /// if the caller passed one.
-    pub stored_secret: Option<Vec<u8>>,
+    pub(crate) stored_secret: Option<Vec<u8>>,
     /// Sessions found on disk.
-    pub recovered: Vec<RecoveredSession>,
+    pub(crate) recovered: Vec<RecoveredSession>,
     /// The writer thread; joins after every `Journal` handle is dropped.
-    pub writer: std::thread::JoinHandle<()>,
+    pub(crate) writer: std::thread::JoinHandle<()>,
 }
 
 impl Journal {
     /// Opens (or creates) the journal under `config.data_dir`, recovers its
     /// sessions and starts the writer. Blocking: call from a blocking context.
-    pub fn open(
+    pub(crate) fn open(
         config: &JournalConfig,
         want_stored_secret: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Opened, JournalError> {
         std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| JournalError::Corrupt(format!("{}: {e}", config.data_dir.display())))?;
+            .map_err(|source| JournalError::Io { path: config.data_dir.clone(), source })?;
         let db = Arc::new(open_db(&config.data_dir)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
         let epoch = match db.get_cf(meta, b"epoch")? {
@@ -184,19 +206,19 @@ impl Journal {
     }
 
     /// The epoch created with this database; tokens carry it.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// False while the writer is failing to write (e.g. disk full).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Queues frame `seq` of `session`; `committed` is advanced to `seq` once
     /// it is durable per `journal.sync`. Waits only while the writer's queue
     /// is full, which is how a slow disk slows the backend readers down.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         session: SessionId,
         seq: u64,
@@ -207,30 +229,23 @@ impl Journal {
     }
 
     /// Stores a session's record.
-    pub async fn put_meta(&self, session: SessionId, meta: SessionMeta) -> Result<(), JournalError> {
+    pub(crate) async fn put_meta(&self, session: SessionId, meta: SessionMeta) -> Result<(), JournalError> {
         self.send(Op::PutMeta { session, meta }).await
     }
 
     /// Deletes frames up to and including `upto`, storing `meta` with them.
-    pub async fn trim(&self, session: SessionId, upto: u64, meta: SessionMeta) -> Result<(), JournalError> {
+    pub(crate) async fn trim(&self, session: SessionId, upto: u64, meta: SessionMeta) -> Result<(), JournalError> {
         self.send(Op::Trim { session, upto, meta }).await
     }
 
     /// Deletes a session and all its frames.
-    pub async fn purge(&self, session: SessionId) -> Result<(), JournalError> {
+    pub(crate) async fn purge(&self, session: SessionId) -> Result<(), JournalError> {
         self.send(Op::Purge { session }).await
-    }
-
-    /// Returns once everything queued before it is written and fsynced.
-    pub async fn sync(&self) -> Result<(), JournalError> {
-        let (done, rx) = oneshot::channel();
-        self.send(Op::Sync { done }).await?;
-        rx.await.map_err(|_| JournalError::Closed)
     }
 
     /// Writes and fsyncs everything queued, then stops the writer thread so
     /// the database is idle before the process exits.
-    pub async fn close(&self) -> Result<(), JournalError> {
+    pub(crate) async fn close(&self) -> Result<(), JournalError> {
         let (done, rx) = oneshot::channel();
         self.send(Op::Close { done }).await?;
         rx.await.map_err(|_| JournalError::Closed)
@@ -243,7 +258,7 @@ impl Journal {
     /// Reads frames `from..=to` of `session`, stopping after `max_bytes` of
     /// payload (at least one frame is returned if any exists). Frames already
     /// trimmed are simply absent: the caller compares the first seq.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         session: SessionId,
         from: u64,
@@ -257,7 +272,7 @@ impl Journal {
     }
 
     /// Bytes of the journal on disk (SST files plus live WAL files).
-    pub async fn disk_bytes(&self) -> u64 {
+    pub(crate) async fn disk_bytes(&self) -> u64 {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let sst = db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);

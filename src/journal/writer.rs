@@ -16,8 +16,8 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use tokio::sync::mpsc;
 
 use super::{encode_payload, frame_key, Op, CF_FRAMES, CF_SESSIONS};
-use crate::admin::metrics::Metrics;
 use crate::config::{JournalConfig, SyncMode};
+use crate::metrics::{Fsync, Metrics};
 
 pub(super) fn spawn(
     db: Arc<DB>,
@@ -65,7 +65,7 @@ impl Writer {
                 return;
             }
         }
-        sync_wal(&self.db, &self.metrics, "drain");
+        sync_wal(&self.db, &self.metrics, Fsync::Drain);
     }
 
     /// Writes `ops` (retrying until it succeeds), then acknowledges them.
@@ -104,7 +104,6 @@ impl Writer {
                         newer
                     });
                 }
-                Op::Sync { done } => syncs.push(done),
                 Op::Close { done } => {
                     closing = true;
                     syncs.push(done);
@@ -113,7 +112,7 @@ impl Writer {
             }
         }
         if !syncs.is_empty() {
-            sync_wal(&self.db, &self.metrics, "drain");
+            sync_wal(&self.db, &self.metrics, Fsync::Drain);
             for done in syncs {
                 let _ = done.send(());
             }
@@ -141,7 +140,7 @@ impl Writer {
                     batch.delete_range_cf(frames, frame_key(session, 0), frame_key(session, u64::MAX));
                     batch.delete_cf(sessions, session.0);
                 }
-                Op::Sync { .. } | Op::Close { .. } => {}
+                Op::Close { .. } => {}
             }
         }
         if batch.is_empty() {
@@ -151,7 +150,7 @@ impl Writer {
         wo.set_sync(self.config.sync == SyncMode::Always);
         self.db.write_opt(batch, &wo)?;
         match self.config.sync {
-            SyncMode::Always => self.metrics.journal_fsyncs.with_label_values(&["batch"]).inc(),
+            SyncMode::Always => self.metrics.fsync(Fsync::Batch),
             SyncMode::Interval => self.dirty.store(true, Ordering::Release),
             SyncMode::None => {}
         }
@@ -178,7 +177,7 @@ impl Syncer {
             .spawn(move || {
                 let _fail_fast = AbortOnPanic;
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if dirty.swap(false, Ordering::AcqRel) && !sync_wal(&db, &metrics, "interval") {
+                    if dirty.swap(false, Ordering::AcqRel) && !sync_wal(&db, &metrics, Fsync::Interval) {
                         // Tried again at the next interval.
                         dirty.store(true, Ordering::Release);
                     }
@@ -196,10 +195,10 @@ impl Syncer {
 }
 
 /// Fsyncs the WAL; false (counted and logged) if that failed.
-fn sync_wal(db: &DB, metrics: &Metrics, trigger: &str) -> bool {
+fn sync_wal(db: &DB, metrics: &Metrics, trigger: Fsync) -> bool {
     match db.flush_wal(true) {
         Ok(()) => {
-            metrics.journal_fsyncs.with_label_values(&[trigger]).inc();
+            metrics.fsync(trigger);
             true
         }
         Err(e) => {

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// How a connection's session came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// No token: a new session and backend connection.
     New,
     /// Same session, same backend connection; missed frames replayed.
@@ -21,7 +21,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Label value for metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::New => "new",
             Outcome::Resumed => "resumed",
@@ -34,7 +34,7 @@ impl Outcome {
 /// Why frames could not be replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum GapReason {
+pub(crate) enum GapReason {
     /// The session ended or was orphaned longer than `journal.retention` ago
     /// and was purged.
     Expired,
@@ -50,7 +50,7 @@ pub enum GapReason {
 
 impl GapReason {
     /// Label value for metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             GapReason::Expired => "expired",
             GapReason::Trimmed => "trimmed",
@@ -62,30 +62,30 @@ impl GapReason {
 
 /// An inclusive range of seqs; `to` is `None` when the end is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SeqRange {
+pub(crate) struct SeqRange {
     /// First seq in the range.
-    pub from: u64,
+    pub(crate) from: u64,
     /// Last seq in the range, if known.
-    pub to: Option<u64>,
+    pub(crate) to: Option<u64>,
 }
 
 /// The structured report of frames that cannot be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GapReport {
+pub(crate) struct GapReport {
     /// Why.
-    pub reason: GapReason,
+    pub(crate) reason: GapReason,
     /// The offset the client asked to resume from (last seq it processed).
-    pub requested_offset: u64,
+    pub(crate) requested_offset: u64,
     /// First seq tether can still deliver in this session.
-    pub first_available: u64,
+    pub(crate) first_available: u64,
     /// The seqs that will never be delivered.
-    pub lost: SeqRange,
+    pub(crate) lost: SeqRange,
 }
 
 /// Every control frame tether sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Control {
+pub(crate) enum Control {
     /// First frame of every connection.
     Welcome {
         /// Protocol version.
@@ -114,7 +114,7 @@ pub enum Control {
 
 impl Control {
     /// The control frame as a WebSocket text message.
-    pub fn to_message(&self) -> Message {
+    pub(crate) fn to_message(&self) -> Message {
         let mut s = String::from("#");
         s.push_str(&serde_json::to_string(self).expect("control frames serialize"));
         Message::text(s)

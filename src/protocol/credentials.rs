@@ -5,21 +5,21 @@
 use http::HeaderMap;
 
 /// Header carrying the session token.
-pub const SESSION_HEADER: &str = "tether-session";
+pub(crate) const SESSION_HEADER: &str = "tether-session";
 /// Header carrying the last seq the client fully processed.
-pub const OFFSET_HEADER: &str = "tether-offset";
+pub(crate) const OFFSET_HEADER: &str = "tether-offset";
 /// Query parameter carrying the session token.
-pub const SESSION_PARAM: &str = "tether_session";
+pub(crate) const SESSION_PARAM: &str = "tether_session";
 /// Query parameter carrying the offset.
-pub const OFFSET_PARAM: &str = "tether_offset";
+pub(crate) const OFFSET_PARAM: &str = "tether_offset";
 
 /// What a client presented to resume.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// The token string, not yet decoded.
-    pub token: String,
+    pub(crate) token: String,
     /// Last seq the client fully processed (0: none).
-    pub offset: u64,
+    pub(crate) offset: u64,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Credentials {
 
 /// A credential that is present but unusable (400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BadCredentials {
+pub(crate) enum BadCredentials {
     /// The offset is not a decimal u64.
     #[error("offset {0:?} is not a decimal number between 0 and 18446744073709551615")]
     Offset(String),
@@ -46,7 +46,7 @@ pub enum BadCredentials {
 }
 
 /// Reads the credentials; `Ok(None)` for a client that starts a new session.
-pub fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, BadCredentials> {
+pub(crate) fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, BadCredentials> {
     let token = lookup(headers, query, SESSION_HEADER, SESSION_PARAM)?;
     let offset = lookup(headers, query, OFFSET_HEADER, OFFSET_PARAM)?;
     match (token, offset) {
@@ -98,7 +98,7 @@ fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The query without tether's own parameters (`None` if nothing is left).
-pub fn strip_params(query: Option<&str>) -> Option<String> {
+pub(crate) fn strip_params(query: Option<&str>) -> Option<String> {
     let kept: Vec<&str> = query
         .unwrap_or("")
         .split('&')

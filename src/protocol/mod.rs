@@ -1,10 +1,10 @@
 //! The wire contract v1 (docs/PROTOCOL.md): session ids and tokens, resume
 //! credentials, sequence stamps and control frames.
 
-pub mod control;
-pub mod credentials;
-pub mod stamp;
-pub mod token;
+pub(crate) mod control;
+pub(crate) mod credentials;
+pub(crate) mod stamp;
+pub(crate) mod token;
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,11 +17,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// The time part lets a resume for a purged session be told apart from one
 /// for a session tether never knew, without keeping tombstones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub [u8; 16]);
+pub(crate) struct SessionId(pub [u8; 16]);
 
 impl SessionId {
     /// A fresh id stamped with the current time.
-    pub fn generate() -> SessionId {
+    pub(crate) fn generate() -> SessionId {
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id[6..]).expect("OS random source");
         let ms = unix_ms();
@@ -30,7 +30,7 @@ impl SessionId {
     }
 
     /// When the session was created, in Unix milliseconds.
-    pub fn created_ms(&self) -> u64 {
+    pub(crate) fn created_ms(&self) -> u64 {
         let mut b = [0u8; 8];
         b[2..].copy_from_slice(&self.0[..6]);
         u64::from_be_bytes(b)
@@ -47,13 +47,13 @@ impl fmt::Display for SessionId {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One whole backend→client data message, as journaled (unstamped).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Payload {
+pub(crate) enum Payload {
     /// A text message (valid UTF-8).
     Text(Utf8Bytes),
     /// A binary message.
@@ -62,15 +62,10 @@ pub enum Payload {
 
 impl Payload {
     /// Payload length in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Payload::Text(t) => t.len(),
             Payload::Binary(b) => b.len(),
         }
-    }
-
-    /// True for an empty message.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -8,7 +8,7 @@ use crate::config::StampMode;
 
 /// Turns a journaled payload and its seq into the message the client sees.
 #[derive(Debug, Clone)]
-pub struct Stamper {
+pub(crate) struct Stamper {
     mode: StampMode,
     /// `"<field>":` pre-encoded, for `json` mode.
     json_key: String,
@@ -17,18 +17,18 @@ pub struct Stamper {
 
 impl Stamper {
     /// A stamper for `mode`, injecting `json_field` in `json` mode.
-    pub fn new(mode: StampMode, json_field: &str) -> Stamper {
+    pub(crate) fn new(mode: StampMode, json_field: &str) -> Stamper {
         let json_key = serde_json::to_string(json_field).expect("string encodes") + ":";
         Stamper { mode, json_key, field: json_field.to_owned() }
     }
 
     /// The stamp mode.
-    pub fn mode(&self) -> StampMode {
+    pub(crate) fn mode(&self) -> StampMode {
         self.mode
     }
 
     /// The message carrying `payload` as frame `seq`.
-    pub fn stamp(&self, seq: u64, payload: &Payload) -> Message {
+    pub(crate) fn stamp(&self, seq: u64, payload: &Payload) -> Message {
         match (self.mode, payload) {
             (StampMode::None, Payload::Text(t)) => Message::Text(t.clone()),
             (StampMode::None, Payload::Binary(b)) => Message::Binary(b.clone()),

@@ -20,11 +20,11 @@ const TOKEN_LEN: usize = 1 + 8 + 16 + MAC_LEN;
 
 /// A token that decoded but is not yet verified.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RawToken {
+pub(crate) struct RawToken {
     /// Journal epoch the token was minted in.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// The session it names.
-    pub session: SessionId,
+    pub(crate) session: SessionId,
     mac: [u8; MAC_LEN],
 }
 
@@ -36,7 +36,7 @@ impl std::fmt::Debug for RawToken {
 
 /// Why a token string is not even a token.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum MalformedToken {
+pub(crate) enum MalformedToken {
     /// Not base64url.
     #[error("token is not base64url")]
     Encoding,
@@ -47,7 +47,7 @@ pub enum MalformedToken {
 
 impl RawToken {
     /// Decodes a token string without verifying it.
-    pub fn parse(s: &str) -> Result<RawToken, MalformedToken> {
+    pub(crate) fn parse(s: &str) -> Result<RawToken, MalformedToken> {
         let bytes = URL_SAFE_NO_PAD.decode(s.trim()).map_err(|_| MalformedToken::Encoding)?;
         if bytes.len() != TOKEN_LEN || bytes[0] != VERSION {
             return Err(MalformedToken::Shape);
@@ -59,25 +59,30 @@ impl RawToken {
     }
 }
 
+/// A `token.identity_headers` entry that is not a header name.
+#[derive(Debug, thiserror::Error)]
+#[error("token.identity_headers: {0:?} is not a valid header name")]
+pub struct BadIdentityHeader(String);
+
 /// The signing key plus the identity headers tokens are bound to.
 #[derive(Clone)]
-pub struct TokenKey {
+pub(crate) struct TokenKey {
     secret: Vec<u8>,
     identity_headers: Vec<http::HeaderName>,
 }
 
 impl TokenKey {
     /// A key from a secret and the (lower-case) identity header names.
-    pub fn new(secret: Vec<u8>, identity_headers: &[String]) -> Result<TokenKey, String> {
+    pub(crate) fn new(secret: Vec<u8>, identity_headers: &[String]) -> Result<TokenKey, BadIdentityHeader> {
         let identity_headers = identity_headers
             .iter()
-            .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|e| format!("{h}: {e}")))
+            .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| BadIdentityHeader(h.clone())))
             .collect::<Result<_, _>>()?;
         Ok(TokenKey { secret, identity_headers })
     }
 
     /// Hashes the identity headers of a request (absent and empty differ).
-    pub fn identity(&self, headers: &HeaderMap) -> [u8; 32] {
+    pub(crate) fn identity(&self, headers: &HeaderMap) -> [u8; 32] {
         let mut h = Sha256::new();
         for name in &self.identity_headers {
             match headers.get(name) {
@@ -102,7 +107,7 @@ impl TokenKey {
     }
 
     /// Mints the token for a session, bound to `identity`.
-    pub fn mint(&self, epoch: u64, session: &SessionId, identity: &[u8; 32]) -> String {
+    pub(crate) fn mint(&self, epoch: u64, session: &SessionId, identity: &[u8; 32]) -> String {
         let tag = self.mac(epoch, session, identity).finalize().into_bytes();
         let mut bytes = Vec::with_capacity(TOKEN_LEN);
         bytes.push(VERSION);
@@ -113,7 +118,7 @@ impl TokenKey {
     }
 
     /// Constant-time check of the token's MAC against `identity`.
-    pub fn verify(&self, token: &RawToken, identity: &[u8; 32]) -> bool {
+    pub(crate) fn verify(&self, token: &RawToken, identity: &[u8; 32]) -> bool {
         self.mac(token.epoch, &token.session, identity).verify_truncated_left(&token.mac).is_ok()
     }
 }

@@ -1,13 +1,20 @@
-//! One upgrade request, top to bottom: check it is a WebSocket upgrade,
-//! authenticate the resume, decide the outcome, open the backend connection
-//! if the session needs one, attach the session, answer 101 and hand the
-//! upgraded socket to the pump. Every refusal happens before the 101.
+//! One upgrade request, in named phases:
+//!
+//! 1. [`admit`]: is it a WebSocket upgrade tether can serve, and what do
+//!    its resume credentials resolve to ([`Plan`])?
+//! 2. [`bind`]: open the backend connection if the session needs one and
+//!    attach the session ([`Bound`]);
+//! 3. [`respond`]: the 101, with the token and the outcome;
+//! 4. [`spawn_pump`]: once hyper hands over the upgraded socket, the pump
+//!    serves it.
+//!
+//! Every refusal happens before the 101.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
@@ -16,16 +23,16 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use super::backend::{self, is_hop_header};
-use super::pump::{self, Greeting};
+use super::pump::{Greeting, Pump};
 use super::refusal::Refusal;
 use super::Context;
-use crate::lazy_read::LazyRead;
+use crate::net::{has_token, LazyRead};
 use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
 use crate::protocol::token::RawToken;
 use crate::protocol::unix_ms;
-use crate::session::{AttachError, Attached, BackendResponse, BackendSocket, Session};
+use crate::session::{AttachError, Attached, Attachment, BackendConn, Session};
+use crate::upstream::is_hop_header;
 
 /// What the credentials resolve to.
 enum Plan {
@@ -35,11 +42,34 @@ enum Plan {
     Resume { session: Arc<Session>, start: u64, gap: Option<GapReport> },
 }
 
+/// An upgrade request tether will serve.
+struct Admitted {
+    /// The client's `Sec-WebSocket-Key`.
+    key: String,
+    /// The identity fingerprint tokens are bound to.
+    identity: [u8; 32],
+    /// The offset the client resumes from (0 without credentials).
+    offset: u64,
+    plan: Plan,
+}
+
+/// A session attached to this request.
+struct Bound {
+    session: Arc<Session>,
+    attachment: Attachment,
+    outcome: Outcome,
+    /// First seq to send.
+    start: u64,
+    gap: Option<GapReport>,
+    /// The 101 of the backend connection this request opened, if it did.
+    backend: Option<HeaderMap>,
+}
+
 /// Answers one request on the data port.
-pub async fn handle(mut req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Context>) -> Response<Full<Bytes>> {
+pub(super) async fn handle(mut req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Context>) -> Response<Full<Bytes>> {
     match upgrade(&mut req, peer, &ctx).await {
         Ok(resp) => resp,
-        Err(refusal) => refusal.into_response(&ctx.metrics),
+        Err(refusal) => refusal.into_response(&ctx.rt.metrics),
     }
 }
 
@@ -48,121 +78,142 @@ async fn upgrade(
     peer: SocketAddr,
     ctx: &Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    if ctx.shutdown.is_cancelled() {
-        return Err(Refusal::unavailable("draining", "tether is shutting down; retry", ctx.retry_after));
+    let admitted = admit(req, ctx)?;
+    let bound = bind(admitted.plan, admitted.offset, req, peer, ctx).await?;
+    let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, &admitted.identity);
+    let reason = bound.gap.as_ref().map_or("none", |g| g.reason.as_str());
+    ctx.rt.metrics.resume(bound.outcome.as_str(), reason);
+    tracing::info!(session = %bound.session.id, outcome = bound.outcome.as_str(), reason, "client attached");
+    let resp = respond(req.headers(), &admitted.key, &bound, &token);
+    spawn_pump(req, bound, token, ctx);
+    Ok(resp)
+}
+
+/// Phase 1: checks the request and resolves its credentials.
+fn admit(req: &Request<Incoming>, ctx: &Context) -> Result<Admitted, Refusal> {
+    if ctx.rt.shutdown.is_cancelled() {
+        return Err(draining(ctx));
     }
-    let client_key = check_upgrade(req, ctx)?;
+    let key = check_upgrade(req, ctx)?;
     let creds = credentials::parse(req.headers(), req.uri().query())
         .map_err(|e| Refusal::bad_request(credential_error(&e), e.to_string()))?;
     let identity = ctx.tokens.identity(req.headers());
-    let plan = match &creds {
-        None => Plan::New { gap: None },
-        Some(c) => resolve(c, &identity, ctx)?,
+    let (offset, plan) = match &creds {
+        None => (0, Plan::New { gap: None }),
+        Some(c) => (c.offset, resolve(c, &identity, ctx)?),
     };
+    Ok(Admitted { key, identity, offset, plan })
+}
 
-    let mut plan = plan;
-    // A backend connection opened for a restart that turned out to be moot
-    // (the session was purged meanwhile) serves the new session instead.
-    let mut dialed: Option<(BackendSocket, BackendResponse)> = None;
-    let (session, attachment, outcome, start, gap, backend_resp) = loop {
-        match plan {
-            Plan::New { gap } => {
-                let (conn, resp) = match dialed.take() {
-                    Some(d) => d,
-                    None if ctx.sessions.is_full() => return Err(over_capacity(ctx)),
-                    None => connect(req, peer, ctx).await?,
-                };
-                let session = ctx.sessions.create(conn).await.map_err(|_| over_capacity(ctx))?;
-                let (attachment, _, _) = session.attach(None).map_err(|_| gone())?;
-                let outcome = if gap.is_some() { Outcome::Gap } else { Outcome::New };
-                break (session, attachment, outcome, 1, gap, Some(resp));
-            }
-            Plan::Resume { session, start, gap } => {
-                let mut resp = None;
-                let attached = loop {
-                    match session.attach(dialed.take().map(|(c, r)| {
-                        resp = Some(r);
-                        c
-                    })) {
-                        Ok(attached) => break Some(attached),
-                        Err(AttachError::Purged(conn)) => {
-                            dialed = conn.zip(resp.take());
-                            break None;
-                        }
-                        Err(AttachError::NeedsBackend) => {
-                            if ctx.sessions.is_full() {
-                                return Err(over_capacity(ctx));
-                            }
-                            dialed = Some(connect(req, peer, ctx).await?);
-                        }
-                    }
-                };
-                let Some((attachment, kind, spare)) = attached else {
-                    let offset = creds.as_ref().map_or(0, |c| c.offset);
-                    plan = Plan::New { gap: Some(lost_session(GapReason::Expired, offset)) };
-                    continue;
-                };
-                if let Some(mut spare) = spare {
-                    // A concurrent resume revived the session first.
-                    resp = None;
-                    tokio::spawn(async move {
-                        let _ = spare.close(None).await;
-                    });
-                }
-                if kind == Attached::Restarted {
-                    session.persist_meta().await;
-                }
-                let outcome = match (gap.is_some(), kind) {
-                    (true, _) => Outcome::Gap,
-                    (false, Attached::Restarted) => Outcome::Restarted,
-                    (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
-                };
-                break (session, attachment, outcome, start, gap, resp);
+/// Phase 2: attaches the planned session, opening a backend connection for
+/// a new or orphaned one. A session purged meanwhile becomes a new session
+/// with an `expired` gap, served by the connection opened for it if any.
+async fn bind(
+    plan: Plan,
+    offset: u64,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Context,
+) -> Result<Bound, Refusal> {
+    let (session, start, gap) = match plan {
+        Plan::New { gap } => return start_session(dial(req, peer, ctx).await?, gap, ctx).await,
+        Plan::Resume { session, start, gap } => (session, start, gap),
+    };
+    let expired = || Some(lost_session(GapReason::Expired, offset));
+    let (attachment, backend) = match session.attach() {
+        Ok(a) => (a, None),
+        Err(AttachError::Purged) => return start_session(dial(req, peer, ctx).await?, expired(), ctx).await,
+        Err(AttachError::NeedsBackend) => {
+            let (conn, headers) = dial(req, peer, ctx).await?;
+            match session.restart(conn).await {
+                Ok(a) if a.kind == Attached::Restarted => (a, Some(headers)),
+                Ok(a) => (a, None),
+                Err(conn) => return start_session((conn, headers), expired(), ctx).await,
             }
         }
     };
+    let outcome = match (gap.is_some(), attachment.kind) {
+        (true, _) => Outcome::Gap,
+        (false, Attached::Restarted) => Outcome::Restarted,
+        (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
+    };
+    Ok(Bound { session, attachment, outcome, start, gap, backend })
+}
 
-    let token = ctx.tokens.mint(ctx.epoch, &session.id, &identity);
-    let reason = gap.as_ref().map_or("none", |g| g.reason.as_str());
-    ctx.metrics.resumes.with_label_values(&[outcome.as_str(), reason]).inc();
-    tracing::info!(session = %session.id, outcome = outcome.as_str(), reason, "client attached");
+/// Reserves a `limits.max_sessions` slot, then opens a backend connection
+/// for the client's request.
+async fn dial(req: &Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Result<(BackendConn, HeaderMap), Refusal> {
+    let permit = ctx.sessions.reserve().ok_or_else(|| over_capacity(ctx))?;
+    let connected = ctx.upstream.connect(req.uri(), req.headers(), peer).await?;
+    Ok((BackendConn { socket: connected.socket, permit }, connected.headers))
+}
 
+/// A new session around `conn`, attached to this request.
+async fn start_session(
+    (conn, headers): (BackendConn, HeaderMap),
+    gap: Option<GapReport>,
+    ctx: &Context,
+) -> Result<Bound, Refusal> {
+    let session = ctx.sessions.create(conn).await.map_err(|_| draining(ctx))?;
+    let attachment = session.attach().map_err(|_| gone())?;
+    let outcome = if gap.is_some() { Outcome::Gap } else { Outcome::New };
+    Ok(Bound { session, attachment, outcome, start: 1, gap, backend: Some(headers) })
+}
+
+/// Phase 3: the 101. The backend's own 101 headers pass through when this
+/// request opened the backend connection; tether's are added.
+fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-    if let Some(backend) = &backend_resp {
-        for (name, value) in backend.headers() {
-            if !is_hop_header(name, backend.headers()) && name != header::SEC_WEBSOCKET_PROTOCOL {
+    if let Some(backend) = &bound.backend {
+        for (name, value) in backend {
+            if !is_hop_header(name, backend) && name != header::SEC_WEBSOCKET_PROTOCOL {
                 resp = resp.header(name, value);
             }
         }
     }
-    if let Some(p) = ctx.subprotocol(req.headers(), backend_resp.as_ref()) {
+    if let Some(p) = subprotocol(client, bound.backend.as_ref()) {
         resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     let resp = resp
         .header(header::CONNECTION, "Upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(client_key.as_bytes()))
-        .header(credentials::SESSION_HEADER, HeaderValue::from_str(&token).expect("base64url is a header value"))
-        .header("tether-outcome", outcome.as_str());
-    let resp = match &gap {
+        .header(header::SEC_WEBSOCKET_ACCEPT, derive_accept_key(key.as_bytes()))
+        .header(credentials::SESSION_HEADER, HeaderValue::from_str(token).expect("base64url is a header value"))
+        .header("tether-outcome", bound.outcome.as_str());
+    let resp = match &bound.gap {
         Some(g) => resp.header("tether-gap", gap_header(g)),
         None => resp,
     };
-    let resp = resp.body(Full::new(Bytes::new())).expect("valid 101");
+    resp.body(Full::new(Bytes::new())).expect("valid 101")
+}
 
+/// The subprotocol to confirm to the client: the backend's choice when
+/// this request opened a backend connection, otherwise the client's first
+/// offer (a resumed session keeps the backend connection that chose it).
+fn subprotocol(client: &HeaderMap, backend: Option<&HeaderMap>) -> Option<HeaderValue> {
+    match backend {
+        Some(headers) => headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
+        None => client
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|p| HeaderValue::from_str(p.trim()).ok()),
+    }
+}
+
+/// Phase 4: once hyper has sent the 101 and hands over the socket, the pump
+/// serves it. If the upgrade fails, the session goes back to where it was.
+fn spawn_pump(req: &mut Request<Incoming>, bound: Bound, token: String, ctx: &Arc<Context>) {
     let on_upgrade = hyper::upgrade::on(req);
     let ctx = ctx.clone();
+    let Bound { session, attachment, outcome, start, gap, .. } = bound;
     let greeting = Greeting { token, outcome, gap, start };
-    ctx.tasks.clone().spawn(async move {
+    ctx.rt.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    LazyRead::new(TokioIo::new(upgraded)),
-                    Role::Server,
-                    Some(ctx.ws_config),
-                )
-                .await;
-                pump::run(ws, session, attachment, greeting, ctx).await;
+                let io = LazyRead::new(TokioIo::new(upgraded));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.ws_config)).await;
+                Pump::new(ws, session, attachment, ctx).run(greeting).await;
             }
             Err(e) => {
                 tracing::debug!(session = %session.id, error = %e, "client upgrade failed");
@@ -170,7 +221,6 @@ async fn upgrade(
             }
         }
     });
-    Ok(resp)
 }
 
 /// Checks the request is a WebSocket upgrade tether can serve; returns the
@@ -179,19 +229,16 @@ fn check_upgrade(req: &Request<Incoming>, ctx: &Context) -> Result<String, Refus
     let h = req.headers();
     let head_bytes: usize =
         h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + req.uri().to_string().len();
-    if head_bytes > ctx.max_header_bytes {
+    if head_bytes > ctx.config.limits.max_header_bytes {
         return Err(Refusal::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            format!("request head is {head_bytes} bytes; the limit is {}", ctx.max_header_bytes),
+            format!("request head is {head_bytes} bytes; the limit is {}", ctx.config.limits.max_header_bytes),
         ));
     }
-    let token_in = |name: header::HeaderName, want: &str| {
-        h.get_all(name).iter().any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
-    };
     if req.method() != http::Method::GET
-        || !token_in(header::UPGRADE, "websocket")
-        || !token_in(header::CONNECTION, "upgrade")
+        || !has_token(h, header::UPGRADE, "websocket")
+        || !has_token(h, header::CONNECTION, "upgrade")
     {
         return Err(Refusal::bad_request(
             "not_websocket",
@@ -218,10 +265,11 @@ fn check_upgrade(req: &Request<Incoming>, ctx: &Context) -> Result<String, Refus
     if has_body {
         return Err(Refusal::bad_request("upgrade_with_body", "an upgrade request must not carry a body"));
     }
-    if !ctx.allowed_origins.is_empty() {
+    let allowed = &ctx.config.server.allowed_origins;
+    if !allowed.is_empty() {
         let origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok());
         if let Some(o) = origin {
-            if !ctx.allowed_origins.iter().any(|a| a == o) {
+            if !allowed.iter().any(|a| a == o) {
                 return Err(Refusal::new(
                     StatusCode::FORBIDDEN,
                     "origin_not_allowed",
@@ -258,8 +306,11 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
     }
     let Some(session) = ctx.sessions.get(&raw.session) else {
         let age_ms = unix_ms().saturating_sub(raw.session.created_ms());
-        let reason =
-            if u128::from(age_ms) > ctx.retention.as_millis() { GapReason::Expired } else { GapReason::UnknownSession };
+        let reason = if u128::from(age_ms) > ctx.config.journal.retention.as_millis() {
+            GapReason::Expired
+        } else {
+            GapReason::UnknownSession
+        };
         return Ok(fresh(reason));
     };
     let last = session.committed();
@@ -281,14 +332,6 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
     Ok(Plan::Resume { session, start: wanted.max(first), gap })
 }
 
-async fn connect(
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-    ctx: &Context,
-) -> Result<(BackendSocket, BackendResponse), Refusal> {
-    backend::connect(ctx, req.uri(), req.headers(), peer).await
-}
-
 /// The report for a session that no longer exists: the client continues in
 /// a new session whose seqs start at 1, and how much it lost is unknown.
 fn lost_session(reason: GapReason, offset: u64) -> GapReport {
@@ -304,8 +347,12 @@ fn over_capacity(ctx: &Context) -> Refusal {
     Refusal::unavailable(
         "over_capacity",
         "tether holds its maximum number of backend connections (limits.max_sessions)",
-        ctx.retry_after,
+        ctx.config.server.retry_after_secs,
     )
+}
+
+fn draining(ctx: &Context) -> Refusal {
+    Refusal::unavailable("draining", "tether is shutting down; retry", ctx.config.server.retry_after_secs)
 }
 
 fn gone() -> Refusal {

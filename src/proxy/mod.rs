@@ -2,150 +2,100 @@
 //! frames (journal, then forward) → detach.
 //!
 //! - [`serve`]: the accept loop, one hyper HTTP/1 connection task per client;
-//! - [`handshake`]: one upgrade request, up to the 101;
-//! - [`pump`]: one attached client connection;
-//! - [`backend`]: opening the backend connection;
+//! - [`handshake`]: one upgrade request, up to the 101, in named phases;
+//! - [`pump`]: one attached client connection, writing through a [`sink`];
 //! - [`refusal`]: every error a client can cause before the upgrade.
 
-pub mod backend;
-pub mod dial;
-pub mod handshake;
-pub mod pump;
-pub mod refusal;
+mod handshake;
+mod pump;
+mod refusal;
+mod sink;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use http::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::net;
 use crate::protocol::stamp::Stamper;
 use crate::protocol::token::TokenKey;
-use crate::session::{BackendResponse, Sessions};
+use crate::runtime::Runtime;
+use crate::session::Sessions;
+use crate::upstream::Upstream;
 
 /// Everything a client connection needs, shared by all of them.
-pub struct Context {
-    /// Sessions of this instance.
-    pub sessions: Arc<Sessions>,
-    /// Token signing key.
-    pub tokens: TokenKey,
+pub(crate) struct Context {
+    config: Arc<Config>,
+    rt: Runtime,
+    sessions: Arc<Sessions>,
+    upstream: Upstream,
+    tokens: TokenKey,
     /// True if the secret was generated and lives in the journal.
-    pub secret_generated: bool,
+    secret_generated: bool,
+    /// The journal's epoch; tokens carry it.
+    epoch: u64,
+    stamper: Stamper,
+    /// Limits for every client socket (backend sockets get the same).
+    ws_config: WebSocketConfig,
+}
+
+/// What [`Context::new`] needs besides the configuration.
+pub(crate) struct Parts {
+    /// The shared runtime handle.
+    pub(crate) rt: Runtime,
+    /// The sessions.
+    pub(crate) sessions: Arc<Sessions>,
+    /// Opens backend connections.
+    pub(crate) upstream: Upstream,
+    /// Signs and checks tokens.
+    pub(crate) tokens: TokenKey,
+    /// True if the secret was generated and lives in the journal.
+    pub(crate) secret_generated: bool,
     /// The journal's epoch.
-    pub epoch: u64,
-    /// Stamps frames.
-    pub stamper: Stamper,
-    /// The backend.
-    pub upstream: backend::Upstream,
-    /// Limits for both sockets of every session.
-    pub ws_config: WebSocketConfig,
-    /// Backend connect + handshake timeout.
-    pub backend_timeout: Duration,
-    /// Upgrade request head limit.
-    pub max_header_bytes: usize,
-    /// Allowed `Origin`s (empty: any).
-    pub allowed_origins: Vec<String>,
-    /// `Retry-After` seconds.
-    pub retry_after: u32,
-    /// Keepalive ping period.
-    pub ping_interval: Duration,
-    /// Silence after which a client is detached.
-    pub ping_timeout: Duration,
-    /// Largest batch written to a client per step.
-    pub replay_batch_bytes: usize,
-    /// How long sessions stay resumable after they end.
-    pub retention: Duration,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Cancelled on shutdown.
-    pub shutdown: CancellationToken,
-    /// Tracks client connection tasks so a drain can wait for them.
-    pub tasks: TaskTracker,
+    pub(crate) epoch: u64,
 }
 
 impl Context {
-    /// Builds the context from the configuration and the opened parts.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: &Config,
-        sessions: Arc<Sessions>,
-        tokens: TokenKey,
-        secret_generated: bool,
-        epoch: u64,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Result<Context, String> {
-        let l = &config.limits;
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(l.max_message_bytes))
-            .max_frame_size(Some(l.max_frame_bytes))
-            .read_buffer_size(l.read_buffer_bytes)
-            .write_buffer_size(l.write_buffer_bytes)
-            .max_write_buffer_size(l.max_write_buffer_bytes);
-        Ok(Context {
+    /// The context for `config` and the opened parts.
+    pub(crate) fn new(config: Arc<Config>, parts: Parts) -> Context {
+        let Parts { rt, sessions, upstream, tokens, secret_generated, epoch } = parts;
+        Context {
+            stamper: Stamper::new(config.stamp.mode, &config.stamp.json_field),
+            ws_config: upstream.ws_config,
+            config,
+            rt,
             sessions,
+            upstream,
             tokens,
             secret_generated,
             epoch,
-            stamper: Stamper::new(config.stamp.mode, &config.stamp.json_field),
-            upstream: backend::Upstream::parse(&config.server.upstream)?,
-            ws_config,
-            backend_timeout: config.server.backend_connect_timeout,
-            max_header_bytes: l.max_header_bytes,
-            allowed_origins: config.server.allowed_origins.clone(),
-            retry_after: config.server.retry_after_secs,
-            ping_interval: config.session.ping_interval,
-            ping_timeout: config.session.ping_timeout,
-            replay_batch_bytes: l.replay_batch_bytes,
-            retention: config.journal.retention,
-            metrics,
-            shutdown,
-            tasks,
-        })
-    }
-
-    /// The subprotocol to confirm to the client: the backend's choice when
-    /// this request opened a backend connection, otherwise the client's first
-    /// offer (a resumed session keeps the backend connection that chose it).
-    pub fn subprotocol(&self, client: &HeaderMap, backend: Option<&BackendResponse>) -> Option<HeaderValue> {
-        match backend {
-            Some(resp) => resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
-            None => client
-                .get(header::SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|p| HeaderValue::from_str(p.trim()).ok()),
         }
     }
 }
 
+/// The socket limits of `limits.*`, for client and backend sockets alike.
+pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
+    let l = &config.limits;
+    WebSocketConfig::default()
+        .max_message_size(Some(l.max_message_bytes))
+        .max_frame_size(Some(l.max_frame_bytes))
+        .read_buffer_size(l.read_buffer_bytes)
+        .write_buffer_size(l.write_buffer_bytes)
+        .max_write_buffer_size(l.max_write_buffer_bytes)
+}
+
 /// Accepts clients on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, handshake_timeout: Duration) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let shutdown = ctx.rt.shutdown.clone();
+    net::accept_until(listener, shutdown.cancelled_owned(), |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
-        let max_buf = (ctx.max_header_bytes * 4).max(8192);
+        let max_buf = (ctx.config.limits.max_header_bytes * 4).max(8192);
+        let header_timeout = ctx.config.server.handshake_timeout;
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let ctx = ctx.clone();
@@ -153,7 +103,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, handshake_timeout: 
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(max_buf)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades();
@@ -161,5 +111,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, handshake_timeout: 
                 tracing::debug!(%peer, error = %e, "client HTTP connection error");
             }
         });
-    }
+    })
+    .await;
 }

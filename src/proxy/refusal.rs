@@ -6,48 +6,49 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::admin::metrics::Metrics;
+use crate::metrics::Metrics;
+use crate::upstream::{ConnectError, DialError};
 
 /// A request tether will not upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {error}: {detail}")]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// HTTP status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// Stable machine-readable error name.
-    pub error: &'static str,
+    pub(crate) error: &'static str,
     /// Human-readable explanation (never contains a token).
-    pub detail: String,
+    pub(crate) detail: String,
     /// `Retry-After` seconds, for 503.
-    pub retry_after: Option<u32>,
+    pub(crate) retry_after: Option<u32>,
     /// Extra header (e.g. `Sec-WebSocket-Version` on 426).
-    pub extra: Option<(header::HeaderName, &'static str)>,
+    pub(crate) extra: Option<(header::HeaderName, &'static str)>,
 }
 
 impl Refusal {
     /// A refusal with `status`, `error` and `detail`.
-    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Refusal {
+    pub(crate) fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Refusal {
         Refusal { status, error, detail: detail.into(), retry_after: None, extra: None }
     }
 
     /// 400 for a request that is not a usable WebSocket upgrade.
-    pub fn bad_request(error: &'static str, detail: impl Into<String>) -> Refusal {
+    pub(crate) fn bad_request(error: &'static str, detail: impl Into<String>) -> Refusal {
         Refusal::new(StatusCode::BAD_REQUEST, error, detail)
     }
 
     /// 502 for a backend that could not be reached or refused.
-    pub fn bad_gateway(error: &'static str, detail: impl Into<String>) -> Refusal {
+    pub(crate) fn bad_gateway(error: &'static str, detail: impl Into<String>) -> Refusal {
         Refusal::new(StatusCode::BAD_GATEWAY, error, detail)
     }
 
     /// 503 with `Retry-After`.
-    pub fn unavailable(error: &'static str, detail: impl Into<String>, retry_after: u32) -> Refusal {
+    pub(crate) fn unavailable(error: &'static str, detail: impl Into<String>, retry_after: u32) -> Refusal {
         Refusal { retry_after: Some(retry_after), ..Refusal::new(StatusCode::SERVICE_UNAVAILABLE, error, detail) }
     }
 
     /// The HTTP response, counted in `metrics`.
-    pub fn into_response(self, metrics: &Metrics) -> Response<Full<Bytes>> {
-        metrics.refusals.with_label_values(&[self.status.as_str(), self.error]).inc();
+    pub(crate) fn into_response(self, metrics: &Metrics) -> Response<Full<Bytes>> {
+        metrics.refusal(self.status.as_str(), self.error);
         tracing::debug!(status = %self.status, error = self.error, detail = %self.detail, "refused upgrade");
         let body = serde_json::json!({ "error": self.error, "detail": self.detail }).to_string();
         let mut resp = Response::builder()
@@ -61,5 +62,17 @@ impl Refusal {
             resp = resp.header(name, value);
         }
         resp.body(Full::new(Bytes::from(body))).expect("valid response")
+    }
+}
+
+impl From<ConnectError> for Refusal {
+    fn from(e: ConnectError) -> Refusal {
+        let error = match &e {
+            ConnectError::Unreachable(_) => "backend_unreachable",
+            ConnectError::Handshake(DialError::Refused(_)) => "backend_refused",
+            ConnectError::Handshake(_) => "backend_handshake_failed",
+            ConnectError::Timeout(_) => "backend_timeout",
+        };
+        Refusal::bad_gateway(error, e.to_string())
     }
 }

@@ -5,159 +5,123 @@
 //! and its backend connection stays open for `session.linger`, journaling
 //! what the backend sends. States (docs/ARCHITECTURE.md):
 //!
-//! - live (attached or detached): a backend task owns the backend socket;
+//! - live (attached or detached): a [`link`] task owns the backend socket;
 //! - orphaned: the backend connection is gone but the session did not end
 //!   (linger expired, tether restarted); a resume opens a new one (`restarted`);
 //! - ended: the backend or the client closed; the journal stays readable for
-//!   `journal.retention`, then the session is purged.
+//!   `journal.retention`;
+//! - purged: removed by the janitor; nothing attaches any more.
+//!
+//! Everything that changes a session's state is a method here, under the
+//! session's own lock; the registry and the proxy only call them.
 
-mod backend;
-pub mod registry;
-pub mod retention;
-pub mod ring;
+mod attach;
+mod link;
+mod registry;
+mod retention;
+mod ring;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::admin::metrics::Metrics;
-use crate::journal::{EndInfo, Journal, SessionMeta};
-use crate::lazy_read::LazyRead;
+use crate::config::Config;
+use crate::journal::{EndInfo, Journal, JournalError, SessionMeta};
 use crate::protocol::{unix_ms, Payload, SessionId};
-pub use registry::Sessions;
+use crate::runtime::Runtime;
+use crate::upstream::BackendSocket;
+pub(crate) use attach::{AttachError, Attached, Attachment};
+pub(crate) use registry::Sessions;
 use retention::{Retained, Trim};
 use ring::Ring;
 
-/// A connected backend WebSocket.
-pub type BackendSocket = WebSocketStream<LazyRead<TcpStream>>;
-/// The backend's answer to the upgrade (its 101).
-pub type BackendResponse = http::Response<Option<Vec<u8>>>;
+/// A backend connection and the `limits.max_sessions` slot it holds; the
+/// slot is reserved before dialing and freed when the link task ends.
+pub(crate) struct BackendConn {
+    /// The connected socket.
+    pub(crate) socket: BackendSocket,
+    /// The reserved slot.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
 
-/// Why a client could not attach.
-#[allow(clippy::large_enum_variant)] // returned once per resume, never stored
-pub enum AttachError {
-    /// The session is orphaned: open a backend connection and try again.
-    NeedsBackend,
-    /// The janitor purged the session meanwhile; the connection (if one was
-    /// given) is handed back.
-    Purged(Option<BackendSocket>),
+impl BackendConn {
+    /// Closes a connection that turned out not to be needed.
+    fn close(mut self) {
+        tokio::spawn(async move {
+            let _ = self.socket.close(None).await;
+        });
+    }
 }
 
 /// What a client sends towards the backend.
 #[derive(Debug)]
-pub enum Upstream {
+pub(crate) enum ToBackend {
     /// A data message, forwarded as is.
     Data(Message),
     /// The client closed normally; the session ends.
     Close(Option<CloseFrame>),
 }
 
-/// Limits and collaborators every session shares.
-pub struct Shared {
+/// The session has no backend connection (orphaned, ended or purged).
+#[derive(Debug, thiserror::Error)]
+#[error("the session has no backend connection")]
+pub(crate) struct NoBackend;
+
+/// What every session shares.
+pub(crate) struct Shared {
     /// The journal.
-    pub journal: Journal,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when tether shuts down.
-    pub shutdown: CancellationToken,
-    /// Tracks backend tasks so a drain can wait for them.
-    pub tasks: TaskTracker,
-    /// Backend connection kept after the client vanished.
-    pub linger: Duration,
-    /// In-memory ring per session, bytes.
-    pub ring_bytes: usize,
-    /// Most sessions with an open backend connection.
-    pub max_sessions: usize,
-    /// Sessions with an open backend connection now.
-    pub live: std::sync::atomic::AtomicUsize,
-    /// How long ended or orphaned sessions stay resumable.
-    pub retention: Duration,
-    /// Per-session frame limit.
-    pub max_session_frames: u64,
-    /// Per-session byte limit.
-    pub max_session_bytes: u64,
-    /// Frame age limit.
-    pub max_frame_age: Duration,
-    /// Global retained-bytes budget.
-    pub disk_budget_bytes: u64,
+    pub(crate) journal: Journal,
+    /// Metrics, shutdown and the task tracker.
+    pub(crate) rt: Runtime,
+    /// `session.*`, `limits.ring_bytes` and the `journal.*` retention limits.
+    pub(crate) config: Arc<Config>,
 }
 
 /// Where a session stands.
 enum Life {
-    Live { upstream: mpsc::Sender<Box<Upstream>>, linger: watch::Sender<Option<Instant>> },
+    Live { upstream: mpsc::Sender<Box<ToBackend>>, linger: watch::Sender<Option<Instant>> },
     Orphaned { since: Instant },
     Ended { since: Instant },
+    Purged,
 }
 
-/// The lifecycle a client attached to (decides its outcome and flow).
+/// A session's state for gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attached {
-    /// The existing backend connection carries on.
-    Live,
-    /// A new backend connection was started for an orphaned session.
-    Restarted,
-    /// The session has ended: replay, then `end`.
+pub(crate) enum StateLabel {
+    /// Live with a client.
+    Attached,
+    /// Live, lingering without a client.
+    Detached,
+    /// No backend connection; resumable as `restarted`.
+    Orphaned,
+    /// Ended; journal kept for late resumes.
     Ended,
 }
 
-/// The current client connection's claim on a session.
-pub struct Attachment {
-    /// Generation, to tell this attachment from its successors.
-    pub gen: u64,
-    /// The committed seq when the client attached: frames up to it are
-    /// replays, later ones live (including a restarted backend's first frames).
-    pub replay_to: u64,
-    /// Fires when a newer connection takes the session over.
-    pub kicked: oneshot::Receiver<()>,
-    /// Dropped when this connection's pump exits.
-    exited: Option<oneshot::Sender<()>>,
-    previous: Option<Slot>,
-}
-
-impl Attachment {
-    /// Kicks the previous connection (half-open takeover) and waits until its
-    /// pump has exited, so at most one connection serves the session.
-    pub async fn take_over(&mut self) -> bool {
-        let Some(prev) = self.previous.take() else { return false };
-        let _ = prev.kick.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), prev.exited).await;
-        true
-    }
-
-    /// Signals that this connection's pump is done.
-    pub fn finish(&mut self) {
-        self.exited.take();
-    }
-}
-
-struct Slot {
-    gen: u64,
-    kick: oneshot::Sender<()>,
-    exited: oneshot::Receiver<()>,
+/// The outcome of one janitor pass over a session.
+pub(crate) enum Swept {
+    /// Still held, with this many payload bytes retained.
+    Kept(u64),
+    /// Past `journal.retention`: removed from the journal.
+    Purged,
 }
 
 struct Inner {
     life: Life,
     retained: Retained,
     meta: SessionMeta,
-    gen: u64,
-    current: Option<Slot>,
-    /// Set by the janitor when it removes the session; nothing may attach.
-    purged: bool,
+    /// Which client connection holds the session (see [`attach`]).
+    claims: attach::Claims,
 }
 
 /// One session.
-pub struct Session {
+pub(crate) struct Session {
     /// Its id.
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     shared: Arc<Shared>,
     /// Highest seq durable in the journal; pumps never send past it.
     committed: Arc<watch::Sender<u64>>,
@@ -170,19 +134,6 @@ pub struct Session {
     inner: Mutex<Inner>,
 }
 
-/// A session's state for gauges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateLabel {
-    /// Live with a client.
-    Attached,
-    /// Live, lingering without a client.
-    Detached,
-    /// No backend connection; resumable as `restarted`.
-    Orphaned,
-    /// Ended; journal kept for late resumes.
-    Ended,
-}
-
 impl Session {
     fn new(
         id: SessionId,
@@ -191,15 +142,15 @@ impl Session {
         retained: Retained,
         meta: SessionMeta,
         last: u64,
-    ) -> Arc<Session> {
+    ) -> Arc<Self> {
         Arc::new(Session {
             id,
             committed: Arc::new(watch::Sender::new(last)),
             assigned: AtomicU64::new(last),
             delivered: AtomicU64::new(last),
             ended: watch::Sender::new(None),
-            ring: Mutex::new(Ring::new(shared.ring_bytes)),
-            inner: Mutex::new(Inner { life, retained, meta, gen: 0, current: None, purged: false }),
+            ring: Mutex::new(Ring::new(shared.config.limits.ring_bytes)),
+            inner: Mutex::new(Inner { life, retained, meta, claims: attach::Claims::default() }),
             shared,
         })
     }
@@ -209,194 +160,125 @@ impl Session {
     }
 
     /// Highest seq in the journal.
-    pub fn committed(&self) -> u64 {
+    pub(crate) fn committed(&self) -> u64 {
         *self.committed.borrow()
     }
 
     /// Subscribes to the committed seq.
-    pub fn watch_committed(&self) -> watch::Receiver<u64> {
+    pub(crate) fn watch_committed(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
     }
 
     /// Subscribes to the end of the session: `(final seq, close info)`.
-    pub fn watch_ended(&self) -> watch::Receiver<Option<(u64, EndInfo)>> {
+    pub(crate) fn watch_ended(&self) -> watch::Receiver<Option<(u64, EndInfo)>> {
         self.ended.subscribe()
     }
 
     /// First seq still in the journal.
-    pub fn first_available(&self) -> u64 {
+    pub(crate) fn first_available(&self) -> u64 {
         self.lock().retained.first_available()
     }
 
-    /// True if the session has no backend connection and has not ended.
-    pub fn is_orphaned(&self) -> bool {
-        matches!(self.lock().life, Life::Orphaned { .. })
-    }
-
     /// Records that the attached client has been sent everything up to `seq`.
-    pub fn set_delivered(&self, seq: u64) {
+    pub(crate) fn set_delivered(&self, seq: u64) {
         self.delivered.store(seq, Ordering::Relaxed);
     }
 
-    /// State for gauges, and the attached client's lag in frames.
-    pub fn state(&self) -> (StateLabel, u64) {
+    /// State for gauges, the attached client's lag in frames, and the
+    /// payload bytes retained.
+    pub(crate) fn state(&self) -> (StateLabel, u64, u64) {
         let inner = self.lock();
+        let retained = inner.retained.bytes;
         match inner.life {
-            Life::Live { .. } if inner.current.is_some() => {
+            Life::Live { .. } if inner.claims.is_held() => {
                 let lag = self.committed().saturating_sub(self.delivered.load(Ordering::Relaxed));
-                (StateLabel::Attached, lag)
+                (StateLabel::Attached, lag, retained)
             }
-            Life::Live { .. } => (StateLabel::Detached, 0),
-            Life::Orphaned { .. } => (StateLabel::Orphaned, 0),
-            Life::Ended { .. } => (StateLabel::Ended, 0),
+            Life::Live { .. } => (StateLabel::Detached, 0, retained),
+            Life::Orphaned { .. } => (StateLabel::Orphaned, 0, retained),
+            Life::Ended { .. } | Life::Purged => (StateLabel::Ended, 0, retained),
         }
     }
 
-    /// Claims the session for a new client connection. An orphaned session
-    /// needs a backend connection: without one this returns it back as
-    /// `Err(None)`; a connection that turned out not to be needed is handed
-    /// back in `Ok(.., Some(conn))` for the caller to close.
-    #[allow(clippy::result_large_err)]
-    pub fn attach(
-        self: &Arc<Self>,
-        backend: Option<BackendSocket>,
-    ) -> Result<(Attachment, Attached, Option<BackendSocket>), AttachError> {
-        let mut inner = self.lock();
-        if inner.purged {
-            return Err(AttachError::Purged(backend));
-        }
-        let replay_to = self.committed();
-        let (kind, spare) = match (&inner.life, backend) {
-            (Life::Live { linger, .. }, spare) => {
-                linger.send_replace(None);
-                (Attached::Live, spare)
-            }
-            (Life::Ended { .. }, spare) => (Attached::Ended, spare),
-            (Life::Orphaned { .. }, None) => return Err(AttachError::NeedsBackend),
-            (Life::Orphaned { .. }, Some(conn)) => {
-                inner.life = self.start_backend(conn);
-                inner.meta.orphaned_ms = None;
-                (Attached::Restarted, None)
-            }
-        };
-        let (kick, kicked) = oneshot::channel();
-        let (exited_tx, exited) = oneshot::channel();
-        inner.gen += 1;
-        let gen = inner.gen;
-        let previous = inner.current.replace(Slot { gen, kick, exited });
-        Ok((Attachment { gen: inner.gen, replay_to, kicked, exited: Some(exited_tx), previous }, kind, spare))
-    }
-
-    /// The upgrade for `attachment` failed before its pump started: give the
-    /// session back to the connection it would have taken over, if any, which
-    /// was never kicked; otherwise detach.
-    pub fn abandon(&self, mut attachment: Attachment) {
-        let mut inner = self.lock();
-        if inner.gen == attachment.gen {
-            if let Some(prev) = attachment.previous.take() {
-                inner.gen = prev.gen;
-                inner.current = Some(prev);
-                return;
-            }
-        }
-        drop(inner);
-        self.detach(attachment.gen);
-        attachment.finish();
-    }
-
-    /// Releases the session if `gen` still holds it; a live session starts
-    /// lingering.
-    pub fn detach(&self, gen: u64) {
-        let mut inner = self.lock();
-        if inner.gen != gen || inner.current.is_none() {
-            return;
-        }
-        inner.current = None;
-        if let Life::Live { linger, .. } = &inner.life {
-            linger.send_replace(Some(Instant::now() + self.shared.linger));
+    /// Frames `from..=to`, at most about `max_bytes` of them: from the
+    /// in-memory ring while it still holds `from`, else from the journal.
+    /// Trimmed frames are absent; the caller compares the first seq.
+    pub(crate) async fn frames(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Payload)>, JournalError> {
+        let cached = self.ring.lock().unwrap_or_else(|p| p.into_inner()).get(from, to, max_bytes);
+        match cached {
+            Some(frames) => Ok(frames),
+            None => self.shared.journal.read(self.id, from, to, max_bytes).await,
         }
     }
 
-    /// Writes the session's current record to the journal (e.g. after a
-    /// restart cleared its orphaned mark).
-    pub async fn persist_meta(&self) {
-        let meta = self.lock().meta.clone();
-        let _ = self.shared.journal.put_meta(self.id, meta).await;
-    }
-
-    /// Sends a client frame towards the backend; false if the session has no
-    /// backend connection any more.
-    pub async fn send_upstream(&self, msg: Upstream) -> bool {
+    /// Sends a client frame towards the backend.
+    pub(crate) async fn send_upstream(&self, msg: ToBackend) -> Result<(), NoBackend> {
         let tx = match &self.lock().life {
             Life::Live { upstream, .. } => upstream.clone(),
-            _ => return false,
+            _ => return Err(NoBackend),
         };
-        tx.send(Box::new(msg)).await.is_ok()
+        tx.send(Box::new(msg)).await.map_err(|_| NoBackend)
     }
 
-    /// Frames `from..=to` from the in-memory ring, if it still has `from`.
-    pub fn from_ring(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).get(from, to, max_bytes)
-    }
-
-    /// The journal.
-    pub fn journal(&self) -> &Journal {
-        &self.shared.journal
-    }
-
-    /// Starts the backend task for `conn`; returns the live state to store.
-    fn start_backend(self: &Arc<Self>, conn: BackendSocket) -> Life {
-        self.shared.live.fetch_add(1, Ordering::Relaxed);
+    /// Starts the link task for `conn`; returns the live state to store.
+    fn start_link(self: &Arc<Self>, conn: BackendConn) -> Life {
         // Boxed: tokio allocates a block of 32 slots with every channel, and
         // 32 unboxed messages would cost each idle session 1.8 KB.
         let (upstream, upstream_rx) = mpsc::channel(64);
         let (linger, linger_rx) = watch::channel(None);
-        self.shared.tasks.spawn(backend::run(self.clone(), conn, upstream_rx, linger_rx));
+        self.shared.rt.tasks.spawn(link::run(self.clone(), conn, upstream_rx, linger_rx));
         Life::Live { upstream, linger }
     }
 
     /// Journals the next backend frame and applies the frame and byte limits.
-    async fn journal_frame(&self, payload: Payload) -> bool {
+    async fn journal_frame(&self, payload: Payload) -> Result<(), JournalError> {
         let seq = self.assigned.load(Ordering::Relaxed) + 1;
         self.assigned.store(seq, Ordering::Relaxed);
         let len = payload.len() as u64;
-        let m = &self.shared.metrics;
-        m.frames.with_label_values(&["downstream"]).inc();
-        m.bytes.with_label_values(&["downstream"]).inc_by(len);
+        self.shared.rt.metrics.downstream.count(payload.len());
         self.ring.lock().unwrap_or_else(|p| p.into_inner()).push(seq, payload.clone());
         // Retention is decided before the frame can be delivered, so a client
         // that has seen frame `seq` also sees the trim point it implies.
         let trim = {
             let mut inner = self.lock();
             inner.retained.push(seq, len, Instant::now());
-            let s = &self.shared;
-            let trim = inner.retained.enforce(s.max_session_frames, s.max_session_bytes);
+            let j = &self.shared.config.journal;
+            let trim = inner.retained.enforce(j.max_session_frames, j.max_session_bytes);
             trim.map(|t| self.note_trim(&mut inner, t))
         };
-        if self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await.is_err() {
-            return false;
-        }
+        self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await?;
         match trim {
-            Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await.is_ok(),
-            None => true,
+            Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await,
+            None => Ok(()),
         }
     }
 
     fn note_trim(&self, inner: &mut Inner, t: Trim) -> SessionMeta {
-        self.shared.metrics.trimmed_frames.with_label_values(&[t.reason.as_str()]).inc_by(t.frames);
+        self.shared.rt.metrics.trimmed(t.reason.as_str(), t.frames);
         inner.meta.trimmed_to = t.upto;
         inner.meta.clone()
     }
 
-    /// Linger expired: drop the backend unless a client came back meanwhile.
-    fn try_orphan(&self) -> Option<SessionMeta> {
-        let mut inner = self.lock();
-        if inner.current.is_some() || !matches!(inner.life, Life::Live { .. }) {
-            return None;
-        }
-        inner.life = Life::Orphaned { since: Instant::now() };
-        inner.meta.orphaned_ms = Some(unix_ms());
-        Some(inner.meta.clone())
+    /// Linger expired: the session loses its backend connection unless a
+    /// client came back meanwhile. True if it is now orphaned (and its
+    /// record says so).
+    async fn orphan(&self) -> bool {
+        let meta = {
+            let mut inner = self.lock();
+            if inner.claims.is_held() || !matches!(inner.life, Life::Live { .. }) {
+                return false;
+            }
+            inner.life = Life::Orphaned { since: Instant::now() };
+            inner.meta.orphaned_ms = Some(unix_ms());
+            inner.meta.clone()
+        };
+        self.persist(meta).await;
+        true
     }
 
     /// The backend connection closed (or the client closed normally).
@@ -408,7 +290,69 @@ impl Session {
             inner.meta.ended_ms = Some(unix_ms());
             inner.meta.clone()
         };
-        let _ = self.shared.journal.put_meta(self.id, meta).await;
+        self.persist(meta).await;
         self.ended.send_replace(Some((self.assigned.load(Ordering::Relaxed), info)));
+    }
+
+    /// Writes the session's record. Fails only once the journal has closed
+    /// (a drain), when the record on disk already says what a restart needs.
+    async fn persist(&self, meta: SessionMeta) {
+        if let Err(e) = self.shared.journal.put_meta(self.id, meta).await {
+            tracing::warn!(session = %self.id, error = %e, "session record not written");
+        }
+    }
+
+    /// One janitor pass: purge the session once it has been orphaned or
+    /// ended for `journal.retention` with no client, else trim by age.
+    pub(crate) async fn sweep(&self, now: Instant) -> Swept {
+        let j = &self.shared.config.journal;
+        let (purged, trim, retained) = {
+            let mut inner = self.lock();
+            let expired = !inner.claims.is_held()
+                && match inner.life {
+                    Life::Orphaned { since } | Life::Ended { since } => now.duration_since(since) > j.retention,
+                    Life::Live { .. } | Life::Purged => false,
+                };
+            if expired {
+                // Under the session lock, so no resume can attach after this.
+                inner.life = Life::Purged;
+                (Some(inner.retained.frames), None, 0)
+            } else {
+                let trim = inner.retained.enforce_age(j.max_frame_age, now).map(|t| self.note_trim(&mut inner, t));
+                (None, trim, inner.retained.bytes)
+            }
+        };
+        if let Some(frames) = purged {
+            self.shared.rt.metrics.trimmed("session_purged", frames);
+            tracing::info!(session = %self.id, "session purged after journal.retention");
+            self.journal_op(self.shared.journal.purge(self.id).await);
+            return Swept::Purged;
+        }
+        if let Some(meta) = trim {
+            self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
+        }
+        Swept::Kept(retained)
+    }
+
+    /// When the oldest retained segment was last written, if any.
+    pub(crate) fn oldest_segment(&self) -> Option<Instant> {
+        self.lock().retained.oldest()
+    }
+
+    /// Trims the oldest segment for the disk budget; the bytes it freed.
+    pub(crate) async fn trim_oldest(&self) -> Option<u64> {
+        let (meta, bytes) = {
+            let mut inner = self.lock();
+            let t = inner.retained.trim_oldest()?;
+            (self.note_trim(&mut inner, t), t.bytes)
+        };
+        self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
+        Some(bytes)
+    }
+
+    fn journal_op(&self, result: Result<(), JournalError>) {
+        if let Err(e) = result {
+            tracing::warn!(session = %self.id, error = %e, "janitor journal operation not queued");
+        }
     }
 }

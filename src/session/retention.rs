@@ -19,7 +19,7 @@ struct Segment {
 
 /// Why frames were trimmed (the `reason` label of `tether_trimmed_frames_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrimReason {
+pub(crate) enum TrimReason {
     /// `journal.max_session_frames`.
     Frames,
     /// `journal.max_session_bytes`.
@@ -32,7 +32,7 @@ pub enum TrimReason {
 
 impl TrimReason {
     /// Label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             TrimReason::Frames => "max_frames",
             TrimReason::Bytes => "max_bytes",
@@ -44,33 +44,33 @@ impl TrimReason {
 
 /// A decided trim: delete every frame up to `upto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Trim {
+pub(crate) struct Trim {
     /// Last seq removed.
-    pub upto: u64,
+    pub(crate) upto: u64,
     /// Frames removed.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Payload bytes removed.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Why.
-    pub reason: TrimReason,
+    pub(crate) reason: TrimReason,
 }
 
 /// What one session retains.
 #[derive(Debug, Default)]
-pub struct Retained {
+pub(crate) struct Retained {
     segments: VecDeque<Segment>,
     /// Frames retained.
-    pub frames: u64,
+    pub(crate) frames: u64,
     /// Payload bytes retained.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Every seq <= this has been trimmed.
-    pub trimmed_to: u64,
+    pub(crate) trimmed_to: u64,
 }
 
 impl Retained {
     /// Bookkeeping for a session recovered with `frames` frames (`trimmed_to+1
     /// ..=last`) and `bytes` bytes; their age is unknown and counts from now.
-    pub fn recovered(trimmed_to: u64, last: u64, frames: u64, bytes: u64) -> Retained {
+    pub(crate) fn recovered(trimmed_to: u64, last: u64, frames: u64, bytes: u64) -> Retained {
         let mut r = Retained { trimmed_to, ..Default::default() };
         if frames > 0 {
             r.segments.push_back(Segment { first: trimmed_to + 1, last, bytes, newest: Instant::now() });
@@ -81,12 +81,12 @@ impl Retained {
     }
 
     /// First seq still retained (or that the next frame will have).
-    pub fn first_available(&self) -> u64 {
+    pub(crate) fn first_available(&self) -> u64 {
         self.trimmed_to + 1
     }
 
     /// Records frame `seq` of `len` bytes.
-    pub fn push(&mut self, seq: u64, len: u64, now: Instant) {
+    pub(crate) fn push(&mut self, seq: u64, len: u64, now: Instant) {
         match self.segments.back_mut() {
             Some(s) if s.last + 1 == seq && s.last + 1 - s.first < SEGMENT_FRAMES => {
                 s.last = seq;
@@ -100,7 +100,7 @@ impl Retained {
     }
 
     /// The trim the frame and byte limits call for, applied to the bookkeeping.
-    pub fn enforce(&mut self, max_frames: u64, max_bytes: u64) -> Option<Trim> {
+    pub(crate) fn enforce(&mut self, max_frames: u64, max_bytes: u64) -> Option<Trim> {
         let mut trim: Option<Trim> = None;
         while self.bytes > max_bytes && self.segments.len() > 1 {
             self.pop_segment(&mut trim, TrimReason::Bytes);
@@ -133,7 +133,7 @@ impl Retained {
     }
 
     /// Trims whole segments whose newest frame is older than `max_age`.
-    pub fn enforce_age(&mut self, max_age: Duration, now: Instant) -> Option<Trim> {
+    pub(crate) fn enforce_age(&mut self, max_age: Duration, now: Instant) -> Option<Trim> {
         let mut trim = None;
         while self.segments.front().is_some_and(|s| now.duration_since(s.newest) > max_age) {
             self.pop_segment(&mut trim, TrimReason::Age);
@@ -142,12 +142,12 @@ impl Retained {
     }
 
     /// When the oldest retained segment was last written, if any.
-    pub fn oldest(&self) -> Option<Instant> {
+    pub(crate) fn oldest(&self) -> Option<Instant> {
         self.segments.front().map(|s| s.newest)
     }
 
     /// Trims the oldest segment (disk budget).
-    pub fn trim_oldest(&mut self) -> Option<Trim> {
+    pub(crate) fn trim_oldest(&mut self) -> Option<Trim> {
         let mut trim = None;
         if !self.segments.is_empty() {
             self.pop_segment(&mut trim, TrimReason::DiskBudget);

@@ -7,7 +7,7 @@ use crate::protocol::Payload;
 
 /// A byte-bounded window of consecutive frames.
 #[derive(Debug, Default)]
-pub struct Ring {
+pub(crate) struct Ring {
     frames: VecDeque<(u64, Payload)>,
     bytes: usize,
     cap: usize,
@@ -15,13 +15,13 @@ pub struct Ring {
 
 impl Ring {
     /// An empty ring holding at most `cap` payload bytes.
-    pub fn new(cap: usize) -> Ring {
+    pub(crate) fn new(cap: usize) -> Ring {
         Ring { frames: VecDeque::new(), bytes: 0, cap }
     }
 
     /// Appends frame `seq` (must follow the last one) and evicts the oldest
     /// frames beyond the byte budget.
-    pub fn push(&mut self, seq: u64, payload: Payload) {
+    pub(crate) fn push(&mut self, seq: u64, payload: Payload) {
         if self.frames.back().is_some_and(|(last, _)| *last + 1 != seq) {
             self.clear();
         }
@@ -38,7 +38,7 @@ impl Ring {
 
     /// Copies frames `from..=to` out of the ring, at most `max_bytes` of them
     /// (at least one), or `None` if `from` is not in the ring.
-    pub fn get(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
+    pub(crate) fn get(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
         let first = self.frames.front()?.0;
         if from < first || from > self.frames.back()?.0 {
             return None;
@@ -56,7 +56,7 @@ impl Ring {
     }
 
     /// Drops everything (e.g. when the seq space restarts).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.frames = VecDeque::new();
         self.bytes = 0;
     }

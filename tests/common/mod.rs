@@ -1,6 +1,7 @@
 //! Test harness: a real WebSocket backend on loopback, tether in-process or
 //! as a real process, and a client with helpers that assert on exact frames.
-#![allow(dead_code)]
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unreachable_pub, missing_docs)]
 // tungstenite's handshake callback signature fixes the error type.
 #![allow(clippy::result_large_err)]
 
@@ -368,6 +369,31 @@ impl TetherProcess {
     }
 }
 
+// ---------------------------------------------------------------- fixture
+
+/// The opening of most tests: a real backend and tether in front of it.
+pub async fn setup() -> (Backend, Tether) {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`] with a configuration tweak.
+pub async fn setup_with(tweak: impl FnOnce(&mut Config)) -> (Backend, Tether) {
+    let backend = Backend::start().await;
+    let t = Tether::start_with(&backend, tweak).await;
+    (backend, t)
+}
+
+/// Opens a new session at `url` (tether in front of `backend`): the
+/// client's socket after its welcome (outcome `new`), its token, and the
+/// backend connection tether opened for it.
+pub async fn attach(backend: &mut Backend, url: &str) -> (Ws, String, BackendConn) {
+    let mut ws = open(url, &[]).await;
+    let (w, token) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "new", "{w}");
+    let conn = backend.next_conn().await;
+    (ws, token, conn)
+}
+
 // ---------------------------------------------------------------- client
 
 /// A refused upgrade: status and parsed JSON body.
@@ -473,6 +499,26 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
     .await
 }
 
+/// A valid token for session `id` under [`SECRET`], built as
+/// docs/PROTOCOL.md "Tokens" specifies, with no identity headers configured.
+pub fn mint_token(epoch: u64, id: [u8; 16]) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    use sha2::Digest as _;
+    let identity = sha2::Sha256::new().finalize();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(b"tether-token-v1");
+    mac.update(&epoch.to_be_bytes());
+    mac.update(&id);
+    mac.update(&identity);
+    let tag = mac.finalize().into_bytes();
+    let mut token = vec![1u8];
+    token.extend_from_slice(&epoch.to_be_bytes());
+    token.extend_from_slice(&id);
+    token.extend_from_slice(&tag[..16]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+}
+
 /// Abrupt client drop: TCP reset, no close frame.
 pub fn drop_abruptly(ws: Ws) {
     if let MaybeTlsStream::Plain(tcp) = ws.get_ref() {
@@ -483,19 +529,11 @@ pub fn drop_abruptly(ws: Ws) {
 
 // ---------------------------------------------------------------- http
 
+pub use tether_testkit::metric;
+
 /// A plain HTTP GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    within("an HTTP response", async {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status = text[9..12].parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
-        (status, body)
-    })
-    .await
+    within("an HTTP response", tether_testkit::http_get(addr, path)).await.expect("HTTP GET")
 }
 
 /// Sends raw bytes as an HTTP request and returns status and body.
@@ -525,14 +563,6 @@ fn complete(text: &str) -> bool {
         l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
     });
     len.is_some_and(|n| body.len() >= n)
-}
-
-/// The value of one sample (`name{labels}` exactly as rendered), or 0.
-pub fn metric(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == sample).map(|(_, v)| v.parse().unwrap()))
-        .unwrap_or(0.0)
 }
 
 /// Scrapes `/metrics` until `sample` has `value` (state that tether updates

@@ -316,45 +316,14 @@ impl TetherProc {
 
     /// One sample from `/metrics`, or 0.
     pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf);
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == sample).and_then(|(_, v)| v.parse().ok()))
-            .unwrap_or(0.0))
+        Ok(tether_testkit::scrape(self.admin, sample).await?)
     }
 }
 
-/// `tether-bench tether <flags>`: what `src/main.rs` does for `tether run`,
-/// with the tether library linked into this binary.
+/// `tether-bench tether <flags>`: exactly what `tether run` does, with the
+/// tether library linked into this binary.
 pub fn run_tether(args: Vec<String>) -> anyhow::Result<()> {
     use clap::Parser as _;
-    use tracing_subscriber::EnvFilter;
     let cli = tether::cli::Cli::parse_from(std::iter::once("tether".to_owned()).chain(args));
-    let config = cli.config()?;
-    let filter = EnvFilter::try_new(&config.log.level)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log.format {
-        tether::config::LogFormat::Json => builder.json().init(),
-        tether::config::LogFormat::Human => builder.init(),
-    }
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        // As src/main.rs: handlers first, so a SIGTERM right after start drains.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let running = tether::server::start(config).await?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        running.drain().await?;
-        Ok(())
-    })
+    Ok(tether::cli::serve(cli.config()?)?)
 }

@@ -16,15 +16,18 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::lazy_read::LazyRead;
-use crate::session::{BackendResponse, BackendSocket};
+use super::Connected;
+use crate::net::{has_token, LazyRead};
+
+/// The backend's answer to the upgrade, without a body.
+type Head = Response<()>;
 
 /// Most headers tether accepts in the backend's 101 response.
 const MAX_RESPONSE_HEADERS: usize = 64;
 
 /// Why the backend handshake failed; each maps to a 502 for the client.
 #[derive(Debug, thiserror::Error)]
-pub enum DialError {
+pub(crate) enum DialError {
     /// The backend answered, but not with 101 Switching Protocols.
     #[error("backend answered {0} instead of 101")]
     Refused(u16),
@@ -38,13 +41,13 @@ pub enum DialError {
 
 /// Sends the upgrade request for `path` with `headers` (which must not carry
 /// the handshake headers; this adds them) and waits for the 101.
-pub async fn handshake(
+pub(super) async fn handshake(
     mut tcp: TcpStream,
     path: &str,
     mut headers: HeaderMap,
     config: WebSocketConfig,
     max_head_bytes: usize,
-) -> Result<(BackendSocket, BackendResponse), DialError> {
+) -> Result<Connected, DialError> {
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -61,8 +64,8 @@ pub async fn handshake(
     // call per frame, and a third less throughput.
     let mut part = Vec::with_capacity(config.read_buffer_size.max(rest.len()));
     part.extend_from_slice(&rest);
-    let ws = WebSocketStream::from_partially_read(LazyRead::new(tcp), part, Role::Client, Some(config)).await;
-    Ok((ws, response))
+    let socket = WebSocketStream::from_partially_read(LazyRead::new(tcp), part, Role::Client, Some(config)).await;
+    Ok(Connected { socket, headers: response.into_parts().0.headers })
 }
 
 fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
@@ -82,7 +85,7 @@ fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
 
 /// Reads until the end of the response head; returns the head and the bytes
 /// after it (frames the backend sent right after its 101).
-async fn read_response(tcp: &mut TcpStream, max_head_bytes: usize) -> Result<(BackendResponse, Vec<u8>), DialError> {
+async fn read_response(tcp: &mut TcpStream, max_head_bytes: usize) -> Result<(Head, Vec<u8>), DialError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut chunk = [0u8; 1024];
@@ -107,31 +110,25 @@ async fn read_response(tcp: &mut TcpStream, max_head_bytes: usize) -> Result<(Ba
     }
 }
 
-fn to_response(parsed: &httparse::Response) -> Result<BackendResponse, DialError> {
+fn to_response(parsed: &httparse::Response) -> Result<Head, DialError> {
     let code = parsed.code.unwrap_or_default();
     let mut response = Response::builder().status(code).version(Version::HTTP_11);
     for h in parsed.headers.iter() {
         response = response.header(h.name, h.value);
     }
-    response.body(None).map_err(|e| DialError::Protocol(format!("malformed response: {e}")))
+    response.body(()).map_err(|e| DialError::Protocol(format!("malformed response: {e}")))
 }
 
 /// The checks of RFC 6455 §4.1 that apply to a client offering no extensions.
-fn verify(response: &BackendResponse, key: &str, request: &HeaderMap) -> Result<(), DialError> {
+fn verify(response: &Head, key: &str, request: &HeaderMap) -> Result<(), DialError> {
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(DialError::Refused(response.status().as_u16()));
     }
     let headers = response.headers();
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if !has_token(header::UPGRADE, "websocket") {
+    if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(DialError::Protocol("no `Upgrade: websocket` in the 101".into()));
     }
-    if !has_token(header::CONNECTION, "upgrade") {
+    if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(DialError::Protocol("no `Connection: upgrade` in the 101".into()));
     }
     let accept = derive_accept_key(key.as_bytes());
@@ -161,12 +158,12 @@ fn verify(response: &BackendResponse, key: &str, request: &HeaderMap) -> Result<
 mod tests {
     use super::*;
 
-    fn response(lines: &[(&str, &str)]) -> BackendResponse {
+    fn response(lines: &[(&str, &str)]) -> Head {
         let mut r = Response::builder().status(101);
         for (k, v) in lines {
             r = r.header(*k, *v);
         }
-        r.body(None).unwrap()
+        r.body(()).unwrap()
     }
 
     #[test]
@@ -187,7 +184,7 @@ mod tests {
         assert!(matches!(verify(&response(&wrong), key, &offered), Err(DialError::Protocol(_))));
         let no_upgrade = [("connection", "upgrade"), ("sec-websocket-accept", accept)];
         assert!(verify(&response(&no_upgrade), key, &offered).is_err());
-        let refused = Response::builder().status(403).body(None).unwrap();
+        let refused = Response::builder().status(403).body(()).unwrap();
         assert!(matches!(verify(&refused, key, &offered), Err(DialError::Refused(403))));
     }
 

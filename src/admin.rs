@@ -1,8 +1,7 @@
 //! The admin port: `/metrics` (Prometheus text), `/livez` (the process
 //! answers) and `/readyz` (a latch: journal open, listeners bound, not
-//! draining, journal writes succeeding).
-
-pub mod metrics;
+//! draining, journal writes succeeding). It only reads: the metrics
+//! belong to [`crate::metrics`], the health to the journal and the server.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,34 +17,35 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::net;
 use crate::session::Sessions;
-use metrics::Metrics;
 
 /// What the admin endpoints read.
-pub struct Admin {
+pub(crate) struct Admin {
     /// Metrics to render.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Sessions, for the gauges computed at scrape time.
-    pub sessions: Arc<Sessions>,
+    pub(crate) sessions: Arc<Sessions>,
     /// The journal, for its health.
-    pub journal: Journal,
+    pub(crate) journal: Journal,
     /// Set once listeners are bound; cleared when draining starts.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// Cancelled on shutdown.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Admin {
+    /// Sets or clears the readiness latch.
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
 }
 
 /// Serves the admin endpoints for the life of the process: during a drain
 /// `/readyz` must keep answering 503 and `/livez` 200.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    net::accept_until(listener, std::future::pending(), |tcp, _| {
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -54,7 +54,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
         });
-    }
+    })
+    .await;
 }
 
 fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
@@ -84,9 +85,4 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body.to_owned())))
         .expect("valid response")
-}
-
-/// Marks the instance ready.
-pub fn set_ready(admin: &Admin, ready: bool) {
-    admin.ready.store(ready, Ordering::Relaxed);
 }

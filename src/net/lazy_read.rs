@@ -17,11 +17,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes one read system call takes in.
-pub const BURST: usize = 16 * 1024;
+pub(crate) const BURST: usize = 16 * 1024;
 
 /// Wraps `S`; see the module documentation.
 #[derive(Debug)]
-pub struct LazyRead<S> {
+pub(crate) struct LazyRead<S> {
     inner: S,
     /// Bytes read from the kernel but not handed out yet; empty (and
     /// unallocated) most of the time.
@@ -32,7 +32,7 @@ pub struct LazyRead<S> {
 
 impl<S> LazyRead<S> {
     /// Wraps `inner`, with nothing buffered.
-    pub fn new(inner: S) -> LazyRead<S> {
+    pub(crate) fn new(inner: S) -> LazyRead<S> {
         LazyRead { inner, pending: Vec::new(), pos: 0 }
     }
 

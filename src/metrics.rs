@@ -1,0 +1,232 @@
+//! The Prometheus metric families tether exports (docs/METRICS.md).
+//!
+//! This module sits at the bottom of the crate: the journal, sessions and the
+//! proxy record into it, and the admin port only renders it. Children that
+//! are touched for every frame are bound to their labels once, here, so the
+//! data path does no label lookup.
+
+use prometheus::core::Collector;
+use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+
+/// Frames and payload bytes in one direction.
+pub(crate) struct Flow {
+    /// Data frames.
+    pub(crate) frames: IntCounter,
+    /// Payload bytes.
+    pub(crate) bytes: IntCounter,
+}
+
+impl Flow {
+    /// Counts one frame of `len` bytes.
+    pub(crate) fn count(&self, len: usize) {
+        self.frames.inc();
+        self.bytes.inc_by(len as u64);
+    }
+}
+
+/// Session counts by state, set at scrape time.
+pub(crate) struct SessionGauges {
+    pub(crate) attached: IntGauge,
+    pub(crate) detached: IntGauge,
+    pub(crate) orphaned: IntGauge,
+    pub(crate) ended: IntGauge,
+}
+
+/// What triggered a WAL fsync.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fsync {
+    /// A write batch with `sync = "always"`.
+    Batch,
+    /// The periodic sync of `sync = "interval"`.
+    Interval,
+    /// A drain or close.
+    Drain,
+}
+
+/// Every metric, registered in one registry. Labels never carry session ids.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// `tether_sessions{state}`.
+    pub(crate) sessions: SessionGauges,
+    /// Backend→client frames as journaled (`direction="downstream"`).
+    pub(crate) downstream: Flow,
+    /// Client→backend frames as forwarded (`direction="upstream"`).
+    pub(crate) upstream: Flow,
+    /// Frames committed to the journal.
+    pub(crate) journal_appends: IntCounter,
+    /// Seconds from handing a frame to the writer until it is committed.
+    pub(crate) journal_append_seconds: Histogram,
+    /// Operations per RocksDB write batch.
+    pub(crate) journal_batch_ops: Histogram,
+    /// Failed journal writes (retried; nothing is forwarded meanwhile).
+    pub(crate) journal_write_errors: IntCounter,
+    fsyncs: [IntCounter; 3],
+    /// Live bytes of the journal on disk (SST files plus WAL).
+    pub(crate) journal_disk_bytes: IntGauge,
+    /// Payload bytes retained across sessions (what the disk budget counts).
+    pub(crate) journal_retained_bytes: IntGauge,
+    /// Frames sent to clients as part of a replay after a resume.
+    pub(crate) replayed_frames: IntCounter,
+    resumes: IntCounterVec,
+    trimmed_frames: IntCounterVec,
+    backend_connects: IntCounterVec,
+    client_disconnects: IntCounterVec,
+    refusals: IntCounterVec,
+    /// Frames journaled but not yet written to the attached client, summed.
+    pub(crate) delivery_lag_frames: IntGauge,
+    /// Seconds from a resumed client's attach until its replay was written.
+    pub(crate) replay_seconds: Histogram,
+}
+
+/// Builds families and registers each in one registry as it is made.
+struct Families(Registry);
+
+impl Families {
+    fn add<C: Collector + Clone + 'static>(&self, c: Result<C, prometheus::Error>) -> C {
+        let c = c.expect("valid metric definition");
+        self.0.register(Box::new(c.clone())).expect("metric names are unique");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(opts!(name, help), labels))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(opts!(name, help), labels))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        self.add(Histogram::with_opts(histogram_opts!(name, help, buckets)))
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub(crate) fn new() -> Metrics {
+        let f = Families(Registry::new());
+        let sessions = f.gauges("tether_sessions", "Sessions held, by state.", &["state"]);
+        let state = |s: &str| sessions.with_label_values(&[s]);
+        let frames = f.counters("tether_frames_total", "Data frames proxied, by direction.", &["direction"]);
+        let bytes = f.counters("tether_bytes_total", "Data payload bytes proxied, by direction.", &["direction"]);
+        let flow = |d: &str| Flow { frames: frames.with_label_values(&[d]), bytes: bytes.with_label_values(&[d]) };
+        let fsyncs = f.counters(
+            "tether_journal_fsyncs_total",
+            "Journal WAL fsyncs, by trigger (batch, interval, drain).",
+            &["trigger"],
+        );
+        let build_info = f.gauges("tether_build_info", "Build information; the value is always 1.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
+            sessions: SessionGauges {
+                attached: state("attached"),
+                detached: state("detached"),
+                orphaned: state("orphaned"),
+                ended: state("ended"),
+            },
+            downstream: flow("downstream"),
+            upstream: flow("upstream"),
+            journal_appends: f.counter("tether_journal_appends_total", "Frames committed to the journal."),
+            journal_append_seconds: f.histogram(
+                "tether_journal_append_seconds",
+                "Time from handing a frame to the journal writer to its commit.",
+                vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+            ),
+            journal_batch_ops: f.histogram(
+                "tether_journal_batch_ops",
+                "Operations per journal write batch.",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            journal_write_errors: f.counter(
+                "tether_journal_write_errors_total",
+                "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+            ),
+            fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
+            journal_disk_bytes: f
+                .gauge("tether_journal_disk_bytes", "Bytes of the journal on disk (SST files and WAL)."),
+            journal_retained_bytes: f
+                .gauge("tether_journal_retained_bytes", "Payload bytes retained in the journal across sessions."),
+            replayed_frames: f.counter("tether_replayed_frames_total", "Frames replayed to resuming clients."),
+            resumes: f.counters(
+                "tether_resumes_total",
+                "Session starts and resumes, by outcome and gap reason.",
+                &["outcome", "reason"],
+            ),
+            trimmed_frames: f.counters(
+                "tether_trimmed_frames_total",
+                "Frames removed from the journal, by reason.",
+                &["reason"],
+            ),
+            backend_connects: f.counters(
+                "tether_backend_connects_total",
+                "Backend connection attempts, by result.",
+                &["result"],
+            ),
+            client_disconnects: f.counters(
+                "tether_client_disconnects_total",
+                "Client disconnects, by kind.",
+                &["kind"],
+            ),
+            refusals: f.counters(
+                "tether_refusals_total",
+                "Upgrade requests refused, by status and error.",
+                &["status", "error"],
+            ),
+            delivery_lag_frames: f.gauge(
+                "tether_delivery_lag_frames",
+                "Frames journaled but not yet written to attached clients, summed over sessions.",
+            ),
+            replay_seconds: f.histogram(
+                "tether_replay_seconds",
+                "Time from a resuming client's attach until every replayed frame was written to it.",
+                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            registry: f.0,
+        }
+    }
+
+    /// Counts a WAL fsync.
+    pub(crate) fn fsync(&self, trigger: Fsync) {
+        self.fsyncs[trigger as usize].inc();
+    }
+
+    /// Counts a session start or resume.
+    pub(crate) fn resume(&self, outcome: &str, reason: &str) {
+        self.resumes.with_label_values(&[outcome, reason]).inc();
+    }
+
+    /// Counts `frames` removed from the journal for `reason`.
+    pub(crate) fn trimmed(&self, reason: &str, frames: u64) {
+        self.trimmed_frames.with_label_values(&[reason]).inc_by(frames);
+    }
+
+    /// Counts a backend connection attempt.
+    pub(crate) fn backend_connect(&self, result: &str) {
+        self.backend_connects.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a client disconnect.
+    pub(crate) fn client_disconnect(&self, kind: &str) {
+        self.client_disconnects.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a refused upgrade.
+    pub(crate) fn refusal(&self, status: &str, error: &str) {
+        self.refusals.with_label_values(&[status, error]).inc();
+    }
+
+    /// The text exposition of every family.
+    pub(crate) fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encode error: {e}\n"))
+    }
+}

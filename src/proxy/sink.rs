@@ -1,0 +1,96 @@
+//! The client connection's write half: data batches, control frames,
+//! pings and closes, each with the rules that apply to it.
+
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::net::LazyRead;
+use crate::protocol::control::Control;
+use crate::protocol::stamp::Stamper;
+use crate::protocol::Payload;
+
+/// An upgraded client connection.
+pub(super) type ClientSocket = WebSocketStream<LazyRead<TokioIo<Upgraded>>>;
+
+/// How long tether waits to deliver a last frame (a close, `draining`,
+/// `end`) to a client that may no longer read.
+const LAST_WORDS: Duration = Duration::from_secs(1);
+
+/// Writes to one client.
+pub(super) struct ClientSink {
+    sink: SplitSink<ClientSocket, Message>,
+    /// False for `stamp = "none"` clients, which get no control frames.
+    inband: bool,
+}
+
+impl ClientSink {
+    /// Wraps the write half of a client socket.
+    pub(super) fn new(sink: SplitSink<ClientSocket, Message>, inband: bool) -> ClientSink {
+        ClientSink { sink, inband }
+    }
+
+    /// True if the client gets in-band control frames.
+    pub(super) fn inband(&self) -> bool {
+        self.inband
+    }
+
+    /// Sends a control frame (nothing for a client without control frames).
+    pub(super) async fn control(&mut self, control: Control) -> Result<(), WsError> {
+        if !self.inband {
+            return Ok(());
+        }
+        self.sink.send(control.to_message()).await
+    }
+
+    /// A control frame on the way out, given [`LAST_WORDS`] at most.
+    pub(super) async fn last_control(&mut self, control: Control) {
+        let _ = tokio::time::timeout(LAST_WORDS, self.control(control)).await;
+    }
+
+    /// A keepalive ping.
+    pub(super) async fn ping(&mut self) -> Result<(), WsError> {
+        self.sink.send(Message::Ping(Default::default())).await
+    }
+
+    /// Stamps and writes `frames` as one batch.
+    pub(super) async fn frames(&mut self, frames: &[(u64, Payload)], stamper: &Stamper) -> Result<(), WsError> {
+        for (seq, payload) in frames {
+            self.sink.feed(stamper.stamp(*seq, payload)).await?;
+        }
+        self.sink.flush().await
+    }
+
+    /// Sends a close frame with `code` and `reason` (truncated to fit).
+    pub(super) async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: truncate(reason).into() };
+        let _ = tokio::time::timeout(LAST_WORDS, self.sink.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Flushes the close reply tungstenite queued when it read the
+    /// client's close, and closes the write half.
+    pub(super) async fn close_reply(&mut self) {
+        let _ = tokio::time::timeout(LAST_WORDS, self.sink.close()).await;
+    }
+}
+
+/// Close reasons are limited to 123 bytes.
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(123);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Codes that may appear in a close frame on the wire (RFC 6455 §7.4).
+pub(super) fn sendable(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
