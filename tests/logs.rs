@@ -11,9 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 #[tokio::test]
 async fn lifecycle_lines_carry_the_session_id_not_the_token() {
-    let mut backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
+    let (mut backend, _dir, p) = setup_process().await;
     let (mut ws, token, b) = attach(&mut backend, &p.url("/")).await;
     b.stream(1, 2);
     expect_stream(&mut ws, 1, 2).await;

@@ -21,9 +21,7 @@ async fn process_metrics(p: &TetherProcess) -> String {
 /// `restarted`), then a new backend connection carries on at the next seq.
 #[tokio::test]
 async fn kill9_then_restart_replays_from_the_journal() {
-    let mut backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
+    let (mut backend, dir, p) = setup_process().await;
     let mut ws = open(&p.url("/feed"), &[]).await;
     let (w, token) = welcome(&mut ws).await;
     assert_eq!(w["outcome"], "new");
@@ -70,9 +68,7 @@ async fn kill9_then_restart_replays_from_the_journal() {
 /// report covering everything after the offset.
 #[tokio::test]
 async fn wiped_journal_is_reported_as_journal_lost() {
-    let mut backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
+    let (mut backend, dir, p) = setup_process().await;
     let (mut ws, token, b1) = attach(&mut backend, &p.url("/feed")).await;
     b1.stream(1, 7);
     expect_stream(&mut ws, 1, 7).await;
@@ -131,9 +127,7 @@ async fn wiped_journal_is_reported_as_journal_lost() {
 /// the session resumes as `restarted` with nothing lost.
 #[tokio::test]
 async fn sigterm_drains_and_the_session_survives() {
-    let mut backend = Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
+    let (mut backend, dir, p) = setup_process().await;
     let (mut ws, token, mut b1) = attach(&mut backend, &p.url("/live")).await;
     b1.stream(1, 20);
     expect_stream(&mut ws, 1, 20).await;

@@ -383,6 +383,15 @@ pub async fn setup_with(tweak: impl FnOnce(&mut Config)) -> (Backend, Tether) {
     (backend, t)
 }
 
+/// A real backend and tether as a child process in front of it, with its
+/// journal in the returned directory (kept for a restart).
+pub async fn setup_process() -> (Backend, tempfile::TempDir, TetherProcess) {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
+    (backend, dir, p)
+}
+
 /// Opens a new session at `url` (tether in front of `backend`): the
 /// client's socket after its welcome (outcome `new`), its token, and the
 /// backend connection tether opened for it.
