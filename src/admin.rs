@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -12,8 +13,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::Journal;
@@ -42,17 +44,39 @@ impl Admin {
     }
 }
 
+/// Most admin connections served at once; further ones are closed at once.
+/// Probes and scrapes need a handful, so idle or slow connections can never
+/// hold more descriptors than this.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a connection has to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may live, including writing `/metrics` to a slow
+/// reader. Keep-alive is off: one request per connection.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves the admin endpoints for the life of the process: during a drain
 /// `/readyz` must keep answering 503 and `/livez` 200.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    net::accept_until(listener, std::future::pending(), |tcp, _| {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    net::accept_until(listener, std::future::pending(), |tcp, peer| {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            admin.metrics.admin_rejected.inc();
+            return;
+        };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(&req, &admin)) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
         });
     })
     .await;

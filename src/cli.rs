@@ -109,6 +109,17 @@ pub enum ServeError {
     Run(#[from] RunError),
 }
 
+impl ServeError {
+    /// The process exit status: 2 when tether could not start (the
+    /// configuration, a listener, the journal), 1 when it failed later.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::LogFilter { .. } | ServeError::Setup(_) | ServeError::Run(RunError::Start(_)) => 2,
+            ServeError::Run(RunError::Drain(_)) => 1,
+        }
+    }
+}
+
 /// What `tether run` does: logs, a runtime, tether until SIGTERM or SIGINT,
 /// then a drain.
 pub fn serve(config: Config) -> Result<(), ServeError> {

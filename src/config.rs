@@ -80,7 +80,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("static address"),
-            admin_listen: "0.0.0.0:9090".parse().expect("static address"),
+            // Loopback unless asked: /metrics is not for the whole network.
+            admin_listen: "127.0.0.1:9090".parse().expect("static address"),
             upstream: "ws://127.0.0.1:9000".into(),
             backend_connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
@@ -330,33 +331,86 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         let l = &self.limits;
         UpstreamUrl::parse(&self.server.upstream).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if l.max_header_bytes < 8192 {
-            return bad("limits.max_header_bytes must be at least 8192");
-        }
-        if l.max_frame_bytes == 0 || l.max_message_bytes < l.max_frame_bytes {
-            return bad("limits.max_message_bytes must be >= limits.max_frame_bytes > 0");
+        self.check_durations()?;
+        self.check_sizes()?;
+        if l.max_frame_bytes > l.max_message_bytes {
+            return bad("limits.max_message_bytes must be >= limits.max_frame_bytes");
         }
         if l.max_write_buffer_bytes <= l.write_buffer_bytes + l.max_message_bytes {
             return bad("limits.max_write_buffer_bytes must exceed write_buffer_bytes + max_message_bytes");
         }
-        if l.max_sessions == 0 || l.replay_batch_bytes == 0 {
-            return bad("limits.max_sessions and limits.replay_batch_bytes must be positive");
-        }
         if !self.token.secret.is_empty() && self.token.secret.len() < 32 {
             return bad("token.secret must be at least 32 characters (or empty to generate one)");
         }
-        if self.session.ping_interval.is_zero() || self.session.ping_timeout.is_zero() {
-            return bad("session.ping_interval and session.ping_timeout must be positive");
-        }
-        if self.journal.max_session_frames == 0 || self.journal.max_batch == 0 {
-            return bad("journal.max_session_frames and journal.max_batch must be positive");
+        if self.journal.max_session_frames == 0 {
+            return bad("journal.max_session_frames must be positive");
         }
         if self.stamp.json_field.is_empty() {
             return bad("stamp.json_field must not be empty");
         }
         Ok(())
     }
+
+    /// Every duration is positive (a zero timeout would fire at once, a zero
+    /// period spin) and at most [`MAX_DURATION`] (longer ones overflow the
+    /// clocks they are added to).
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let (s, se, j) = (&self.server, &self.session, &self.journal);
+        let all = [
+            ("server.backend_connect_timeout", s.backend_connect_timeout),
+            ("server.handshake_timeout", s.handshake_timeout),
+            ("server.shutdown_grace", s.shutdown_grace),
+            ("session.linger", se.linger),
+            ("session.ping_interval", se.ping_interval),
+            ("session.ping_timeout", se.ping_timeout),
+            ("journal.sync_interval", j.sync_interval),
+            ("journal.retention", j.retention),
+            ("journal.max_frame_age", j.max_frame_age),
+        ];
+        for (key, d) in all {
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be more than 0 and at most 365 days, not {}",
+                    humantime::format_duration(d)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes that buffers or queues are allocated from stay within bounds a
+    /// process can allocate (an absurd value must be an error, not an abort).
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        let (l, j) = (&self.limits, &self.journal);
+        let all: [(&str, usize, usize, usize); 9] = [
+            ("limits.max_message_bytes", l.max_message_bytes, 1, 1 << 30),
+            ("limits.max_frame_bytes", l.max_frame_bytes, 1, 1 << 30),
+            ("limits.max_header_bytes", l.max_header_bytes, 8192, 1 << 20),
+            ("limits.write_buffer_bytes", l.write_buffer_bytes, 0, 64 << 20),
+            ("limits.max_write_buffer_bytes", l.max_write_buffer_bytes, 1, 4 << 30),
+            ("limits.read_buffer_bytes", l.read_buffer_bytes, 64, 16 << 20),
+            ("limits.max_sessions", l.max_sessions, 1, 1_000_000),
+            ("limits.replay_batch_bytes", l.replay_batch_bytes, 1, 64 << 20),
+            ("journal.max_batch", j.max_batch, 1, 65_536),
+        ];
+        for (key, v, min, max) in all {
+            if v < min || v > max {
+                return Err(ConfigError::Invalid(format!("{key} must be between {min} and {max}, not {v}")));
+            }
+        }
+        if l.ring_bytes > 64 << 20 {
+            return Err(ConfigError::Invalid(format!(
+                "limits.ring_bytes must be at most {}, not {}",
+                64 << 20,
+                l.ring_bytes
+            )));
+        }
+        Ok(())
+    }
 }
+
+/// The longest duration any key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `server.upstream`, parsed: where the backend is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,19 +430,43 @@ pub struct BadUpstream {
 }
 
 impl UpstreamUrl {
-    /// Parses `ws://host[:port][/prefix]`.
+    /// Parses `ws://host[:port][/prefix]`. No credentials (`user@`): they
+    /// would travel in the `Host` header and in error messages; no query; a
+    /// prefix without `.` or `..` segments.
     pub fn parse(url: &str) -> Result<UpstreamUrl, BadUpstream> {
-        let bad = |problem: String| BadUpstream { url: url.to_owned(), problem };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        let bad = |problem: &str| BadUpstream { url: redact(url), problem: problem.to_owned() };
+        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
         if uri.scheme_str() != Some("ws") {
-            return Err(bad("only ws:// is supported".into()));
+            return Err(bad("only ws:// is supported"));
         }
-        let auth = uri.authority().ok_or_else(|| bad("no host".into()))?;
-        let authority = match auth.port_u16() {
-            Some(_) => auth.as_str().to_owned(),
-            None => format!("{}:80", auth.host()),
+        let auth = uri.authority().ok_or_else(|| bad("no host"))?;
+        if auth.as_str().contains('@') {
+            return Err(bad("credentials (user@host) are not supported in the upstream URL"));
+        }
+        // `http` reads a port it cannot parse as no port at all (port 80).
+        let port = match auth.as_str().rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+            None => 80,
+            Some((_, p)) => match p.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(bad(&format!("port {p:?} is not in 1..=65535"))),
+            },
         };
+        if uri.query().is_some() {
+            return Err(bad("a query is not supported; clients' queries are forwarded"));
+        }
+        if uri.path().split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(bad("the path must not contain . or .. segments"));
+        }
+        let authority = format!("{}:{port}", auth.host());
         Ok(UpstreamUrl { authority, prefix: uri.path().trim_end_matches('/').to_owned() })
+    }
+}
+
+/// `url` without anything between `//` and `@`, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("//"), url.find('@')) {
+        (Some(start), Some(at)) if at > start => format!("{}//<redacted>@{}", &url[..start], &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -426,6 +504,13 @@ mod tests {
         let u = UpstreamUrl::parse("ws://backend").unwrap();
         assert_eq!((u.authority.as_str(), u.prefix.as_str()), ("backend:80", ""));
         assert!(UpstreamUrl::parse("wss://backend").is_err());
+        let refused = |url: &str| UpstreamUrl::parse(url).unwrap_err().to_string();
+        assert!(refused("ws://backend:99999").contains("not in 1..=65535"));
+        assert!(refused("ws://backend:0").contains("not in 1..=65535"));
+        let e = refused("ws://alice:s3cret@backend:9000/x");
+        assert!(e.contains("credentials") && !e.contains("s3cret") && !e.contains("alice"), "{e}");
+        assert!(refused("ws://backend/a/../b").contains(".."));
+        assert!(refused("ws://backend/a?x=1").contains("query"));
     }
 
     #[test]

@@ -1,29 +1,58 @@
 //! The `tether` binary: `tether [run]`, `tether demo`, `tether config`.
+//!
+//! Errors end the process with one line on stderr (no backtrace, whatever
+//! `RUST_BACKTRACE` says) and exit status 2 when tether could not start
+//! (configuration, listeners, journal), 1 when it failed later.
 
 mod demo;
 
-use anyhow::Context as _;
+use std::process::ExitCode;
+
 use clap::Parser;
 
-use tether::cli::{self, Cli, Command};
+use tether::cli::{self, Cli, Command, ServeError};
+use tether::config::Config;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    let mut config = cli.config()?;
+    let mut config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e, 2),
+    };
     match cli.command.take().unwrap_or(Command::Run) {
-        Command::Run => Ok(cli::serve(config)?),
+        Command::Run => match cli::serve(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e, e.exit_code()),
+        },
         Command::Config => {
-            if !config.token.secret.is_empty() {
-                config.token.secret = "<redacted>".into();
-            }
-            print!("{}", toml::to_string(&config)?);
-            Ok(())
+            print!("{}", shown(config));
+            ExitCode::SUCCESS
         }
         Command::Demo => {
             demo::adjust_config(&mut config, &cli);
-            cli::init_logs(&config.log)?;
-            let rt = cli::runtime().context("starting the tokio runtime")?;
-            Ok(rt.block_on(demo::run(config))?)
+            if let Err(e) = cli::init_logs(&config.log) {
+                return fail(&e, e.exit_code());
+            }
+            let result = cli::runtime().map_err(ServeError::Setup).map(|rt| rt.block_on(demo::run(config)));
+            match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e @ demo::DemoError::Start(_))) => fail(&e, 2),
+                Ok(Err(e)) => fail(&e, 1),
+                Err(e) => fail(&e, e.exit_code()),
+            }
         }
     }
+}
+
+/// The effective configuration as TOML, with the secret redacted.
+fn shown(mut config: Config) -> String {
+    if !config.token.secret.is_empty() {
+        config.token.secret = "<redacted>".into();
+    }
+    toml::to_string(&config).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+}
+
+fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("tether: {e}");
+    ExitCode::from(code)
 }

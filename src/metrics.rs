@@ -76,6 +76,8 @@ pub(crate) struct Metrics {
     pub(crate) delivery_lag_frames: IntGauge,
     /// Seconds from a resumed client's attach until its replay was written.
     pub(crate) replay_seconds: Histogram,
+    /// Admin connections closed at once because the cap was reached.
+    pub(crate) admin_rejected: IntCounter,
 }
 
 /// Builds families and registers each in one registry as it is made.
@@ -188,6 +190,10 @@ impl Metrics {
                 "tether_replay_seconds",
                 "Time from a resuming client's attach until every replayed frame was written to it.",
                 vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            admin_rejected: f.counter(
+                "tether_admin_connections_rejected_total",
+                "Admin-port connections closed at once because 64 were already open.",
             ),
             registry: f.0,
         }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::{BadUpstream, Config, UpstreamUrl};
-use crate::journal::{Journal, Opened};
+use crate::journal::{Journal, Opened, RecoveredSession};
 use crate::metrics::Metrics;
 use crate::protocol::token::TokenKey;
 use crate::proxy::{self, Context, Parts};
@@ -83,16 +83,47 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     Ok(running.serve_until(stop).await?)
 }
 
-/// Opens the journal, restores its sessions and starts serving.
+/// Opens the journal, restores its sessions and starts serving. If a later
+/// step fails, the journal is closed and its writer joined before the error
+/// is returned, so RocksDB is idle when the process exits.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let rt =
         Runtime { metrics: Arc::new(Metrics::new()), shutdown: CancellationToken::new(), tasks: TaskTracker::new() };
-    let opened = open_journal(&config, &rt).await?;
-    let Opened { journal, stored_secret, recovered, writer } = opened;
+    let Opened { journal, stored_secret, recovered, writer } = open_journal(&config, &rt).await?;
+    match serve(&config, &rt, &journal, stored_secret, recovered).await {
+        Ok((data_addr, admin_addr, admin)) => Ok(Running {
+            data_addr,
+            admin_addr,
+            shutdown: rt.shutdown,
+            journal,
+            admin,
+            tasks: rt.tasks,
+            grace: config.server.shutdown_grace,
+            writer,
+        }),
+        Err(e) => {
+            if let Err(close) = close_journal(&journal, writer).await {
+                tracing::error!(error = %close, "closing the journal after a failed start");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Everything after the journal is open: the token key, the sessions, both
+/// listeners, then the tasks. Returns the bound addresses and the admin state.
+async fn serve(
+    config: &Arc<Config>,
+    rt: &Runtime,
+    journal: &Journal,
+    stored_secret: Option<Vec<u8>>,
+    recovered: Vec<RecoveredSession>,
+) -> Result<(SocketAddr, SocketAddr, Arc<Admin>), StartError> {
     let secret_generated = stored_secret.is_some();
     let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
     let tokens = TokenKey::new(secret, &config.token.identity_headers)?;
+    let target = UpstreamUrl::parse(&config.server.upstream)?;
     let shared = Arc::new(Shared { journal: journal.clone(), rt: rt.clone(), config: config.clone() });
     let restored = recovered.len();
     let sessions = Sessions::restore(shared, recovered).await?;
@@ -101,8 +132,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (data, data_addr) = bind(config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
     let upstream = Upstream {
-        target: UpstreamUrl::parse(&config.server.upstream)?,
-        ws_config: proxy::ws_config(&config),
+        target,
+        ws_config: proxy::ws_config(config),
         timeout: config.server.backend_connect_timeout,
         max_head_bytes: config.limits.max_header_bytes,
         metrics: rt.metrics.clone(),
@@ -129,16 +160,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tokio::spawn(sessions.janitor());
     admin.set_ready(true);
     tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, "tether is serving");
-    Ok(Running {
-        data_addr,
-        admin_addr,
-        shutdown: rt.shutdown,
-        journal,
-        admin,
-        tasks: rt.tasks,
-        grace: config.server.shutdown_grace,
-        writer,
-    })
+    Ok((data_addr, admin_addr, admin))
+}
+
+/// Writes and fsyncs everything queued, stops the writer thread and joins
+/// it, so RocksDB is idle before the process exits.
+async fn close_journal(journal: &Journal, writer: std::thread::JoinHandle<()>) -> Result<(), JournalError> {
+    journal.close().await?;
+    // It cannot panic (AbortOnPanic); a join error means it was not joined.
+    if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
+        tracing::error!("the journal writer thread could not be joined");
+    }
+    Ok(())
 }
 
 /// Opens the journal on the blocking pool (RocksDB's open reads the disk).
@@ -176,13 +209,7 @@ impl Running {
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
-        self.journal.close().await?;
-        // The writer thread exits once closed; joining it means RocksDB is
-        // idle before the process exits. It cannot panic (AbortOnPanic).
-        let writer = self.writer;
-        if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
-            tracing::error!("the journal writer thread could not be joined");
-        }
+        close_journal(&self.journal, self.writer).await?;
         tracing::info!("drained; journal synced and closed");
         Ok(())
     }

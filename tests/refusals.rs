@@ -176,3 +176,28 @@ async fn oversize_client_message_is_1009_and_resumable() {
     assert_eq!(json!(metric(&m, r#"tether_frames_total{direction="upstream"}"#)), json!(0.0));
     t.stop().await;
 }
+
+/// A path with `.` or `..` segments (literal or percent-encoded) could climb
+/// out of the upstream's prefix: 400 `bad_path`, and no backend connection.
+#[tokio::test]
+async fn dot_segments_are_refused_before_the_dial() {
+    let (backend, t) = setup_with(|c| c.server.upstream = c.server.upstream.clone() + "/api").await;
+    for path in ["/../admin", "/a/%2e%2E/admin", "/./x"] {
+        assert_refused(connect(&t.url(path), &[]).await, 400, "bad_path");
+    }
+    assert_eq!(backend.count(), 0);
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, r#"tether_refusals_total{error="bad_path",status="400"}"#), 3.0);
+    t.stop().await;
+}
+
+/// A 502 never tells the client where the backend is.
+#[tokio::test]
+async fn bad_gateway_bodies_do_not_name_the_backend() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_backend, t) = setup_with(|c| c.server.upstream = format!("ws://127.0.0.1:{port}")).await;
+    let r = assert_refused(connect(&t.url("/"), &[]).await, 502, "backend_unreachable");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(!detail.contains("127.0.0.1") && !detail.contains(&port.to_string()), "{detail}");
+    t.stop().await;
+}

@@ -32,7 +32,7 @@ use crate::protocol::credentials::{self, Credentials};
 use crate::protocol::token::RawToken;
 use crate::protocol::unix_ms;
 use crate::session::{AttachError, Attached, Attachment, BackendConn, Session};
-use crate::upstream::is_hop_header;
+use crate::upstream::{has_dot_segment, is_hop_header};
 
 /// What the credentials resolve to.
 enum Plan {
@@ -95,6 +95,9 @@ fn admit(req: &Request<Incoming>, ctx: &Context) -> Result<Admitted, Refusal> {
         return Err(draining(ctx));
     }
     let key = check_upgrade(req, ctx)?;
+    if has_dot_segment(req.uri().path()) {
+        return Err(Refusal::bad_request("bad_path", "the request path must not contain . or .. segments"));
+    }
     let creds = credentials::parse(req.headers(), req.uri().query())
         .map_err(|e| Refusal::bad_request(credential_error(&e), e.to_string()))?;
     let identity = ctx.tokens.identity(req.headers());

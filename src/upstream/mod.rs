@@ -32,6 +32,15 @@ pub(crate) struct Connected {
     pub(crate) headers: HeaderMap,
 }
 
+/// True if `path` has a `.` or `..` segment, literally or percent-encoded:
+/// appended to the upstream's prefix, it could climb out of it.
+pub(crate) fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let decoded = seg.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// The request target for a client's `uri`: the upstream's prefix, the
 /// client's path, and its query without tether's own parameters.
 fn path_for(target: &UpstreamUrl, uri: &Uri) -> String {
@@ -172,6 +181,16 @@ fn hv(s: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments() {
+        for p in ["/..", "/a/../b", "/a/./b", "/%2e%2E/x", "/.%2e", "/a/.."] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in ["/", "/a/b", "/a..b/c", "/.well-known/x", "/a/...", ""] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
 
     #[test]
     fn connection_named_headers_are_hop_by_hop() {

@@ -1,0 +1,102 @@
+//! Start-up and configuration errors: one clear line on stderr and exit
+//! status 2, never a panic, a backtrace or a crash at exit.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// Runs the `tether` binary with `args` and `env` (and `RUST_BACKTRACE=1`, so
+/// a backtrace would show), with no stdin.
+fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args(args).env("RUST_BACKTRACE", "1").env("TETHER_TOKEN_SECRET", SECRET);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::null()).output().expect("run tether")
+}
+
+/// Exit status 2 and exactly one line on stderr, starting `tether: `.
+fn refused(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "status {:?}, stderr {stderr}", out.status);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("tether: "), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    stderr
+}
+
+fn with_config(toml: &str) -> (tempfile::NamedTempFile, Output) {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(toml.as_bytes()).unwrap();
+    let out = tether(&["config", "--config", f.path().to_str().unwrap()], &[]);
+    (f, out)
+}
+
+#[test]
+fn bad_values_are_one_line_and_exit_2() {
+    let cases = [
+        ("[session]\nlinger = \"100000000y\"", "session.linger must be more than 0 and at most 365 days"),
+        ("[server]\nhandshake_timeout = \"0s\"", "server.handshake_timeout must be more than 0"),
+        ("[journal]\nsync_interval = \"0ms\"", "journal.sync_interval must be more than 0"),
+        ("[journal]\nmax_batch = 1000000000000", "journal.max_batch must be between 1 and 65536"),
+        ("[limits]\nread_buffer_bytes = 1000000000000", "limits.read_buffer_bytes must be between 64 and 16777216"),
+        ("[limits]\nmax_sessions = 1000000000000", "limits.max_sessions must be between 1 and 1000000"),
+        ("[server]\nupstream = \"ws://backend:99999\"", "port \"99999\" is not in 1..=65535"),
+        ("[server]\nupstream = \"ws://u:hunter2@backend\"", "credentials (user@host) are not supported"),
+        ("[server]\nupstream = \"ws://backend/api/../admin\"", "must not contain . or .. segments"),
+        ("[nope]\nx = 1", "invalid configuration"),
+    ];
+    for (toml, want) in cases {
+        let (_f, out) = with_config(toml);
+        let line = refused(&out);
+        assert!(line.contains(want), "{toml:?}: {line}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+    // The same checks apply to environment variables.
+    let out = tether(&["config"], &[("TETHER_SESSION_PING_TIMEOUT", "0s")]);
+    assert!(refused(&out).contains("session.ping_timeout"));
+}
+
+#[test]
+fn the_admin_port_is_loopback_unless_asked() {
+    let out = tether(&["config"], &[]);
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("admin_listen = \"127.0.0.1:9090\""), "{shown}");
+    assert!(shown.contains("listen = \"0.0.0.0:8080\""), "{shown}");
+}
+
+/// A data directory that cannot be created is an I/O error naming the path,
+/// not a "corrupt journal record".
+#[test]
+fn unusable_data_dir_is_named() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let dir = file.path().join("journal");
+    let out =
+        tether(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()], &[]);
+    let line = refused(&out);
+    assert!(line.contains("cannot open the journal") && line.contains(dir.to_str().unwrap()), "{line}");
+    assert!(!line.contains("corrupt"), "{line}");
+}
+
+/// A listener that cannot be bound fails the start after the journal was
+/// opened: the journal is closed and its writer joined before exiting, so
+/// the process ends with status 2, never killed by a signal at exit.
+#[test]
+fn a_start_that_fails_after_the_journal_opened_exits_cleanly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..30 {
+        let out = tether(
+            &["--listen", "127.0.0.1:0", "--admin-listen", &admin, "--data-dir", dir.path().to_str().unwrap()],
+            &[("TETHER_LOG_LEVEL", "off")],
+        );
+        let line = refused(&out);
+        assert!(line.contains(&format!("cannot listen on {admin}")), "{line}");
+    }
+}
