@@ -44,8 +44,9 @@ FROM scratch
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 COPY --from=rootfs /rootfs/ /
-# COPY does not keep owners: the journal directory belongs to the tether user.
-COPY --from=rootfs --chown=65532:65532 /rootfs/var/lib/tether/ /var/lib/tether/
+# COPY does not keep owners: the journal directory belongs to the tether user
+# (copying the contents of var/lib/ re-creates var/lib/tether with that owner).
+COPY --from=rootfs --chown=65532:65532 /rootfs/var/lib/ /var/lib/
 ENV PATH=/usr/local/bin
 # tether's default journal.data_dir is ./tether-data: the journal lands on the
 # volume without an environment variable that would override a config file.
