@@ -7,6 +7,7 @@
   - every alert has a test where it fires and one where it does not;
   - the tests bite: for each alert, a copy of the rules whose expression never
     fires, and one whose expression always fires, must each fail the tests;
+  - docs/METRICS.md's table shows each alert's expression and `for`;
   - every metric an expression uses is one tether exports (the families
     registered in src/, today src/admin/metrics.rs; histograms as _bucket/_sum/_count).
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "helm" / "tether" / "files" / "prometheus" / "tether-rules.yaml"
 LINK = ROOT / "deploy" / "prometheus" / "tether-rules.yaml"
 TESTS = ROOT / "deploy" / "prometheus" / "tether-rules.test.yaml"
+METRICS_MD = ROOT / "docs" / "METRICS.md"
 SRC = ROOT / "src"
 
 passed = failed = 0
@@ -122,6 +124,14 @@ def main() -> int:
         unknown = sorted(used - known)
         check(f"{a['alert']}: uses only metrics tether exports ({', '.join(sorted(used))})",
               bool(used) and not unknown, f"unknown: {unknown}")
+
+    # docs/METRICS.md's table of alerts shows the file's expressions and `for`.
+    doc = METRICS_MD.read_text()
+    for a in alerts:
+        m = re.search(r"^\| `" + re.escape(a["alert"]) + r"` \| `(.*?)` \| (\S*) ?\|", doc, re.M)
+        check(f"{a['alert']}: docs/METRICS.md shows its expression and for",
+              m is not None and m.group(1) == a["expr"] and m.group(2) == a.get("for", ""),
+              f"docs: {m.groups() if m else None}, file: {a['expr']!r} for {a.get('for', '')!r}")
 
     print(f"check-alerts: {passed} passed, {failed} failed")
     return 1 if failed else 0
