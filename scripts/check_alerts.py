@@ -116,6 +116,17 @@ def main() -> int:
                 r = promtool("test", "rules", TESTS.name, cwd=tmpdir)
                 check(f"{n}: the tests catch an expression that {label}", r.returncode != 0,
                       "promtool test rules still passes")
+        # The branch for a series that has just appeared (tether creates
+        # labelled series at their first event, with the value 1).
+        for n, rule in ((a["alert"], a) for a in alerts if " unless " in a["expr"]):
+            doc = yaml.safe_load(RULES.read_text())
+            for r2 in alert_rules(doc):
+                if r2["alert"] == n:
+                    r2["expr"] = r2["expr"].split(" or ")[0]
+            (tmpdir / "tether-rules.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            r = promtool("test", "rules", TESTS.name, cwd=tmpdir)
+            check(f"{n}: the tests catch the expression without its new-series branch", r.returncode != 0,
+                  "promtool test rules still passes")
 
     known = tether_metric_names()
     check("src/ registers tether's metric families", len(known) >= 19, f"found {sorted(known)}")
