@@ -324,6 +324,8 @@ def run(work: Path, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
 
     # 3. A client of its own: a message upstream, a TCP drop, a resume after the
     # journal trimmed what it needed (journal.max_session_frames).
+    # Frames trimmed so far (the demo's session, over by now, may have had some).
+    trimmed_before = prom.value('tether_trimmed_frames_total{reason="max_frames"}') or 0
     ws = WS(data, "/gap")
     check("our client: 101", ws.status == 101, str(ws.status))
     hello = welcome(ws)
@@ -344,7 +346,7 @@ def run(work: Path, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
     # (only this session reaches max_session_frames).
     def trimmed() -> bool:
         alive()
-        return (prom.value('tether_trimmed_frames_total{reason="max_frames"}') or 0) >= first + 1
+        return (prom.value('tether_trimmed_frames_total{reason="max_frames"}') or 0) >= trimmed_before + first + 1
 
     wait_for("the journal to trim our session (max_frames)", trimmed, 60)
     ws = WS(data, "/gap", {"Tether-Session": hello["session"], "Tether-Offset": str(first)})
@@ -362,6 +364,12 @@ def run(work: Path, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
         'tether_client_disconnects_total{kind="clean"}'))[1] == 2, 60)
     wait_for("the delivery lag to be scraped at 0 and no session attached", lambda: (alive(), prom.value(
         'tether_delivery_lag_frames') == 0 and prom.value('tether_sessions{state="attached"}') == 0)[1], 60)
+
+    # rate() needs two samples of a series: the scrape above already holds
+    # every series (the gap came before our close); wait for two more scrapes.
+    scrapes = prom.value('count_over_time(up{job="tether"}[10m])') or 0
+    wait_for("two more scrapes", lambda: (alive(), prom.value(
+        'count_over_time(up{job="tether"}[10m])') or 0)[1] >= scrapes + 2, 60)
 
     exact = [
         ('up{job="tether"}', 1),
