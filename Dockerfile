@@ -7,7 +7,7 @@
 # /var/lib/tether; the root filesystem can be read-only (tether writes only to
 # the journal, and /tmp if you mount one).
 #
-#   docker build -t ghcr.io/tether-proxy/tether:0.1.0 .
+#   docker build -t ghcr.io/tether-proxy/tether:0.1.0 .      # BuildKit (Docker >= 23, buildah, podman)
 #   docker run --rm -p 8080:8080 -p 9090:9090 -v tether-journal:/var/lib/tether \
 #     -e TETHER_SERVER_UPSTREAM=ws://backend:9000 ghcr.io/tether-proxy/tether:0.1.0
 #
