@@ -388,8 +388,8 @@ def run(work: Path, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> int:
         ('tether_sessions{state="attached"}', 0),
         ('tether_delivery_lag_frames', 0),
         ('tether_journal_write_errors_total', 0),
-        ('count(tether_resumes_total)', 3),
-        ('count(tether_refusals_total)', 3),
+        ('count(tether_resumes_total > 0)', 3),
+        ('count(tether_refusals_total > 0)', 3),
     ]
     for expr, want in exact:
         got = prom.value(expr)
