@@ -2,7 +2,8 @@
 #
 # tether's container image: a root filesystem with the stripped `tether`
 # binary, the few shared libraries it loads (glibc, libstdc++, libgcc_s),
-# `sleep` for the chart's exec preStop hook, and the non-root user 65532.
+# `sleep` for the chart's exec preStop hook, the CA certificate bundle, and
+# the non-root user 65532.
 # No shell, no package manager. The journal goes on the volume
 # /var/lib/tether; the root filesystem can be read-only (tether writes only to
 # the journal, and /tmp if you mount one).
@@ -24,7 +25,7 @@ ARG ROOTFS=build
 FROM docker.io/library/rust:1-bookworm AS build
 # RocksDB's bindings are generated at build time (bindgen needs libclang).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends clang libclang-dev binutils \
+ && apt-get install -y --no-install-recommends clang libclang-dev binutils ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
