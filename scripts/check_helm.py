@@ -20,7 +20,12 @@ What it does:
     securityContext, the shutdown timing;
   - renders a parent chart built from the sidecar snippet in the chart README
     (so the documented snippet is checked too);
-  - checks that values tether would reject make the render fail.
+  - checks that values tether would reject make the render fail;
+  - the monitoring objects: the PrometheusRule carries exactly the rule groups
+    of files/prometheus/tether-rules.yaml (with the disk budget from the
+    values), the dashboard ConfigMap exactly files/grafana/tether-dashboard.json
+    with the sidecar's label, and the default image is the one the Dockerfile
+    builds (its user, volume and ports match the chart's).
 
 Prints one line per check and `check-helm: N passed, M failed`; exits 1 on
 any failure.
@@ -62,7 +67,10 @@ NAMESPACE = "tether"
 # oldest we aim at and the newest kubernetes-validate ships.
 WANTED_KUBE = "1.29.0"
 # Kinds that are CRDs: no schema in kubernetes-validate, fields asserted below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+RULES_FILE = CHART / "files" / "prometheus" / "tether-rules.yaml"
+DASHBOARD_FILE = CHART / "files" / "grafana" / "tether-dashboard.json"
+DOCKERFILE = ROOT / "Dockerfile"
 
 
 # --- reporting --------------------------------------------------------------
@@ -637,6 +645,83 @@ def check_variants(defaults: dict[str, Any]) -> None:
     R.check("config key set to null is left out", "linger" not in cfg["session"])
 
 
+def check_monitoring(defaults: dict[str, Any]) -> None:
+    """PrometheusRule and Grafana dashboard ConfigMap, from the files they ship."""
+    label = "monitoring"
+    override = load_values(CHART / "ci" / "monitoring-values.yaml")
+    docs = documents(render(CHART, override, api_versions=["monitoring.coreos.com/v1"]))
+    validate_all(label, docs)
+    rules_text = RULES_FILE.read_text()
+    want_groups = yaml.safe_load(rules_text)["groups"]
+    budget = override["config"]["journal"]["disk_budget_bytes"]
+
+    pr = one(docs, "PrometheusRule")
+    R.eq(f"{label}: PrometheusRule apiVersion", pr.get("apiVersion"), "monitoring.coreos.com/v1")
+    R.eq(f"{label}: PrometheusRule namespace", pr["metadata"].get("namespace"), NAMESPACE)
+    R.eq(f"{label}: PrometheusRule label for Prometheus' ruleSelector", pr["metadata"]["labels"].get("release"),
+         "prometheus")
+    groups = (pr.get("spec") or {}).get("groups")
+    want = yaml.safe_load(rules_text.replace("0.9 * 1073741824", f"0.9 * {budget}"))["groups"]
+    R.check(f"{label}: PrometheusRule groups are those of files/prometheus/tether-rules.yaml "
+            f"(disk budget {budget})", groups == want, f"got {groups!r}")
+    exprs = {r["alert"]: r["expr"] for g in groups or [] for r in g["rules"]}
+    R.eq(f"{label}: TetherJournalNearBudget uses config.journal.disk_budget_bytes",
+         exprs.get("TetherJournalNearBudget"), f"tether_journal_retained_bytes > 0.9 * {budget}")
+    R.eq(f"{label}: every alert of the rules file is rendered", sorted(exprs),
+         sorted(r["alert"] for g in want_groups for r in g["rules"]))
+    if shutil.which("promtool"):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump({"groups": groups}, f)
+            f.flush()
+            import subprocess
+            out = subprocess.run(["promtool", "check", "rules", f.name], capture_output=True, text=True)
+            R.check(f"{label}: promtool check rules accepts the PrometheusRule's groups", out.returncode == 0,
+                    (out.stdout + out.stderr).strip())
+    # With the default budget the groups are the file's, unchanged.
+    d = documents(render(CHART, {"prometheusRule": {"enabled": True}}, api_versions=["monitoring.coreos.com/v1"]))
+    R.check("prometheusRule.enabled with default values: groups equal the rules file",
+            one(d, "PrometheusRule")["spec"]["groups"] == want_groups)
+
+    cms = {c["metadata"]["name"]: c for c in by_kind(docs, "ConfigMap")}
+    dash = cms.get(f"{RELEASE}-dashboard")
+    if R.check(f"{label}: dashboard ConfigMap {RELEASE}-dashboard", dash is not None, f"got {list(cms)}"):
+        R.eq(f"{label}: dashboard ConfigMap has the sidecar label grafana_dashboard: \"1\"",
+             dash["metadata"]["labels"].get("grafana_dashboard"), "1")
+        R.eq(f"{label}: dashboard ConfigMap annotations", dash["metadata"].get("annotations"),
+             {"grafana_folder": "tether"})
+        R.eq(f"{label}: dashboard ConfigMap keys", sorted(dash.get("data", {})), ["tether-dashboard.json"])
+        got = json.loads(dash["data"]["tether-dashboard.json"])
+        R.check(f"{label}: the ConfigMap carries files/grafana/tether-dashboard.json",
+                got == json.loads(DASHBOARD_FILE.read_text()))
+    R.check(f"{label}: tether.toml still in its own ConfigMap", "tether.toml" in cms.get(RELEASE, {}).get("data", {}))
+    for link, target in ((ROOT / "docs" / "grafana" / "tether-dashboard.json", DASHBOARD_FILE),
+                         (ROOT / "deploy" / "prometheus" / "tether-rules.yaml", RULES_FILE)):
+        R.check(f"{link.relative_to(ROOT)} is {target.relative_to(ROOT)}", link.resolve() == target.resolve())
+
+    # Off by default (check_default asserts the exact kinds too).
+    d = documents(render(CHART))
+    R.check("default values: no PrometheusRule, no dashboard ConfigMap",
+            not by_kind(d, "PrometheusRule") and len(by_kind(d, "ConfigMap")) == 1)
+
+    # The default image is the Dockerfile's, whose config fits the chart.
+    R.eq("default image.repository", defaults["image"]["repository"], "ghcr.io/tether-proxy/tether")
+    text = DOCKERFILE.read_text()
+    arg = re.search(r"^ARG VERSION=(\S+)", text, re.M)
+    with helm.Chart.load(str(CHART)) as chart:
+        app_version = str(chart.metadata.get("appVersion"))
+    R.eq("Dockerfile ARG VERSION equals Chart.yaml appVersion", arg.group(1) if arg else None, app_version)
+    user = re.search(r"^USER (\d+)(?::(\d+))?", text, re.M)
+    R.eq("Dockerfile USER is securityContext.runAsUser:runAsGroup",
+         (int(user.group(1)), int(user.group(2) or -1)) if user else None,
+         (defaults["securityContext"]["runAsUser"], defaults["securityContext"]["runAsGroup"]))
+    vol = re.search(r'^VOLUME \["([^"]+)"\]', text, re.M)
+    R.eq("Dockerfile VOLUME is persistence.mountPath", vol.group(1) if vol else None,
+         defaults["persistence"]["mountPath"])
+    expose = re.search(r"^EXPOSE (.+)$", text, re.M)
+    R.eq("Dockerfile EXPOSE is ports.data and ports.admin", expose.group(1).split() if expose else None,
+         [f"{defaults['ports']['data']}/tcp", f"{defaults['ports']['admin']}/tcp"])
+
+
 def check_rejections() -> None:
     """Values that would make tether refuse to start, or break resumes, must not render."""
     cases = [
@@ -746,6 +831,7 @@ def main() -> int:
         ("sidecar values", lambda: check_sidecar(defaults)),
         ("servicemonitor values", lambda: check_servicemonitor(defaults)),
         ("variants", lambda: check_variants(defaults)),
+        ("monitoring", lambda: check_monitoring(defaults)),
         ("rejections", check_rejections),
         ("parent chart", check_parent_chart),
     ):
