@@ -103,7 +103,7 @@ export class TetherClient extends Emitter<TetherEvents> {
     this.#setState("connecting");
     let ws: WebSocketLike;
     try {
-      ws = new this.#WS(u.toString(), this.#opts.protocols);
+      ws = new this.#WS(u.toString(), this.#opts.protocols) as WebSocketLike;
     } catch (err) {
       this.emit("error", asError(err));
       this.#retry(resuming);

@@ -75,7 +75,7 @@ export interface BackoffOptions {
   factor?: number;
 }
 
-/** The constructor shape shared by browsers' WebSocket, undici's and the `ws` package's. */
+/** What the client uses of a WebSocket: browsers', undici's and the `ws` package's all have it. */
 export interface WebSocketLike {
   binaryType: string;
   readyState: number;
@@ -85,7 +85,9 @@ export interface WebSocketLike {
   send(data: string | ArrayBufferLike | ArrayBufferView): void;
   close(code?: number, reason?: string): void;
 }
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+// The instance type is left open: the DOM's and `ws`'s event types are not
+// assignable to each other, and either must be accepted without a cast.
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => object;
 
 export interface TetherClientOptions {
   /** Called once per seq, in order. The offset advances only after it returns or its promise resolves. */
