@@ -42,12 +42,13 @@ test(`${CUTS} random cuts and a reload: the handler sees 1..${FRAMES} exactly on
   const rand = prng(SEED);
   // Cut points count frames delivered, so they are random but reproducible.
   const cutAt = new Set();
-  while (cutAt.size < CUTS) cutAt.add(5 + Math.floor(rand() * (FRAMES - 10)));
+  // Within the first 90%, so that a cut that has to wait for a connection still finds one.
+  while (cutAt.size < CUTS) cutAt.add(5 + Math.floor(rand() * FRAMES * 0.9));
   const reloadAt = Math.floor(FRAMES / 2) + Math.floor(rand() * 20);
   const seqs = [];
   const errors = [];
   let state = "";
-  let cutPending = false;
+  let cutsPending = 0;
   let cuts = 0;
   let reloaded = false;
   let page;
@@ -55,15 +56,15 @@ test(`${CUTS} random cuts and a reload: the handler sees 1..${FRAMES} exactly on
   const finished = new Promise((r) => { done = r; });
   const tryCut = () => {
     // Only a cut of a live, welcomed connection counts.
-    if (cutPending && state === "open" && s.proxy.cut() > 0) {
-      cutPending = false;
+    if (cutsPending > 0 && state === "open" && s.proxy.cut() > 0) {
+      cutsPending--;
       cuts++;
     }
   };
   page = await openPage(browser, s.page, {
     onReport(seq) {
       seqs.push(seq);
-      if (cutAt.has(seqs.length)) cutPending = true;
+      if (cutAt.has(seqs.length)) cutsPending++;
       tryCut();
       if (seqs.length === reloadAt && !reloaded) {
         reloaded = true;
@@ -97,15 +98,21 @@ test(`${CUTS} random cuts and a reload: the handler sees 1..${FRAMES} exactly on
   await page.close();
 });
 
+/** `when(cond)` resolves once `cond()` holds; `check()` re-evaluates after each report from the page. */
+function conditions() {
+  const waits = [];
+  const check = () => { for (const w of [...waits]) if (w.cond()) { waits.splice(waits.indexOf(w), 1); w.r(); } };
+  const when = (cond) => new Promise((r) => { waits.push({ cond, r }); check(); });
+  return { when, check };
+}
+
 test("retention exceeded while the page is away: exactly one onGap, then the retained frames", T, async (t) => {
   const s = await stack(t, { tether: { maxSessionFrames: 10 } });
   const seqs = [];
   const gaps = [];
   const errors = [];
-  const waits = [];
   let state = "";
-  const when = (cond) => new Promise((r) => { waits.push({ cond, r }); check(); });
-  const check = () => { for (const w of [...waits]) if (w.cond()) { waits.splice(waits.indexOf(w), 1); w.r(); } };
+  const { when, check } = conditions();
   const page = await openPage(browser, s.page, {
     onReport(seq, data) { seqs.push([seq, data]); check(); },
     onState(st) { state = st; check(); },
@@ -123,9 +130,36 @@ test("retention exceeded while the page is away: exactly one onGap, then the ret
   s.proxy.unblock();
   await when(() => seqs.length === 13);
   await page.screenshot({ path: join(artifacts, "gap.png") });
+  console.log(`browser gap figures: frames=30 retained=10 delivered=${seqs.length} gaps=${gaps.length} screenshot=${join(artifacts, "gap.png")}`);
 
   assert.deepEqual(seqs, [1, 2, 3, ...range(21, 30)].map((i) => [i, `m${i}`]));
   assert.deepEqual(gaps, [{ reason: "trimmed", requestedOffset: 3, firstAvailable: 21, lost: { from: 4, to: 20 }, midStream: false, newSession: false }]);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test("online and visibilitychange retry at once instead of waiting out the backoff", T, async (t) => {
+  const s = await stack(t);
+  let state = "";
+  const errors = [];
+  const { when, check } = conditions();
+  const page = await openPage(browser, `${s.page}&slow=1`, {
+    onReport() {},
+    onState(st) { state = st; check(); },
+    onError: (e) => errors.push(e),
+  });
+  await when(() => state === "open");
+  for (const event of ["online", "visibilitychange"]) {
+    s.proxy.cut();
+    await when(() => state === "reconnecting"); // the next attempt is ~10 minutes away
+    const accepted = s.proxy.stats.accepted;
+    await page.evaluate((ev) => {
+      if (ev === "online") window.dispatchEvent(new Event("online"));
+      else document.dispatchEvent(new Event("visibilitychange")); // the page is visible
+    }, event);
+    await when(() => state === "open");
+    assert.equal(s.proxy.stats.accepted, accepted + 1, event);
+  }
   assert.deepEqual(errors, []);
   await page.close();
 });
