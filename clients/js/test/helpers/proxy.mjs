@@ -40,6 +40,13 @@ export async function startProxy(targetPort) {
       if (n) stats.cuts++;
       return n;
     },
+    /** Stops reading from tether, like a client too slow to keep up; tether's writes back up. */
+    stall() {
+      for (const { up, down } of pairs) { up.unpipe(down); up.pause(); }
+    },
+    unstall() {
+      for (const { up, down } of pairs) up.pipe(down);
+    },
     /** While blocked, new connections are reset at once. */
     block() { blocked = true; },
     unblock() { blocked = false; },

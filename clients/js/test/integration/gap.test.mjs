@@ -39,3 +39,34 @@ test("retention exceeded while away: one gap report, then the retained frames", 
   assert.deepEqual(r.seqs.slice(-2), [31, 32]);
   assert.equal(r.gaps.length, 1);
 });
+
+test("a client that falls behind retention while connected gets mid-stream gap frames, each before its jump", { timeout: 60_000 }, async (t) => {
+  // 160 frames of 256 KiB: far more than the socket buffers and tether's
+  // write buffer hold, so most of them are trimmed before the client reads.
+  const big = (i) => `${i}:`.padEnd(256 * 1024, "x");
+  const N = 160;
+  const s = await stack(t, { tether: { maxSessionFrames: 10 }, backend: { payload: big } });
+  const reports = [];
+  const r = s.client({ onGap: (g) => reports.push({ after: r.seqs.at(-1), g }) });
+  await r.welcome();
+  await s.backend.connection(1);
+  s.proxy.stall();
+  s.backend.send(N);
+  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === N - 10, "frames trimmed");
+  s.proxy.unstall();
+  await until(() => r.seqs.at(-1) === N, "the last frame");
+
+  // tether may fill its buffers in several bursts while the client is
+  // stalled: one report per jump, each exactly describing it.
+  const jumps = [];
+  for (let i = 1; i < r.seqs.length; i++) if (r.seqs[i] !== r.seqs[i - 1] + 1) jumps.push([r.seqs[i - 1], r.seqs[i]]);
+  assert.ok(jumps.length >= 1);
+  assert.deepEqual(reports.map(({ after, g }) => [after, g.lost.from - 1, g.requestedOffset, g.firstAvailable, g.lost.to + 1, g.midStream, g.reason]),
+    jumps.map(([a, b]) => [a, a, a, b, b, true, "trimmed"]));
+  assert.deepEqual(r.seqs.slice(-10), range(N - 9, N)); // what retention kept
+  assert.equal(r.seqs[0], 1);
+  assert.ok(r.data.every((d, i) => d === big(r.seqs[i])));
+  assert.deepEqual(r.errors, []);
+  assert.equal(r.client.stats.connections, 1); // no reconnect was needed
+  console.log(`mid-stream gaps: ${jumps.length}, delivered ${r.seqs.length} of ${N}`);
+});
