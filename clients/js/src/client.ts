@@ -216,7 +216,10 @@ export class TetherClient extends Emitter<TetherEvents> {
   }
 
   #retry(failedResume: boolean): void {
-    if (failedResume && ++this.#failedResumes >= (this.#opts.maxFailedResumes ?? 8)) this.#reset();
+    // A browser that knows it is offline says nothing about the session: only
+    // failures while online count towards giving it up.
+    const offline = (globalThis as { navigator?: { onLine?: boolean } }).navigator?.onLine === false;
+    if (failedResume && !offline && ++this.#failedResumes >= (this.#opts.maxFailedResumes ?? 8)) this.#reset();
     const delay = backoffDelay(this.#attempt++, this.#opts.backoff, this.#opts.random);
     this.#setState("reconnecting");
     this.#timer = setTimeout(() => this.#connect(), delay);

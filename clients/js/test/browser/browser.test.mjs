@@ -163,3 +163,31 @@ test("online and visibilitychange retry at once instead of waiting out the backo
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("failed attempts while the browser is offline do not give the session up", T, async (t) => {
+  const s = await stack(t);
+  let state = "";
+  let attempts = 0;
+  const events = [];
+  const errors = [];
+  const { when, check } = conditions();
+  const page = await openPage(browser, `${s.page}&maxFailedResumes=2`, {
+    onReport() {},
+    onState(st) { state = st; if (st === "connecting") attempts++; check(); },
+    onEvent(type, data) { events.push([type, data]); check(); },
+    onError: (e) => errors.push(e),
+  });
+  await when(() => state === "open");
+  s.proxy.block();
+  await page.setOfflineMode(true); // navigator.onLine is now false
+  s.proxy.cut();
+  const before = attempts;
+  await when(() => attempts >= before + 6); // three times maxFailedResumes
+  s.proxy.unblock();
+  await page.setOfflineMode(false); // fires "online": an immediate retry
+  await when(() => events.length === 2);
+
+  assert.deepEqual(events, [["welcome", "new"], ["welcome", "resumed"]]);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -32,13 +32,14 @@ export function launch() {
  * Opens the page with bindings through which it reports to the harness.
  * `onReport(seq, data)` and `onState(state)` run in Node.
  */
-export async function openPage(browser, url, { onReport, onState = () => {}, onGap = () => {}, onError = () => {} }) {
+export async function openPage(browser, url, { onReport, onState = () => {}, onGap = () => {}, onError = () => {}, onEvent = () => {} }) {
   const page = await browser.newPage();
   // exposeFunction bindings survive reloads, so a reloaded page reports to the same harness.
   await page.exposeFunction("harnessReport", onReport);
   await page.exposeFunction("harnessState", onState);
   await page.exposeFunction("harnessGap", onGap);
   await page.exposeFunction("harnessError", onError);
+  await page.exposeFunction("harnessEvent", onEvent);
   await page.goto(url);
   return page;
 }
