@@ -17,7 +17,11 @@ export class Emitter<Events extends { [K in keyof Events]: Listener }> {
   }
 
   protected emit<K extends keyof Events>(type: K, ...args: Parameters<Events[K]>): void {
-    for (const fn of [...(this.#listeners.get(type) ?? [])]) {
+    const set = this.#listeners.get(type);
+    // Like Node's EventEmitter, an error nobody listens to must not vanish;
+    // logging it keeps the client running, which throwing would not.
+    if (type === "error" && !set?.size) console.error("@tether/client:", ...args);
+    for (const fn of [...(set ?? [])]) {
       try {
         (fn as (...a: Parameters<Events[K]>) => void)(...args);
       } catch (err) {
