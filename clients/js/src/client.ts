@@ -1,0 +1,350 @@
+import { backoffDelay } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { parseFrame, TetherProtocolError } from "./frames.js";
+import type {
+  GapReport, ResetInfo, State, TetherClientOptions, TetherEvents, TetherMessage, TetherStats,
+  TetherStorage, Welcome, WebSocketConstructor, WebSocketLike,
+} from "./types.js";
+
+type Outgoing = string | ArrayBufferLike | ArrayBufferView;
+const OPEN = 1;
+
+/**
+ * One tether session: reconnects and resumes on its own until `close()`, an
+ * `end`, or a takeover. See README.md for the guarantees.
+ */
+export class TetherClient extends Emitter<TetherEvents> {
+  readonly stats: TetherStats = { received: 0, duplicates: 0, delivered: 0, connections: 0 };
+  readonly url: string;
+
+  #opts: TetherClientOptions;
+  #WS: WebSocketConstructor;
+  #storage: TetherStorage | undefined;
+  #storageKey: string;
+  #ws: WebSocketLike | null = null;
+  #state: State = "connecting";
+  #token: string | null = null;
+  #offset = 0;
+  // Bumped when queued work must not run any more (new session, or a
+  // redelivery): work remembers the epoch it was queued in.
+  #epoch = 0;
+  #chain: Promise<void> = Promise.resolve();
+  #welcomed = false;
+  #replayTo = 0;
+  #endSeen = false;
+  #attempt = 0;
+  #failedResumes = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #outbox: Outgoing[] = [];
+  #unwatch: (() => void) | undefined;
+
+  constructor(url: string | URL, options: TetherClientOptions = {}) {
+    super();
+    this.#opts = options;
+    this.url = toWsUrl(url);
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) throw new TypeError("no global WebSocket: pass the WebSocket option (e.g. from the ws package)");
+    this.#WS = WS;
+    this.#storage = options.storage;
+    this.#storageKey = options.storageKey ?? "tether:" + this.url;
+    if (options.onGap) this.on("gap", options.onGap);
+    if (options.onEnd) this.on("end", options.onEnd);
+    if (options.onReset) this.on("reset", options.onReset);
+    if (options.onError) this.on("error", options.onError);
+    this.#load();
+    if (options.wakeOnBrowserEvents !== false) this.#unwatch = watchBrowser(() => this.#wake());
+    this.#connect();
+  }
+
+  get state(): State { return this.#state; }
+  /** Last seq fully processed by onMessage (0 if none). */
+  get offset(): number { return this.#offset; }
+  get token(): string | null { return this.#token; }
+
+  /**
+   * Sends upstream if connected, else queues up to `sendQueueLimit` messages
+   * for the next connection. Returns false if refused. Upstream messages have
+   * no delivery guarantee: one in flight when the connection drops is lost.
+   */
+  send(data: Outgoing): boolean {
+    if (this.#terminal()) return false;
+    if (this.#state === "open" && this.#ws?.readyState === OPEN) {
+      this.#ws.send(data);
+      return true;
+    }
+    if (this.#outbox.length >= (this.#opts.sendQueueLimit ?? 100)) return false;
+    this.#outbox.push(data);
+    return true;
+  }
+
+  /** Ends the session at tether (close 1000) and stops reconnecting. */
+  close(reason = ""): void {
+    if (this.#terminal()) return;
+    const ws = this.#ws;
+    this.#epoch++; // the handler is not called after close()
+    this.#stop("closed");
+    this.#forget();
+    // While disconnected there is nobody to tell: tether orphans the session after `session.linger`.
+    ws?.close(1000, reason);
+  }
+
+  #connect(): void {
+    this.#timer = undefined;
+    const u = new URL(this.url);
+    u.searchParams.delete("tether_session");
+    u.searchParams.delete("tether_offset");
+    const resuming = this.#token !== null;
+    if (this.#token !== null) {
+      u.searchParams.set("tether_session", this.#token);
+      u.searchParams.set("tether_offset", String(this.#offset));
+    }
+    this.#welcomed = false;
+    this.#endSeen = false;
+    this.#setState("connecting");
+    let ws: WebSocketLike;
+    try {
+      ws = new this.#WS(u.toString(), this.#opts.protocols) as WebSocketLike;
+    } catch (err) {
+      this.emit("error", asError(err));
+      this.#retry(resuming);
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    ws.onmessage = (ev) => { if (ws === this.#ws) this.#onRaw(ev.data); };
+    ws.onclose = (ev) => { if (ws === this.#ws) this.#onClose(ev.code, resuming); };
+    ws.onerror = () => {}; // a close event always follows
+    this.#ws = ws;
+  }
+
+  #onRaw(raw: unknown): void {
+    let frame;
+    try {
+      frame = parseFrame(raw, this.#opts.stampMode ?? "prefix", this.#opts.jsonField ?? "seq");
+    } catch (err) {
+      // A wrong stampMode would misread every frame: stop rather than guess.
+      this.emit("error", asError(err));
+      const ws = this.#ws;
+      this.#stop("closed");
+      ws?.close(4000, "client protocol error");
+      return;
+    }
+    if (frame.kind === "control") return this.#onControl(frame.msg);
+    this.stats.received++;
+    const msg: TetherMessage = { seq: frame.seq, data: frame.data, replay: frame.seq <= this.#replayTo };
+    this.#enqueue(async (epoch) => {
+      // Frames received but not yet processed come again after a resume.
+      if (msg.seq <= this.#offset) { this.stats.duplicates++; return; }
+      if (msg.seq !== this.#offset + 1) {
+        this.emit("error", new TetherProtocolError(`seq ${msg.seq} after ${this.#offset} without a gap report`));
+      }
+      try {
+        await this.#opts.onMessage?.(msg);
+      } catch (err) {
+        if (epoch === this.#epoch) this.#redeliver(err);
+        return;
+      }
+      if (epoch !== this.#epoch) return;
+      this.#offset = msg.seq;
+      this.stats.delivered++;
+      this.#save();
+    });
+  }
+
+  #onControl(msg: { type: string; [k: string]: unknown }): void {
+    switch (msg.type) {
+      case "welcome": return this.#onWelcome(msg);
+      case "gap": {
+        const report = toGap(msg, true);
+        return this.#enqueue(() => this.#applyGap(report));
+      }
+      case "draining": return this.emit("draining");
+      case "end": {
+        this.#endSeen = true;
+        const code = Number(msg.code), reason = String(msg.reason ?? "");
+        this.#stop("ended");
+        this.#forget();
+        return this.#enqueue(() => this.emit("end", code, reason));
+      }
+    }
+    // Unknown control types are for newer clients: ignoring them is the contract.
+  }
+
+  #onWelcome(msg: { [k: string]: unknown }): void {
+    const gap = msg.gap ? toGap(msg.gap as Record<string, unknown>, false) : null;
+    const replay = (msg.replay as Welcome["replay"]) ?? null;
+    const welcome: Welcome = { session: String(msg.session), outcome: msg.outcome as Welcome["outcome"], replay, gap };
+    this.#welcomed = true;
+    this.#attempt = 0;
+    this.#failedResumes = 0;
+    this.stats.connections++;
+    this.#token = welcome.session;
+    this.#replayTo = replay?.to ?? 0;
+    if (gap?.newSession) {
+      // The old session is gone: what is still queued from it is in the
+      // reported lost range, and the new session's seqs start at 1.
+      this.#epoch++;
+      this.#offset = 0;
+    }
+    this.#save();
+    this.#setState("open");
+    this.emit("welcome", welcome);
+    if (gap) this.#enqueue(() => this.#applyGap(gap));
+    const ws = this.#ws;
+    for (const m of this.#outbox.splice(0)) ws?.send(m);
+  }
+
+  #applyGap(report: GapReport): void {
+    // Skipping past the trimmed range keeps the next resume from reporting it again.
+    if (!report.newSession && report.firstAvailable - 1 > this.#offset) {
+      this.#offset = report.firstAvailable - 1;
+      this.#save();
+    }
+    this.emit("gap", report);
+  }
+
+  #onClose(code: number, resuming: boolean): void {
+    this.#ws = null;
+    if (this.#terminal()) return;
+    if (this.#endSeen) return this.#stop("ended");
+    if (code === 4001) {
+      this.#epoch++; // the connection that took over delivers the rest
+      this.#stop("taken_over");
+      this.emit("takeover");
+      return;
+    }
+    this.#retry(resuming && !this.#welcomed);
+  }
+
+  #retry(failedResume: boolean): void {
+    // A browser that knows it is offline says nothing about the session: only
+    // failures while online count towards giving it up.
+    const offline = (globalThis as { navigator?: { onLine?: boolean } }).navigator?.onLine === false;
+    if (failedResume && !offline && ++this.#failedResumes >= (this.#opts.maxFailedResumes ?? 8)) this.#reset();
+    const delay = backoffDelay(this.#attempt++, this.#opts.backoff, this.#opts.random);
+    this.#setState("reconnecting");
+    this.#timer = setTimeout(() => this.#connect(), delay);
+  }
+
+  // A browser cannot read why an upgrade was refused (401, 409 ...): after
+  // enough failures the session is presumed unusable.
+  #reset(): void {
+    const info: ResetInfo = { reason: "failed_resumes", failedAttempts: this.#failedResumes, lastOffset: this.#offset };
+    this.#token = null;
+    this.#offset = 0;
+    this.#failedResumes = 0;
+    this.#epoch++;
+    this.#forget();
+    this.#enqueue(() => this.emit("reset", info));
+  }
+
+  #redeliver(err: unknown): void {
+    // The failed frame is not committed, so resuming brings it (and what
+    // followed) back. Queued frames would only be duplicates.
+    this.emit("error", asError(err));
+    this.#epoch++;
+    const ws = this.#ws;
+    if (!ws) return; // already waiting to reconnect, which resumes from the offset
+    // Forgetting the socket first keeps its remaining frames and its close event out.
+    this.#ws = null;
+    ws.close(4000, "handler failed");
+    this.#retry(false);
+  }
+
+  #wake(): void {
+    if (this.#state !== "reconnecting") return;
+    clearTimeout(this.#timer);
+    this.#connect();
+  }
+
+  #enqueue(work: (epoch: number) => void | Promise<void>): void {
+    const epoch = this.#epoch;
+    this.#chain = this.#chain.then(() => (epoch === this.#epoch ? work(epoch) : undefined)).catch((err) => {
+      this.emit("error", asError(err));
+    });
+  }
+
+  #terminal(): boolean {
+    return this.#state === "closed" || this.#state === "ended" || this.#state === "taken_over";
+  }
+
+  #stop(state: State): void {
+    clearTimeout(this.#timer);
+    this.#unwatch?.();
+    this.#unwatch = undefined;
+    this.#outbox.length = 0;
+    this.#ws = null;
+    this.#setState(state);
+  }
+
+  #setState(state: State): void {
+    const prev = this.#state;
+    if (prev === state) return;
+    this.#state = state;
+    this.emit("state", state, prev);
+  }
+
+  #load(): void {
+    const raw = this.#storage?.getItem(this.#storageKey);
+    if (!raw) return;
+    try {
+      const saved = JSON.parse(raw) as { token?: unknown; offset?: unknown };
+      if (typeof saved.token === "string" && Number.isSafeInteger(saved.offset) && (saved.offset as number) >= 0) {
+        this.#token = saved.token;
+        this.#offset = saved.offset as number;
+      }
+    } catch {
+      // A corrupt entry just means a new session.
+    }
+  }
+
+  #save(): void {
+    if (this.#token === null || this.#terminal()) return;
+    this.#storage?.setItem(this.#storageKey, JSON.stringify({ token: this.#token, offset: this.#offset }));
+  }
+
+  #forget(): void {
+    this.#storage?.removeItem(this.#storageKey);
+  }
+}
+
+function toGap(raw: Record<string, unknown>, midStream: boolean): GapReport {
+  const lost = (raw.lost ?? {}) as { from?: number; to?: number | null };
+  const reason = String(raw.reason);
+  return {
+    reason,
+    requestedOffset: Number(raw.requested_offset),
+    firstAvailable: Number(raw.first_available),
+    lost: { from: Number(lost.from), to: lost.to ?? null },
+    midStream,
+    newSession: reason !== "trimmed",
+  };
+}
+
+function toWsUrl(url: string | URL): string {
+  const base = (globalThis as { location?: { href: string } }).location?.href;
+  const u = new URL(String(url), base);
+  if (u.protocol === "http:") u.protocol = "ws:";
+  else if (u.protocol === "https:") u.protocol = "wss:";
+  return u.toString();
+}
+
+function watchBrowser(wake: () => void): (() => void) | undefined {
+  const g = globalThis as {
+    addEventListener?: (t: string, f: () => void) => void;
+    removeEventListener?: (t: string, f: () => void) => void;
+    document?: { visibilityState?: string; addEventListener(t: string, f: () => void): void; removeEventListener(t: string, f: () => void): void };
+  };
+  const doc = g.document;
+  if (typeof g.addEventListener !== "function" || !doc) return undefined;
+  const onVisible = () => { if (doc.visibilityState === "visible") wake(); };
+  g.addEventListener("online", wake);
+  doc.addEventListener("visibilitychange", onVisible);
+  return () => {
+    g.removeEventListener?.("online", wake);
+    doc.removeEventListener("visibilitychange", onVisible);
+  };
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}

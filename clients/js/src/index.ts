@@ -1,0 +1,4 @@
+export { TetherClient } from "./client.js";
+export { TetherProtocolError, parseFrame } from "./frames.js";
+export { backoffDelay } from "./backoff.js";
+export type * from "./types.js";
