@@ -49,6 +49,9 @@ COPY --from=rootfs /rootfs/ /
 # (copying the contents of var/lib/ re-creates var/lib/tether with that owner).
 COPY --from=rootfs --chown=65532:65532 /rootfs/var/lib/ /var/lib/
 ENV PATH=/usr/local/bin
+# tether binds its admin port to loopback unless asked; in a container the
+# probes and Prometheus come from outside, so the image asks.
+ENV TETHER_SERVER_ADMIN_LISTEN=0.0.0.0:9090
 # tether's default journal.data_dir is ./tether-data: the journal lands on the
 # volume without an environment variable that would override a config file.
 WORKDIR /var/lib/tether
