@@ -470,11 +470,17 @@ def check_default(defaults: dict[str, Any]) -> None:
 
     cfg = toml_of(docs)
     check_tether_toml(label, cfg, defaults, defaults["config"]["server"]["upstream"])
-    # The defaults in values.yaml are tether's own defaults.
+    # The defaults in values.yaml are tether's own defaults, except where the
+    # chart must differ: the backend, the volume, and the admin port, which
+    # tether binds to loopback unless asked and the chart asks for on every
+    # interface (probes and Prometheus come from outside the pod).
     ref = tomllib.loads(TETHER_TOML.read_text())
+    exempt = {("server", "upstream"), ("journal", "data_dir"), ("server", "admin_listen")}
     differ = [f"{s}.{k}: {cfg[s][k]!r} != {ref[s][k]!r}" for s in ref for k in ref[s]
-              if s in cfg and k in cfg[s] and (s, k) not in {("server", "upstream"), ("journal", "data_dir")}
+              if s in cfg and k in cfg[s] and (s, k) not in exempt
               and cfg[s][k] != ref[s][k]]
+    R.check(f"{label}: the admin port listens on every interface", cfg["server"]["admin_listen"] == "0.0.0.0:9090",
+            cfg["server"]["admin_listen"])
     R.check(f"{label}: values.config defaults equal config/tether.toml's", not differ, "; ".join(differ))
 
     # Services.
