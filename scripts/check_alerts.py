@@ -9,7 +9,7 @@
     fires, and one whose expression always fires, must each fail the tests;
   - docs/METRICS.md's table shows each alert's expression and `for`;
   - every metric an expression uses is one tether exports (the families
-    registered in src/, today src/admin/metrics.rs; histograms as _bucket/_sum/_count).
+    registered in src/, today src/metrics.rs; histograms as _bucket/_sum/_count).
 
 Prints one line per check and `check-alerts: N passed, N failed`.
 """
@@ -52,12 +52,14 @@ def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 def tether_metric_names() -> set[str]:
     """Series names tether's /metrics can carry, from the registered families."""
-    # src/admin/metrics.rs today; every source file, in case it moves.
+    # src/metrics.rs today (families made by `f.counter("tether_…", …)` and
+    # friends); every source file, in case it moves.
     text = "\n".join(p.read_text() for p in sorted(SRC.rglob("*.rs")))
     names: set[str] = set()
-    for m in re.finditer(r'(histogram_opts!\(\s*|opts!\(\s*|::new\(\s*)"(tether_[a-z0-9_]+)"', text):
+    pattern = r'(histogram_opts!\(\s*|opts!\(\s*|::new\(\s*|\.(?:counters?|gauges?|histogram)\(\s*)"(tether_[a-z0-9_]+)"'
+    for m in re.finditer(pattern, text):
         kind, name = m.group(1), m.group(2)
-        if kind.startswith("histogram_opts"):
+        if kind.startswith(("histogram_opts", ".histogram")):
             names |= {name + "_bucket", name + "_sum", name + "_count"}
         else:
             names.add(name)
