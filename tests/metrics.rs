@@ -24,6 +24,9 @@ async fn delivery_metrics_after_a_drop_and_resume() {
     assert_eq!(metric(&m, r#"tether_client_disconnects_total{kind="abnormal"}"#), 1.0);
 
     bb.stream(3, 5);
+    // All of 3..=5 journaled before the resume, so all three are replays
+    // (a frame committed after the attach would be live).
+    wait_metric(admin, "tether_journal_appends_total", 8.0).await;
     let r = connect(&t.url("/"), &[("tether-session", &token), ("tether-offset", "9")]).await;
     assert_eq!(r.err().map(|r| r.status), Some(409));
     let mut b = resume(&t.url("/"), &token, 2).await;
