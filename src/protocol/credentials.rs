@@ -64,6 +64,8 @@ pub(crate) fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Option<C
     }
 }
 
+/// One credential: the header if present (trimmed), else the query
+/// parameter (percent-decoded); repeated, empty or unreadable is an error.
 fn lookup(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -93,6 +95,7 @@ fn lookup(
     Ok(found)
 }
 
+/// The `name=value` pairs of a query, undecoded (`value` empty if absent).
 fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
     query.unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
 }
@@ -111,6 +114,8 @@ pub(crate) fn strip_params(query: Option<&str>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
+/// Decodes `%XX` escapes and `+` (a space); `None` if an escape is not `%`
+/// followed by exactly two hex digits, or the result is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -118,8 +123,10 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits, checked byte by byte: `from_str_radix` alone
+                // would also take a sign (`%+1`).
+                let (hi, lo) = (hex_digit(*b.get(i + 1)?)?, hex_digit(*b.get(i + 2)?)?);
+                out.push((hi << 4) | lo);
                 i += 3;
             }
             b'+' => {
@@ -133,6 +140,11 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The value of one hex digit (either case).
+fn hex_digit(c: u8) -> Option<u8> {
+    char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok())
 }
 
 #[cfg(test)]
@@ -166,6 +178,17 @@ mod tests {
         }
         assert_eq!(parse(&h(&[("tether-offset", "1")]), None), Err(BadCredentials::OffsetWithoutToken));
         assert_eq!(parse(&h(&[("tether-session", "A")]), None), Err(BadCredentials::TokenWithoutOffset));
+    }
+
+    #[test]
+    fn an_escape_is_percent_and_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Db%2dc+d").as_deref(), Some("a-b-c d"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        for bad in ["%+1", "%-1", "%+0", "% 1", "%1", "%", "x%", "%zz", "%1g", "%C3"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        let r = parse(&h(&[]), Some("tether_session=A&tether_offset=%+1"));
+        assert_eq!(r, Err(BadCredentials::Unreadable(OFFSET_PARAM)));
     }
 
     #[test]

@@ -6,6 +6,9 @@ pub(crate) mod credentials;
 pub(crate) mod stamp;
 pub(crate) mod token;
 
+#[cfg(test)]
+mod props;
+
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 

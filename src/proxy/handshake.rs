@@ -164,12 +164,13 @@ async fn start_session(
 }
 
 /// Phase 3: the 101. The backend's own 101 headers pass through when this
-/// request opened the backend connection; tether's are added.
+/// request opened the backend connection, except hop-by-hop ones and any
+/// `tether-*` header; tether's are added.
 fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     if let Some(backend) = &bound.backend {
         for (name, value) in backend {
-            if !is_hop_header(name, backend) && name != header::SEC_WEBSOCKET_PROTOCOL {
+            if !is_hop_header(name, backend) && name != header::SEC_WEBSOCKET_PROTOCOL && !is_tether_header(name) {
                 resp = resp.header(name, value);
             }
         }
@@ -188,6 +189,13 @@ fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str) -> Respons
         None => resp,
     };
     resp.body(Full::new(Bytes::new())).expect("valid 101")
+}
+
+/// True for the `tether-*` namespace, which only tether itself may answer
+/// with: a backend's `Tether-Outcome` would otherwise reach the client ahead
+/// of tether's own. (Header names are lowercase in an `http::HeaderMap`.)
+fn is_tether_header(name: &header::HeaderName) -> bool {
+    name.as_str().starts_with("tether-")
 }
 
 /// The subprotocol to confirm to the client: the backend's choice when
@@ -246,6 +254,15 @@ fn check_upgrade(req: &Request<Incoming>, ctx: &Context) -> Result<String, Refus
         return Err(Refusal::bad_request(
             "not_websocket",
             "tether only accepts WebSocket upgrades (GET with Upgrade: websocket)",
+        ));
+    }
+    // RFC 6455 §4.1 asks for HTTP/1.1 or higher, and HTTP/1.0 has no
+    // upgrade mechanism at all: refuse it here, before a backend is dialed.
+    if req.version() != http::Version::HTTP_11 {
+        return Err(Refusal::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "unsupported_http_version",
+            format!("WebSocket upgrades need HTTP/1.1; the request is {:?}", req.version()),
         ));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {

@@ -14,6 +14,7 @@ use std::time::Instant;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -47,7 +48,7 @@ pub(super) struct Greeting {
 /// How a client connection ended, for `tether_client_disconnects_total`.
 #[derive(Debug, Clone, Copy)]
 enum Gone {
-    /// TCP reset, EOF or a protocol error.
+    /// TCP reset, EOF without a close, or an I/O error: no close frame.
     Abnormal,
     /// A close frame other than 1000 (e.g. 1001 going away): detaches.
     Away,
@@ -55,6 +56,10 @@ enum Gone {
     Timeout,
     /// The client sent a message over the size limits.
     TooBig,
+    /// The client broke the framing rules (RFC 6455 §5): answered 1002.
+    Protocol,
+    /// The client sent text (or a close reason) that is not UTF-8: 1007.
+    InvalidPayload,
 }
 
 enum Exit {
@@ -280,6 +285,15 @@ impl Pump {
                 self.sink.close(1009, "message too big").await;
                 "too_big"
             }
+            // RFC 6455 §7.1.7: fail the connection with a close frame.
+            Exit::Gone(Gone::Protocol) => {
+                self.sink.close(1002, "protocol error").await;
+                "protocol_error"
+            }
+            Exit::Gone(Gone::InvalidPayload) => {
+                self.sink.close(1007, "invalid UTF-8").await;
+                "invalid_payload"
+            }
             Exit::Gone(Gone::Timeout) => "timeout",
             Exit::Gone(Gone::Away) => {
                 self.sink.close_reply().await;
@@ -345,6 +359,10 @@ async fn read_client(mut stream: SplitStream<ClientSocket>, session: Arc<Session
             }
             Ok(_) => {}
             Err(WsError::Capacity(_)) => break Exit::Gone(Gone::TooBig),
+            // An EOF without a close is a drop, not a framing error.
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break Exit::Gone(Gone::Abnormal),
+            Err(WsError::Protocol(_)) => break Exit::Gone(Gone::Protocol),
+            Err(WsError::Utf8(_)) => break Exit::Gone(Gone::InvalidPayload),
             Err(_) => break Exit::Gone(Gone::Abnormal),
         }
     }
