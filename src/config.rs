@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
-const SECTIONS: &[&str] = &["server", "limits", "session", "token", "stamp", "journal", "log"];
+const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Listeners and the backend.
     pub server: ServerConfig,
+    /// TLS on the data port and to `wss://` upstreams.
+    pub tls: TlsConfig,
     /// Explicit resource limits.
     pub limits: LimitsConfig,
     /// Session lifetime.
@@ -90,6 +92,92 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
         }
     }
+}
+
+/// `[tls]`: TLS on the data port (off unless both files are set) and for
+/// `wss://` upstreams. An empty path is unset. The admin port is always
+/// plain HTTP.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain for the data port; with `key_file`, clients
+    /// must connect with TLS (`wss://`).
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `cert_file`.
+    pub key_file: PathBuf,
+    /// How often the two files are checked for a change (new connections
+    /// then get the new certificate).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// PEM CA certificates that `wss://` upstreams are verified against;
+    /// unset: the system's trust store.
+    pub upstream_ca_file: PathBuf,
+    /// PEM client certificate chain for backends that require mutual TLS.
+    pub upstream_client_cert_file: PathBuf,
+    /// PEM private key for `upstream_client_cert_file`.
+    pub upstream_client_key_file: PathBuf,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            reload_interval: Duration::from_secs(5),
+            upstream_ca_file: PathBuf::new(),
+            upstream_client_cert_file: PathBuf::new(),
+            upstream_client_key_file: PathBuf::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True if the data port serves TLS.
+    pub fn enabled(&self) -> bool {
+        is_set(&self.cert_file)
+    }
+
+    /// Files must come in pairs and exist (their contents are checked when
+    /// tether starts).
+    fn check(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            ("tls.cert_file", &self.cert_file, "tls.key_file", &self.key_file),
+            (
+                "tls.upstream_client_cert_file",
+                &self.upstream_client_cert_file,
+                "tls.upstream_client_key_file",
+                &self.upstream_client_key_file,
+            ),
+        ];
+        for (a, va, b, vb) in pairs {
+            if is_set(va) != is_set(vb) {
+                let (set, unset) = if is_set(va) { (a, b) } else { (b, a) };
+                return Err(ConfigError::Invalid(format!("{set} is set but {unset} is not: set both or neither")));
+            }
+        }
+        let files = [
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+            ("tls.upstream_ca_file", &self.upstream_ca_file),
+            ("tls.upstream_client_cert_file", &self.upstream_client_cert_file),
+            ("tls.upstream_client_key_file", &self.upstream_client_key_file),
+        ];
+        for (key, path) in files {
+            if let (true, Err(e)) = (is_set(path), std::fs::metadata(path)) {
+                return Err(ConfigError::Invalid(format!("{key} {}: {e}", path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Some(path)` unless `path` is empty (unset).
+pub(crate) fn file(path: &Path) -> Option<&Path> {
+    is_set(path).then_some(path)
+}
+
+fn is_set(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
 }
 
 /// `[limits]`: every buffer and size that untrusted peers can influence.
@@ -333,6 +421,7 @@ impl Config {
         UpstreamUrl::parse(&self.server.upstream).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.check_durations()?;
         self.check_sizes()?;
+        self.tls.check()?;
         if l.max_frame_bytes > l.max_message_bytes {
             return bad("limits.max_message_bytes must be >= limits.max_frame_bytes");
         }
@@ -360,6 +449,7 @@ impl Config {
             ("server.backend_connect_timeout", s.backend_connect_timeout),
             ("server.handshake_timeout", s.handshake_timeout),
             ("server.shutdown_grace", s.shutdown_grace),
+            ("tls.reload_interval", self.tls.reload_interval),
             ("session.linger", se.linger),
             ("session.ping_interval", se.ping_interval),
             ("session.ping_timeout", se.ping_timeout),
@@ -419,6 +509,11 @@ pub struct UpstreamUrl {
     pub(crate) authority: String,
     /// The path prefix every client path is appended to, without a trailing `/`.
     pub(crate) prefix: String,
+    /// `wss://`: TLS to the backend, verified for [`UpstreamUrl::host`].
+    pub(crate) tls: bool,
+    /// The host name (or IP address, without brackets) the backend's
+    /// certificate must be valid for; also the TLS SNI.
+    pub(crate) host: String,
 }
 
 /// A malformed `server.upstream`.
@@ -430,21 +525,24 @@ pub struct BadUpstream {
 }
 
 impl UpstreamUrl {
-    /// Parses `ws://host[:port][/prefix]`. No credentials (`user@`): they
+    /// Parses `ws[s]://host[:port][/prefix]`. No credentials (`user@`): they
     /// would travel in the `Host` header and in error messages; no query; a
     /// prefix without `.` or `..` segments.
     pub fn parse(url: &str) -> Result<UpstreamUrl, BadUpstream> {
         let bad = |problem: &str| BadUpstream { url: redact(url), problem: problem.to_owned() };
         let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        if uri.scheme_str() != Some("ws") {
-            return Err(bad("only ws:// is supported"));
-        }
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(bad("only ws:// and wss:// are supported")),
+        };
         let auth = uri.authority().ok_or_else(|| bad("no host"))?;
         if auth.as_str().contains('@') {
             return Err(bad("credentials (user@host) are not supported in the upstream URL"));
         }
         // `http` reads a port it cannot parse as no port at all (port 80).
         let port = match auth.as_str().rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+            None if tls => 443,
             None => 80,
             Some((_, p)) => match p.parse::<u16>() {
                 Ok(port) if port > 0 => port,
@@ -458,7 +556,8 @@ impl UpstreamUrl {
             return Err(bad("the path must not contain . or .. segments"));
         }
         let authority = format!("{}:{port}", auth.host());
-        Ok(UpstreamUrl { authority, prefix: uri.path().trim_end_matches('/').to_owned() })
+        let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(UpstreamUrl { authority, prefix: uri.path().trim_end_matches('/').to_owned(), tls, host })
     }
 }
 
@@ -503,7 +602,14 @@ mod tests {
         assert_eq!((u.authority.as_str(), u.prefix.as_str()), ("backend:9000", "/api"));
         let u = UpstreamUrl::parse("ws://backend").unwrap();
         assert_eq!((u.authority.as_str(), u.prefix.as_str()), ("backend:80", ""));
-        assert!(UpstreamUrl::parse("wss://backend").is_err());
+        let u = UpstreamUrl::parse("wss://backend/x").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.prefix.as_str(), u.tls, u.host.as_str()),
+            ("backend:443", "/x", true, "backend")
+        );
+        let u = UpstreamUrl::parse("wss://[::1]:8443").unwrap();
+        assert_eq!((u.authority.as_str(), u.host.as_str()), ("[::1]:8443", "::1"));
+        assert!(UpstreamUrl::parse("http://backend").is_err());
         let refused = |url: &str| UpstreamUrl::parse(url).unwrap_err().to_string();
         assert!(refused("ws://backend:99999").contains("not in 1..=65535"));
         assert!(refused("ws://backend:0").contains("not in 1..=65535"));

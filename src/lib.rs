@@ -20,6 +20,7 @@ mod protocol;
 mod proxy;
 mod runtime;
 mod session;
+mod tls;
 mod upstream;
 
 pub use server::{run, start, RunError, Running, StartError};

@@ -72,6 +72,7 @@ pub(crate) struct Metrics {
     backend_connects: IntCounterVec,
     client_disconnects: IntCounterVec,
     refusals: IntCounterVec,
+    tls_reloads: IntCounterVec,
     /// Frames journaled but not yet written to the attached client, summed.
     pub(crate) delivery_lag_frames: IntGauge,
     /// Seconds from a resumed client's attach until its replay was written.
@@ -182,6 +183,17 @@ impl Metrics {
                 "Upgrade requests refused, by status and error.",
                 &["status", "error"],
             ),
+            tls_reloads: {
+                let c = f.counters(
+                    "tether_tls_reloads_total",
+                    "Reloads of the data port's certificate after its files changed, by result (ok, error).",
+                    &["result"],
+                );
+                for result in ["ok", "error"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             delivery_lag_frames: f.gauge(
                 "tether_delivery_lag_frames",
                 "Frames journaled but not yet written to attached clients, summed over sessions.",
@@ -222,6 +234,11 @@ impl Metrics {
     /// Counts a client disconnect.
     pub(crate) fn client_disconnect(&self, kind: &str) {
         self.client_disconnects.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a reload of the data port's certificate (`ok` or `error`).
+    pub(crate) fn tls_reload(&self, result: &str) {
+        self.tls_reloads.with_label_values(&[result]).inc();
     }
 
     /// Counts a refused upgrade.

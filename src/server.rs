@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
-use crate::config::{BadUpstream, Config, UpstreamUrl};
+use crate::config::{file, BadUpstream, Config, UpstreamUrl};
 use crate::journal::{Journal, Opened, RecoveredSession};
 use crate::metrics::Metrics;
 use crate::protocol::token::TokenKey;
 use crate::proxy::{self, Context, Parts};
 use crate::runtime::Runtime;
 use crate::session::{Sessions, Shared};
+use crate::tls::{self, ServerTls};
 use crate::upstream::Upstream;
 
 pub use crate::journal::JournalError;
@@ -39,6 +40,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// A TLS certificate, key or CA file could not be used.
+    #[error("{0}")]
+    Tls(String),
     /// `server.upstream` is not a usable backend URL.
     #[error(transparent)]
     Upstream(#[from] BadUpstream),
@@ -131,7 +135,23 @@ async fn serve(
 
     let (data, data_addr) = bind(config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
+    let upstream_tls = match target.tls {
+        true => Some(tokio_rustls::TlsConnector::from(
+            tls::client_config(&config.tls).await.map_err(|e| StartError::Tls(e.to_string()))?,
+        )),
+        false => None,
+    };
+    let server_tls = match (file(&config.tls.cert_file), file(&config.tls.key_file)) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key).await.map_err(|e| StartError::Tls(e.to_string()))?),
+        _ => None,
+    };
+    let acceptor = match &server_tls {
+        Some(s) => Some(s.acceptor().map_err(|e| StartError::Tls(e.to_string()))?),
+        None => None,
+    };
     let upstream = Upstream {
+        tls: upstream_tls,
+        client_tls: server_tls.is_some(),
         target,
         ws_config: proxy::ws_config(config),
         timeout: config.server.backend_connect_timeout,
@@ -145,6 +165,7 @@ async fn serve(
         tokens,
         secret_generated,
         epoch: journal.epoch(),
+        tls: acceptor,
     };
     let ctx = Arc::new(Context::new(config.clone(), parts));
     let admin = Arc::new(Admin {
@@ -158,8 +179,13 @@ async fn serve(
     tokio::spawn(proxy::serve(data, ctx));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     tokio::spawn(sessions.janitor());
+    if let Some(server_tls) = server_tls {
+        let (every, stop) = (config.tls.reload_interval, rt.shutdown.clone());
+        tokio::spawn(server_tls.watch(every, rt.metrics.clone(), stop));
+    }
     admin.set_ready(true);
-    tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, "tether is serving");
+    let data_tls = config.tls.enabled();
+    tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, tls = data_tls, "tether is serving");
     Ok((data_addr, admin_addr, admin))
 }
 

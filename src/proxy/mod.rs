@@ -16,7 +16,9 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
@@ -41,6 +43,8 @@ pub(crate) struct Context {
     stamper: Stamper,
     /// Limits for every client socket (backend sockets get the same).
     ws_config: WebSocketConfig,
+    /// TLS on the data port, if configured.
+    tls: Option<TlsAcceptor>,
 }
 
 /// What [`Context::new`] needs besides the configuration.
@@ -57,12 +61,14 @@ pub(crate) struct Parts {
     pub(crate) secret_generated: bool,
     /// The journal's epoch.
     pub(crate) epoch: u64,
+    /// TLS on the data port, if configured.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl Context {
     /// The context for `config` and the opened parts.
     pub(crate) fn new(config: Arc<Config>, parts: Parts) -> Context {
-        let Parts { rt, sessions, upstream, tokens, secret_generated, epoch } = parts;
+        let Parts { rt, sessions, upstream, tokens, secret_generated, epoch, tls } = parts;
         Context {
             stamper: Stamper::new(config.stamp.mode, &config.stamp.json_field),
             ws_config: upstream.ws_config,
@@ -73,6 +79,7 @@ impl Context {
             tokens,
             secret_generated,
             epoch,
+            tls,
         }
     }
 }
@@ -88,29 +95,48 @@ pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
         .max_write_buffer_size(l.max_write_buffer_bytes)
 }
 
-/// Accepts clients on `listener` until shutdown.
+/// Accepts clients on `listener` until shutdown. With TLS, the TLS
+/// handshake must finish within `server.handshake_timeout` too.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let shutdown = ctx.rt.shutdown.clone();
     net::accept_until(listener, shutdown.cancelled_owned(), |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
-        let max_buf = (ctx.config.limits.max_header_bytes * 4).max(8192);
-        let header_timeout = ctx.config.server.handshake_timeout;
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let ctx = ctx.clone();
-                async move { Ok::<_, std::convert::Infallible>(handshake::handle(req, peer, ctx).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(max_buf)
-                .serve_connection(TokioIo::new(tcp), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client HTTP connection error");
+            match ctx.tls.clone() {
+                None => serve_http(TokioIo::new(tcp), peer, ctx).await,
+                Some(acceptor) => {
+                    let timeout = ctx.config.server.handshake_timeout;
+                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, ctx).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "client TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "client TLS handshake timed out"),
+                    }
+                }
             }
         });
     })
     .await;
+}
+
+/// One client's HTTP/1 connection, plain or over TLS.
+async fn serve_http<I>(io: TokioIo<I>, peer: std::net::SocketAddr, ctx: Arc<Context>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let max_buf = (ctx.config.limits.max_header_bytes * 4).max(8192);
+    let header_timeout = ctx.config.server.handshake_timeout;
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(handshake::handle(req, peer, ctx).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "client HTTP connection error");
+    }
 }

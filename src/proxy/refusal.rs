@@ -69,6 +69,7 @@ impl From<ConnectError> for Refusal {
     fn from(e: ConnectError) -> Refusal {
         let error = match &e {
             ConnectError::Unreachable(_) => "backend_unreachable",
+            ConnectError::Tls(_) => "backend_tls_failed",
             ConnectError::Handshake(DialError::Refused(_)) => "backend_refused",
             ConnectError::Handshake(_) => "backend_handshake_failed",
             ConnectError::Timeout(_) => "backend_timeout",

@@ -11,13 +11,13 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Connected;
 use crate::net::{has_token, LazyRead};
+use crate::tls::MaybeTls;
 
 /// The backend's answer to the upgrade, without a body.
 type Head = Response<()>;
@@ -42,7 +42,7 @@ pub(crate) enum DialError {
 /// Sends the upgrade request for `path` with `headers` (which must not carry
 /// the handshake headers; this adds them) and waits for the 101.
 pub(super) async fn handshake(
-    mut tcp: TcpStream,
+    mut tcp: MaybeTls,
     path: &str,
     mut headers: HeaderMap,
     config: WebSocketConfig,
@@ -85,7 +85,7 @@ fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
 
 /// Reads until the end of the response head; returns the head and the bytes
 /// after it (frames the backend sent right after its 101).
-async fn read_response(tcp: &mut TcpStream, max_head_bytes: usize) -> Result<(Head, Vec<u8>), DialError> {
+async fn read_response(tcp: &mut MaybeTls, max_head_bytes: usize) -> Result<(Head, Vec<u8>), DialError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut chunk = [0u8; 1024];

@@ -19,10 +19,11 @@ use crate::config::UpstreamUrl;
 use crate::metrics::Metrics;
 use crate::net::{has_token, LazyRead};
 use crate::protocol::credentials;
+use crate::tls::{self, MaybeTls};
 pub(crate) use dial::DialError;
 
-/// A connected backend WebSocket.
-pub(crate) type BackendSocket = WebSocketStream<LazyRead<TcpStream>>;
+/// A connected backend WebSocket, over TCP (`ws://`) or TLS (`wss://`).
+pub(crate) type BackendSocket = WebSocketStream<LazyRead<MaybeTls>>;
 
 /// A backend connection that answered 101.
 pub(crate) struct Connected {
@@ -62,6 +63,10 @@ pub(crate) enum ConnectError {
     /// TCP connect failed.
     #[error("cannot connect to the backend: {0}")]
     Unreachable(std::io::Error),
+    /// The TLS handshake failed (untrusted or mismatched certificate, the
+    /// backend refused ours, ...); the text says which kind, never where.
+    #[error("{0}")]
+    Tls(&'static str),
     /// The WebSocket handshake failed or was refused.
     #[error(transparent)]
     Handshake(#[from] DialError),
@@ -75,6 +80,7 @@ impl ConnectError {
     fn label(&self) -> &'static str {
         match self {
             ConnectError::Unreachable(_) => "backend_unreachable",
+            ConnectError::Tls(_) => "backend_tls_failed",
             ConnectError::Handshake(DialError::Refused(_)) => "backend_refused",
             ConnectError::Handshake(_) => "backend_handshake_failed",
             ConnectError::Timeout(_) => "timeout",
@@ -95,6 +101,12 @@ pub(crate) struct Upstream {
     pub(crate) max_head_bytes: usize,
     /// Counts attempts by result.
     pub(crate) metrics: Arc<Metrics>,
+    /// For `wss://` targets: verifies the backend, and presents the client
+    /// certificate if one is configured.
+    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
+    /// True if clients reach tether over TLS: `X-Forwarded-Proto: https`
+    /// unless the client sent one.
+    pub(crate) client_tls: bool,
 }
 
 impl Upstream {
@@ -122,11 +134,31 @@ impl Upstream {
                 out.append(name.clone(), value.clone());
             }
         }
-        forwarded(&mut out, headers, peer);
+        forwarded(&mut out, headers, peer, self.client_tls);
         let tcp = TcpStream::connect(&self.target.authority).await.map_err(ConnectError::Unreachable)?;
         let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            None => MaybeTls::Plain(tcp),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from(self.target.host.clone())
+                    .map_err(|_| ConnectError::Tls("the backend's host is not a valid TLS server name"))?;
+                match connector.connect(name, tcp).await {
+                    Ok(s) => MaybeTls::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, upstream = %self.target.authority, "TLS handshake with the backend failed");
+                        return Err(ConnectError::Tls(tls::describe_handshake_error(&e)));
+                    }
+                }
+            }
+        };
         let path = path_for(&self.target, uri);
-        Ok(dial::handshake(tcp, &path, out, self.ws_config, self.max_head_bytes).await?)
+        match dial::handshake(stream, &path, out, self.ws_config, self.max_head_bytes).await {
+            Err(DialError::Io(e)) if tls::is_tls_error(&e) => {
+                tracing::warn!(error = %e, upstream = %self.target.authority, "TLS with the backend failed");
+                Err(ConnectError::Tls(tls::describe_handshake_error(&e)))
+            }
+            r => Ok(r?),
+        }
     }
 }
 
@@ -159,15 +191,17 @@ pub(crate) fn is_hop_header(name: &HeaderName, connection: &HeaderMap) -> bool {
     DROPPED.contains(&name.as_str()) || has_token(connection, header::CONNECTION, name.as_str())
 }
 
-/// `X-Forwarded-For` (appended), `-Proto` and `-Host` (kept if present).
-fn forwarded(out: &mut HeaderMap, inbound: &HeaderMap, peer: SocketAddr) {
+/// `X-Forwarded-For` (appended), `-Proto` and `-Host` (kept if present;
+/// `-Proto` is otherwise `https` or `http` as the client connected).
+fn forwarded(out: &mut HeaderMap, inbound: &HeaderMap, peer: SocketAddr, client_tls: bool) {
     let ip = peer.ip().to_string();
     let xff = match inbound.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
     out.insert("x-forwarded-for", hv(&xff));
-    let proto = inbound.get("x-forwarded-proto").cloned().unwrap_or(HeaderValue::from_static("http"));
+    let scheme = HeaderValue::from_static(if client_tls { "https" } else { "http" });
+    let proto = inbound.get("x-forwarded-proto").cloned().unwrap_or(scheme);
     out.insert("x-forwarded-proto", proto);
     if let Some(host) = inbound.get("x-forwarded-host").or_else(|| inbound.get(header::HOST)) {
         out.insert("x-forwarded-host", host.clone());
