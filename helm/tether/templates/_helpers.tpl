@@ -151,9 +151,10 @@ unknown keys, and scripts/check-helm compares the rendered file with it.
 through the environment, never the ConfigMap.
 */}}
 {{- define "tether.configKeys" -}}
-sections: [server, limits, session, token, stamp, journal, log]
+sections: [server, tls, limits, session, token, stamp, journal, log]
 keys:
   server: [upstream, backend_connect_timeout, handshake_timeout, allowed_origins, retry_after_secs, shutdown_grace]
+  tls: [cert_file, key_file, reload_interval, upstream_ca_file, upstream_client_cert_file, upstream_client_key_file]
   limits: [max_message_bytes, max_frame_bytes, max_header_bytes, write_buffer_bytes, max_write_buffer_bytes, read_buffer_bytes, max_sessions, ring_bytes, replay_batch_bytes]
   session: [linger, ping_interval, ping_timeout]
   token: [identity_headers]
