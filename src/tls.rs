@@ -224,6 +224,10 @@ pub(crate) struct ServerTls {
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
+    /// The files' stamp taken before they were first read, so a change
+    /// between the start and the first check of [`ServerTls::watch`] is
+    /// still seen.
+    loaded: Stamp,
 }
 
 /// What identifies one version of the files: modification time and length
@@ -240,12 +244,14 @@ impl ServerTls {
     /// Loads `cert_file` and `key_file`; an error here stops tether's start.
     pub(crate) async fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerTls>, TlsError> {
         let provider = provider();
+        let loaded = stamp(cert_file, key_file).await;
         let key = load_pair(&provider, cert_file, key_file).await?;
         Ok(Arc::new(ServerTls {
             current: ArcSwap::from_pointee(key),
             cert_file: cert_file.to_owned(),
             key_file: key_file.to_owned(),
             provider,
+            loaded,
         }))
     }
 
@@ -260,16 +266,6 @@ impl ServerTls {
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 
-    async fn stamp(&self) -> Stamp {
-        let one = |p: PathBuf| async move {
-            match tokio::fs::metadata(&p).await {
-                Ok(m) => (m.modified().ok(), m.len()),
-                Err(_) => (None, 0),
-            }
-        };
-        [one(self.cert_file.clone()).await, one(self.key_file.clone()).await]
-    }
-
     /// Reloads the files whenever their stamp changes, every `interval`,
     /// until `stop`. A failed reload is retried when the files change again.
     pub(crate) async fn watch(
@@ -278,7 +274,7 @@ impl ServerTls {
         metrics: Arc<Metrics>,
         stop: CancellationToken,
     ) {
-        let mut seen = self.stamp().await;
+        let mut seen = self.loaded;
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -286,7 +282,7 @@ impl ServerTls {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = self.stamp().await;
+            let now = stamp(&self.cert_file, &self.key_file).await;
             if now == seen {
                 continue;
             }
@@ -304,6 +300,19 @@ impl ServerTls {
             }
         }
     }
+}
+
+async fn stamp(cert_file: &Path, key_file: &Path) -> Stamp {
+    let one = |p: &Path| {
+        let p = p.to_owned();
+        async move {
+            match tokio::fs::metadata(&p).await {
+                Ok(m) => (m.modified().ok(), m.len()),
+                Err(_) => (None, 0),
+            }
+        }
+    };
+    [one(cert_file).await, one(key_file).await]
 }
 
 async fn load_pair(provider: &CryptoProvider, cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
