@@ -125,9 +125,15 @@ impl Metrics {
             "Journal WAL fsyncs, by trigger (batch, interval, drain).",
             &["trigger"],
         );
-        let build_info = f.gauges("tether_build_info", "Build information; the value is always 1.", &["version"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Metrics {
+        let build_info = f.gauges(
+            "tether_build_info",
+            "Build information; the value is always 1.",
+            &["version", "commit", "rocksdb"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TETHER_COMMIT"), env!("TETHER_ROCKSDB_VERSION")])
+            .set(1);
+        let m = Metrics {
             sessions: SessionGauges {
                 attached: state("attached"),
                 detached: state("detached"),
@@ -196,6 +202,48 @@ impl Metrics {
                 "Admin-port connections closed at once because 64 were already open.",
             ),
             registry: f.0,
+        };
+        m.precreate();
+        m
+    }
+
+    /// Creates the series every known label value can take, at 0: a series
+    /// that first appears at 1 is invisible to `rate()` and `increase()`, so
+    /// an alert on the first `journal_lost` resume after a start would never
+    /// fire. (Refusals are too many to list; they appear on first use.)
+    fn precreate(&self) {
+        for (outcome, reason) in [
+            ("new", "none"),
+            ("resumed", "none"),
+            ("restarted", "none"),
+            ("gap", "trimmed"),
+            ("gap", "expired"),
+            ("gap", "journal_lost"),
+            ("gap", "unknown_session"),
+        ] {
+            self.resumes.with_label_values(&[outcome, reason]);
+        }
+        for reason in ["max_frames", "max_bytes", "max_age", "disk_budget", "session_purged"] {
+            self.trimmed_frames.with_label_values(&[reason]);
+        }
+        for result in ["ok", "timeout", "backend_unreachable", "backend_refused", "backend_handshake_failed"] {
+            self.backend_connects.with_label_values(&[result]);
+        }
+        for kind in [
+            "clean",
+            "away",
+            "abnormal",
+            "protocol_error",
+            "invalid_payload",
+            "timeout",
+            "too_big",
+            "takeover",
+            "draining",
+            "backend_ended",
+            "gap",
+            "journal_error",
+        ] {
+            self.client_disconnects.with_label_values(&[kind]);
         }
     }
 
