@@ -60,6 +60,8 @@ pub(crate) struct Metrics {
     pub(crate) journal_batch_ops: Histogram,
     /// Failed journal writes (retried; nothing is forwarded meanwhile).
     pub(crate) journal_write_errors: IntCounter,
+    /// Trims written to the journal: one RocksDB range delete each.
+    pub(crate) journal_trims: IntCounter,
     fsyncs: [IntCounter; 3],
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub(crate) journal_disk_bytes: IntGauge,
@@ -148,6 +150,10 @@ impl Metrics {
             journal_write_errors: f.counter(
                 "tether_journal_write_errors_total",
                 "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+            ),
+            journal_trims: f.counter(
+                "tether_journal_trims_total",
+                "Retention trims written to the journal, one range delete each.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f

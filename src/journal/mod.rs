@@ -30,6 +30,9 @@ use crate::protocol::{Payload, SessionId};
 const CF_FRAMES: &str = "frames";
 const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
+/// Range deletes (trims, purges) a memtable of `frames` holds before it is
+/// flushed.
+const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
 
@@ -297,7 +300,14 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
         ColumnFamilyDescriptor::new(CF_SESSIONS, Options::default()),
         ColumnFamilyDescriptor::new(CF_META, Options::default()),
     ];
-    Ok(DB::open_cf_descriptors(&opts, dir, cfs)?)
+    let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+    // Range tombstones in the memtable are re-fragmented by every iterator,
+    // so each one makes every journal read slower until the memtable is
+    // flushed. Trims come in chunks (session/retention.rs), so this bound is
+    // rarely reached; when it is, the memtable is flushed early.
+    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+    db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
+    Ok(db)
 }
 
 /// `session ‖ seq` in big-endian, so a session's frames sort by seq.

@@ -104,6 +104,7 @@ impl Writer {
                         newer
                     });
                 }
+                Op::Trim { .. } => self.metrics.journal_trims.inc(),
                 Op::Close { done } => {
                     closing = true;
                     syncs.push(done);
