@@ -58,7 +58,7 @@ pub(crate) struct Metrics {
     pub(crate) journal_append_seconds: Histogram,
     /// Operations per RocksDB write batch.
     pub(crate) journal_batch_ops: Histogram,
-    /// Failed journal writes (retried; nothing is forwarded meanwhile).
+    /// Failed journal writes: retried if transient, else the journal fails.
     pub(crate) journal_write_errors: IntCounter,
     /// Trims written to the journal: one RocksDB range delete each.
     pub(crate) journal_trims: IntCounter,
@@ -149,7 +149,7 @@ impl Metrics {
             ),
             journal_write_errors: f.counter(
                 "tether_journal_write_errors_total",
-                "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+                "Failed journal writes and fsyncs; transient ones are retried, others fail the journal.",
             ),
             journal_trims: f.counter(
                 "tether_journal_trims_total",

@@ -159,10 +159,15 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 }
 
 impl Running {
-    /// Serves until `stop` completes, then drains.
+    /// Serves until `stop` completes, then drains. If the journal fails for
+    /// good first, it drains at once (clients are closed and resume after
+    /// the restart) and returns the failure, so the process exits non-zero.
     pub async fn serve_until(self, stop: impl Future<Output = ()>) -> Result<(), JournalError> {
-        stop.await;
-        tracing::info!("shutdown requested; draining");
+        let journal = self.journal.clone();
+        tokio::select! {
+            () = stop => tracing::info!("shutdown requested; draining"),
+            reason = journal.failed() => tracing::error!(%reason, "journal failed; draining, then exiting"),
+        }
         self.drain().await
     }
 
@@ -176,13 +181,15 @@ impl Running {
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
-        self.journal.close().await?;
+        // A failed journal refuses the close: its writer has already stopped.
+        let closed = self.journal.close().await;
         // The writer thread exits once closed; joining it means RocksDB is
         // idle before the process exits. It cannot panic (AbortOnPanic).
         let writer = self.writer;
         if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
             tracing::error!("the journal writer thread could not be joined");
         }
+        closed?;
         tracing::info!("drained; journal synced and closed");
         Ok(())
     }
