@@ -227,9 +227,12 @@ pub struct JournalConfig {
     /// How long an ended or orphaned session stays resumable before it is purged.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Frames kept per session; older ones are trimmed.
+    /// Frames kept per session; older ones are trimmed in chunks: a session
+    /// keeps between this many and this many plus an eighth (rounded up to
+    /// 64-frame segments).
     pub max_session_frames: u64,
-    /// Payload bytes kept per session; older frames are trimmed.
+    /// Payload bytes kept per session; once exceeded by an eighth, the oldest
+    /// whole segments are trimmed until at most this many remain.
     pub max_session_bytes: u64,
     /// Frames older than this are trimmed.
     #[serde(with = "humantime_serde")]

@@ -58,8 +58,10 @@ pub(crate) struct Metrics {
     pub(crate) journal_append_seconds: Histogram,
     /// Operations per RocksDB write batch.
     pub(crate) journal_batch_ops: Histogram,
-    /// Failed journal writes (retried; nothing is forwarded meanwhile).
+    /// Failed journal writes: retried if transient, else the journal fails.
     pub(crate) journal_write_errors: IntCounter,
+    /// Trims written to the journal: one RocksDB range delete each.
+    pub(crate) journal_trims: IntCounter,
     fsyncs: [IntCounter; 3],
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub(crate) journal_disk_bytes: IntGauge,
@@ -155,7 +157,11 @@ impl Metrics {
             ),
             journal_write_errors: f.counter(
                 "tether_journal_write_errors_total",
-                "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+                "Failed journal writes and fsyncs; transient ones are retried, others fail the journal.",
+            ),
+            journal_trims: f.counter(
+                "tether_journal_trims_total",
+                "Retention trims written to the journal, one range delete each.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f

@@ -71,6 +71,11 @@ impl Sessions {
         self.lock().get(id).cloned()
     }
 
+    /// Why the journal failed for good, if it did (no session can be served).
+    pub(crate) fn journal_failure(&self) -> Option<Arc<str>> {
+        self.shared.journal.failure()
+    }
+
     /// Reserves a backend connection slot, if `limits.max_sessions` allows.
     pub(crate) fn reserve(&self) -> Option<OwnedSemaphorePermit> {
         self.capacity.clone().try_acquire_owned().ok()
