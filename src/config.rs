@@ -146,6 +146,10 @@ pub struct SessionConfig {
     /// A client silent for this long (no frame, no pong) is detached.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// How long a client's message may wait for room on the way to a backend
+    /// that does not read; then the client is closed with 1013.
+    #[serde(with = "humantime_serde")]
+    pub upstream_stall_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -154,6 +158,7 @@ impl Default for SessionConfig {
             linger: Duration::from_secs(120),
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(45),
+            upstream_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -347,6 +352,9 @@ impl Config {
         }
         if self.session.ping_interval.is_zero() || self.session.ping_timeout.is_zero() {
             return bad("session.ping_interval and session.ping_timeout must be positive");
+        }
+        if self.session.upstream_stall_timeout.is_zero() {
+            return bad("session.upstream_stall_timeout must be positive");
         }
         if self.journal.max_session_frames == 0 || self.journal.max_batch == 0 {
             return bad("journal.max_session_frames and journal.max_batch must be positive");

@@ -48,6 +48,9 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// `tether_sessions{state}`.
     pub(crate) sessions: SessionGauges,
+    /// Backend connections open or being dialed: the `limits.max_sessions`
+    /// slots in use.
+    pub(crate) backend_connections: IntGauge,
     /// Backend→client frames as journaled (`direction="downstream"`).
     pub(crate) downstream: Flow,
     /// Client→backend frames as forwarded (`direction="upstream"`).
@@ -132,6 +135,10 @@ impl Metrics {
                 orphaned: state("orphaned"),
                 ended: state("ended"),
             },
+            backend_connections: f.gauge(
+                "tether_backend_connections",
+                "Backend connections open or being dialed (the slots limits.max_sessions caps).",
+            ),
             downstream: flow("downstream"),
             upstream: flow("upstream"),
             journal_appends: f.counter("tether_journal_appends_total", "Frames committed to the journal."),

@@ -110,6 +110,8 @@ impl Sessions {
         m.sessions.ended.set(ended);
         m.delivery_lag_frames.set(lag as i64);
         m.journal_retained_bytes.set(retained as i64);
+        let in_use = self.shared.config.limits.max_sessions.saturating_sub(self.capacity.available_permits());
+        m.backend_connections.set(in_use as i64);
     }
 
     /// Runs until shutdown: sweeps every session, enforces the disk budget,
