@@ -110,6 +110,9 @@ pub struct LimitsConfig {
     pub read_buffer_bytes: usize,
     /// Most sessions with an open backend connection (attached or lingering).
     pub max_sessions: usize,
+    /// Most orphaned and ended sessions kept for late resumes; beyond it the
+    /// oldest are evicted with their frames.
+    pub max_retained_sessions: usize,
     /// Recent frames kept in memory per session, in bytes, so live clients
     /// are served without reading the journal.
     pub ring_bytes: usize,
@@ -127,6 +130,7 @@ impl Default for LimitsConfig {
             max_write_buffer_bytes: 4 << 20,
             read_buffer_bytes: 1024,
             max_sessions: 10_000,
+            max_retained_sessions: 100_000,
             ring_bytes: 64 * 1024,
             replay_batch_bytes: 256 * 1024,
         }
@@ -344,8 +348,8 @@ impl Config {
         if l.max_write_buffer_bytes <= l.write_buffer_bytes + l.max_message_bytes {
             return bad("limits.max_write_buffer_bytes must exceed write_buffer_bytes + max_message_bytes");
         }
-        if l.max_sessions == 0 || l.replay_batch_bytes == 0 {
-            return bad("limits.max_sessions and limits.replay_batch_bytes must be positive");
+        if l.max_sessions == 0 || l.replay_batch_bytes == 0 || l.max_retained_sessions == 0 {
+            return bad("limits.max_sessions, max_retained_sessions and replay_batch_bytes must be positive");
         }
         if !self.token.secret.is_empty() && self.token.secret.len() < 32 {
             return bad("token.secret must be at least 32 characters (or empty to generate one)");

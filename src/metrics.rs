@@ -48,6 +48,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// `tether_sessions{state}`.
     pub(crate) sessions: SessionGauges,
+    /// Orphaned or ended sessions evicted for `limits.max_retained_sessions`.
+    pub(crate) sessions_evicted: IntCounter,
     /// Backend connections open or being dialed: the `limits.max_sessions`
     /// slots in use.
     pub(crate) backend_connections: IntGauge,
@@ -135,6 +137,10 @@ impl Metrics {
                 orphaned: state("orphaned"),
                 ended: state("ended"),
             },
+            sessions_evicted: f.counter(
+                "tether_sessions_evicted_total",
+                "Orphaned or ended sessions evicted, oldest first, for limits.max_retained_sessions.",
+            ),
             backend_connections: f.gauge(
                 "tether_backend_connections",
                 "Backend connections open or being dialed (the slots limits.max_sessions caps).",

@@ -134,6 +134,7 @@ impl Session {
                 Err(AttachError::NeedsBackend) => {
                     inner.life = self.start_link(conn);
                     inner.meta.orphaned_ms = None;
+                    self.retired.remove(&self.id);
                     (inner.claims.claim(Attached::Restarted, self.committed()), Ok(inner.meta.clone()))
                 }
                 Ok(attachment) => (attachment, Err(conn)),

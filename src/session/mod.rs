@@ -19,6 +19,7 @@ mod attach;
 mod link;
 mod registry;
 mod retention;
+mod retired;
 mod ring;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ use crate::upstream::BackendSocket;
 pub(crate) use attach::{AttachError, Attached, Attachment};
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim};
+use retired::Retired;
 use ring::Ring;
 
 /// A backend connection and the `limits.max_sessions` slot it holds; the
@@ -132,12 +134,15 @@ pub(crate) struct Session {
     ended: watch::Sender<Option<(u64, EndInfo)>>,
     ring: Mutex<Ring>,
     inner: Mutex<Inner>,
+    /// The registry's orphaned and ended sessions, which this one joins
+    /// when it loses its backend connection.
+    retired: Arc<Retired>,
 }
 
 impl Session {
     fn new(
         id: SessionId,
-        shared: Arc<Shared>,
+        (shared, retired): (Arc<Shared>, Arc<Retired>),
         life: Life,
         retained: Retained,
         meta: SessionMeta,
@@ -152,6 +157,7 @@ impl Session {
             ring: Mutex::new(Ring::new(shared.config.limits.ring_bytes)),
             inner: Mutex::new(Inner { life, retained, meta, claims: attach::Claims::default() }),
             shared,
+            retired,
         })
     }
 
@@ -275,6 +281,9 @@ impl Session {
             }
             inner.life = Life::Orphaned { since: Instant::now() };
             inner.meta.orphaned_ms = Some(unix_ms());
+            // Under the session lock, so a concurrent restart's removal
+            // cannot come first.
+            self.retired.insert(self.id);
             inner.meta.clone()
         };
         self.persist(meta).await;
@@ -288,6 +297,7 @@ impl Session {
             inner.life = Life::Ended { since: Instant::now() };
             inner.meta.ended = Some(info.clone());
             inner.meta.ended_ms = Some(unix_ms());
+            self.retired.insert(self.id);
             inner.meta.clone()
         };
         self.persist(meta).await;
@@ -332,6 +342,26 @@ impl Session {
             self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
         }
         Swept::Kept(retained)
+    }
+
+    /// Evicted for `limits.max_retained_sessions`: purged now, unless it
+    /// has a backend connection again or a client is reading it. The frames
+    /// it still retained, if it was evicted.
+    pub(crate) async fn evict(&self) -> Option<u64> {
+        let frames = {
+            let mut inner = self.lock();
+            let retired = matches!(inner.life, Life::Orphaned { .. } | Life::Ended { .. });
+            if !retired || inner.claims.is_held() {
+                return None;
+            }
+            // Under the session lock, so no resume can attach after this.
+            inner.life = Life::Purged;
+            inner.retained.frames
+        };
+        self.shared.rt.metrics.trimmed("session_evicted", frames);
+        tracing::info!(session = %self.id, "session evicted (limits.max_retained_sessions)");
+        self.journal_op(self.shared.journal.purge(self.id).await);
+        Some(frames)
     }
 
     /// When the oldest retained segment was last written, if any.

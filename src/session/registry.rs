@@ -1,5 +1,6 @@
 //! The set of sessions this instance holds, the `limits.max_sessions`
-//! capacity, and the janitor that sweeps them once a second.
+//! capacity, the `limits.max_retained_sessions` cap, and the janitor that
+//! sweeps them once a second.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::retention::Retained;
+use super::retired::Retired;
 use super::{BackendConn, Life, Session, Shared, StateLabel, Swept};
 use crate::journal::{JournalError, RecoveredSession, SessionMeta};
 use crate::protocol::{unix_ms, SessionId};
@@ -23,7 +25,13 @@ pub(crate) struct Sessions {
     /// before dialing and held by the session's link task: orphaned and
     /// ended sessions hold no socket and no permit.
     capacity: Arc<Semaphore>,
+    /// Orphaned and ended sessions, oldest first, for the retained cap.
+    retired: Arc<Retired>,
 }
+
+/// Candidates looked at beyond the excess in one eviction pass: sessions a
+/// client is reading are skipped, at most this many per pass.
+const EVICTION_SLACK: usize = 64;
 
 impl Sessions {
     /// A registry holding the sessions found in the journal: open ones become
@@ -34,6 +42,7 @@ impl Sessions {
         recovered: Vec<RecoveredSession>,
     ) -> Result<Arc<Sessions>, JournalError> {
         let mut map = HashMap::new();
+        let retired = Arc::new(Retired::default());
         let now = Instant::now();
         for r in recovered {
             let mut meta = r.meta;
@@ -48,14 +57,15 @@ impl Sessions {
                 }
                 Life::Orphaned { since: now.checked_sub(age(meta.orphaned_ms)).unwrap_or(now) }
             };
-            let s = Session::new(r.id, shared.clone(), life, retained, meta, r.last_seq);
+            retired.insert(r.id);
+            let s = Session::new(r.id, (shared.clone(), retired.clone()), life, retained, meta, r.last_seq);
             if let Some(info) = ended {
                 s.ended.send_replace(Some((r.last_seq, info)));
             }
             map.insert(r.id, s);
         }
         let capacity = Arc::new(Semaphore::new(shared.config.limits.max_sessions));
-        Ok(Arc::new(Sessions { shared, map: Mutex::new(map), capacity }))
+        Ok(Arc::new(Sessions { shared, map: Mutex::new(map), capacity, retired }))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
@@ -83,10 +93,47 @@ impl Sessions {
         // The record goes into the journal queue before any frame of the session.
         self.shared.journal.put_meta(id, meta.clone()).await?;
         let orphan = Life::Orphaned { since: Instant::now() };
-        let session = Session::new(id, self.shared.clone(), orphan, Retained::default(), meta, 0);
+        let parts = (self.shared.clone(), self.retired.clone());
+        let session = Session::new(id, parts, orphan, Retained::default(), meta, 0);
         session.lock().life = session.start_link(conn);
         self.lock().insert(id, session.clone());
+        // Each new session will be retired one day: keep the cap here too,
+        // not only once a second, however fast sessions come and go.
+        self.evict_over_cap().await;
         Ok(session)
+    }
+
+    /// Every session created at or before this time (Unix ms) that this
+    /// instance no longer holds may have been evicted: its resume is
+    /// answered `expired`.
+    pub(crate) fn evicted_upto(&self) -> u64 {
+        self.retired.evicted_upto()
+    }
+
+    /// Evicts the oldest orphaned or ended sessions beyond
+    /// `limits.max_retained_sessions`, with their frames. Costs what it
+    /// evicts, not what the registry holds.
+    async fn evict_over_cap(&self) {
+        let cap = self.shared.config.limits.max_retained_sessions;
+        let mut excess = self.retired.len().saturating_sub(cap);
+        if excess == 0 {
+            return;
+        }
+        for id in self.retired.oldest(excess + EVICTION_SLACK) {
+            if excess == 0 {
+                break;
+            }
+            let Some(session) = self.get(&id) else {
+                self.retired.remove(&id);
+                continue;
+            };
+            if session.evict().await.is_some() {
+                self.lock().remove(&id);
+                self.retired.evicted(&id);
+                self.shared.rt.metrics.sessions_evicted.inc();
+                excess -= 1;
+            }
+        }
     }
 
     /// Counts sessions by state and sums attached clients' lag into the gauges.
@@ -124,6 +171,7 @@ impl Sessions {
                 _ = self.shared.rt.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.evict_over_cap().await;
             self.sweep().await;
             let disk = self.shared.journal.disk_bytes().await;
             self.shared.rt.metrics.journal_disk_bytes.set(disk as i64);
@@ -146,6 +194,7 @@ impl Sessions {
             let mut map = self.lock();
             for id in &purged {
                 map.remove(id);
+                self.retired.remove(id);
             }
             drop(map);
             kept.retain(|s| !purged.contains(&s.id));
