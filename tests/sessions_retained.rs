@@ -73,3 +73,56 @@ async fn oldest_ended_sessions_are_evicted_beyond_the_cap() {
     drop(b);
     t.stop().await;
 }
+
+/// Waits until `tether_sessions{state}` reads `want` (attached, detached,
+/// orphaned, ended), then checks all four at once.
+async fn expect_states(admin: std::net::SocketAddr, want: [f64; 4]) {
+    let states = ["attached", "detached", "orphaned", "ended"];
+    within("the session gauges", async {
+        loop {
+            let m = scrape(admin).await;
+            let got = states.map(|s| metric(&m, &format!(r#"tether_sessions{{state="{s}"}}"#)));
+            if got == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The `/metrics` text.
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    http_get(admin, "/metrics").await.1
+}
+
+#[tokio::test]
+async fn state_gauges_follow_every_transition() {
+    let (mut backend, t) = setup_with(|c| c.session.linger = Duration::from_millis(200)).await;
+    let (admin, url) = (t.admin_addr, t.url("/"));
+    let (mut ws, token, b) = attach(&mut backend, &url).await;
+    expect_states(admin, [1.0, 0.0, 0.0, 0.0]).await;
+    b.stream(1, 2);
+    expect_stream(&mut ws, 1, 2).await;
+    drop_abruptly(ws);
+    expect_states(admin, [0.0, 1.0, 0.0, 0.0]).await;
+    expect_states(admin, [0.0, 0.0, 1.0, 0.0]).await;
+
+    // Restarted on a new backend connection, then taken over: one attached.
+    let mut ws = resume(&url, &token, 2).await;
+    assert_eq!(welcome(&mut ws).await.0["outcome"], "restarted");
+    let b = backend.next_conn().await;
+    expect_states(admin, [1.0, 0.0, 0.0, 0.0]).await;
+    let mut newer = resume(&url, &token, 2).await;
+    assert_eq!(welcome(&mut newer).await.0["outcome"], "resumed");
+    assert_eq!(close_code(&mut ws).await, 4001);
+    expect_states(admin, [1.0, 0.0, 0.0, 0.0]).await;
+
+    b.close(1000, "bye");
+    assert_eq!(control(&mut newer).await["type"], "end");
+    expect_states(admin, [0.0, 0.0, 0.0, 1.0]).await;
+    let m = t.metrics().await;
+    assert_eq!(metric(&m, "tether_sessions_evicted_total"), 0.0);
+    assert_eq!(metric(&m, "tether_delivery_lag_frames"), 0.0);
+    t.stop().await;
+}
