@@ -48,6 +48,11 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// `tether_sessions{state}`.
     pub(crate) sessions: SessionGauges,
+    /// Orphaned or ended sessions evicted for `limits.max_retained_sessions`.
+    pub(crate) sessions_evicted: IntCounter,
+    /// Backend connections open or being dialed: the `limits.max_sessions`
+    /// slots in use.
+    pub(crate) backend_connections: IntGauge,
     /// Backend→client frames as journaled (`direction="downstream"`).
     pub(crate) downstream: Flow,
     /// Client→backend frames as forwarded (`direction="upstream"`).
@@ -142,6 +147,14 @@ impl Metrics {
                 orphaned: state("orphaned"),
                 ended: state("ended"),
             },
+            sessions_evicted: f.counter(
+                "tether_sessions_evicted_total",
+                "Orphaned or ended sessions evicted, oldest first, for limits.max_retained_sessions.",
+            ),
+            backend_connections: f.gauge(
+                "tether_backend_connections",
+                "Backend connections open or being dialed (the slots limits.max_sessions caps).",
+            ),
             downstream: flow("downstream"),
             upstream: flow("upstream"),
             journal_appends: f.counter("tether_journal_appends_total", "Frames committed to the journal."),

@@ -329,7 +329,8 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
     }
     let Some(session) = ctx.sessions.get(&raw.session) else {
         let age_ms = unix_ms().saturating_sub(raw.session.created_ms());
-        let reason = if u128::from(age_ms) > ctx.config.journal.retention.as_millis() {
+        let evicted = raw.session.created_ms() <= ctx.sessions.evicted_upto();
+        let reason = if evicted || u128::from(age_ms) > ctx.config.journal.retention.as_millis() {
             GapReason::Expired
         } else {
             GapReason::UnknownSession

@@ -154,8 +154,8 @@ through the environment, never the ConfigMap.
 sections: [server, limits, session, token, stamp, journal, log]
 keys:
   server: [upstream, backend_connect_timeout, handshake_timeout, allowed_origins, retry_after_secs, shutdown_grace]
-  limits: [max_message_bytes, max_frame_bytes, max_header_bytes, write_buffer_bytes, max_write_buffer_bytes, read_buffer_bytes, max_sessions, ring_bytes, replay_batch_bytes]
-  session: [linger, ping_interval, ping_timeout]
+  limits: [max_message_bytes, max_frame_bytes, max_header_bytes, write_buffer_bytes, max_write_buffer_bytes, read_buffer_bytes, max_sessions, max_retained_sessions, ring_bytes, replay_batch_bytes]
+  session: [linger, ping_interval, ping_timeout, upstream_stall_timeout]
   token: [identity_headers]
   stamp: [mode, json_field]
   journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch]
