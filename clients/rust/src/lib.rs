@@ -1,4 +1,4 @@
-//! An async client for [tether], the resumable WebSocket proxy.
+//! An async client for tether, the resumable WebSocket proxy.
 //!
 //! tether stamps every backend → client message with a sequence number (seq),
 //! journals it, and replays what a reconnecting client missed. This crate is
@@ -7,7 +7,7 @@
 //! the offset, resumes with the `Tether-Session` / `Tether-Offset` headers
 //! after any drop (exponential backoff with full jitter), drops the
 //! duplicates a resume brings, and turns tether's control frames into
-//! [`Event`]s. The application sees a [`Stream`](futures_util::Stream) of
+//! [`Event`]s. The application sees a [`Stream`] of
 //! events, among them each data message once, in seq order.
 //!
 //! # Example
@@ -43,8 +43,6 @@
 //!   flight when the connection drops is lost (tether has no upstream acks).
 //! - Stamp mode `none` is not supported: without seqs there is nothing to
 //!   resume from safely.
-//!
-//! [tether]: https://github.com/tether-proxy/tether
 
 mod frame;
 
