@@ -35,8 +35,25 @@ fn tether_bin() -> PathBuf {
     target.join("release/tether")
 }
 
+/// A stand-in child while the real one is being replaced.
+fn spawn_later() -> Child {
+    Command::new("true").spawn().unwrap()
+}
+
+/// A free port below Linux's ephemeral range (32768..): a port from that
+/// range may be taken, while tether restarts, as the source port of some
+/// outgoing connection of a test running in parallel.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
 }
 
 pub struct Tether {
@@ -44,6 +61,7 @@ pub struct Tether {
     pub data_port: u16,
     admin: SocketAddr,
     child: Child,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -54,10 +72,14 @@ impl Drop for Tether {
     }
 }
 
+fn spawn(config: &std::path::Path) -> Child {
+    let bin = tether_bin();
+    assert!(bin.exists(), "{} is missing: cargo build --release --bin tether, or set TETHER_BIN", bin.display());
+    Command::new(&bin).arg("--config").arg(config).stdin(Stdio::null()).spawn().unwrap()
+}
+
 impl Tether {
     pub async fn start(upstream: &str, stamp: &str, max_session_frames: u64) -> Tether {
-        let bin = tether_bin();
-        assert!(bin.exists(), "{} is missing: cargo build --release --bin tether, or set TETHER_BIN", bin.display());
         let dir = tempfile::tempdir().unwrap();
         let (data_port, admin_port) = (free_port(), free_port());
         let config = dir.path().join("tether.toml");
@@ -65,20 +87,39 @@ impl Tether {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{data_port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-                 upstream = \"{upstream}\"\n[stamp]\nmode = \"{stamp}\"\n[journal]\ndata_dir = \"{}\"\n\
-                 max_session_frames = {max_session_frames}\n[log]\nlevel = \"warn\"\n",
+                 upstream = \"{upstream}\"\nshutdown_grace = \"5s\"\n[stamp]\nmode = \"{stamp}\"\n\
+                 [journal]\ndata_dir = \"{}\"\nmax_session_frames = {max_session_frames}\n[log]\nlevel = \"warn\"\n",
                 dir.path().join("journal").display()
             ),
         )
         .unwrap();
-        let child = Command::new(&bin).arg("--config").arg(&config).stdin(Stdio::null()).spawn().unwrap();
+        let child = spawn(&config);
         let mut t = Tether {
             url: format!("ws://127.0.0.1:{data_port}"),
             data_port,
             admin: ([127, 0, 0, 1], admin_port).into(),
             child,
+            config,
             _dir: dir,
         };
+        t.ready().await;
+        t
+    }
+
+    /// SIGTERM (tether drains: `draining`, then close 1012), then the same
+    /// tether again on the same ports and journal.
+    pub async fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let mut old = std::mem::replace(&mut self.child, spawn_later());
+        let status = bounded("tether to exit", tokio::task::spawn_blocking(move || old.wait())).await;
+        assert!(status.unwrap().unwrap().success(), "tether exits 0 after draining");
+        self.child = spawn(&self.config);
+        self.ready().await;
+    }
+
+    async fn ready(&mut self) {
+        let t = self;
         bounded("tether /readyz", async {
             loop {
                 if let Some(status) = t.child.try_wait().unwrap() {
@@ -91,7 +132,6 @@ impl Tether {
             }
         })
         .await;
-        t
     }
 
     async fn get(&self, path: &str) -> Option<String> {
