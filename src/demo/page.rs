@@ -42,7 +42,7 @@ pub(crate) async fn serve(listener: TcpListener, tether: SocketAddr, shutdown: C
 
 async fn handle(mut tcp: TcpStream, tether: SocketAddr, live: Arc<Mutex<Live>>) {
     let mut head = Vec::with_capacity(1024);
-    let (method, path, upgrade) = loop {
+    let (method, path, upgrade, from_page) = loop {
         let mut buf = [0u8; 2048];
         let n = match tcp.read(&mut buf).await {
             Ok(0) | Err(_) => return,
@@ -57,7 +57,10 @@ async fn handle(mut tcp: TcpStream, tether: SocketAddr, live: Arc<Mutex<Live>>) 
                     h.name.eq_ignore_ascii_case("upgrade")
                         && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("websocket")
                 });
-                break (req.method.unwrap_or("").to_owned(), req.path.unwrap_or("/").to_owned(), upgrade);
+                // A custom header needs a CORS preflight, which is never
+                // answered: another site open in the browser cannot cut.
+                let from_page = req.headers.iter().any(|h| h.name.eq_ignore_ascii_case("x-tether-demo"));
+                break (req.method.unwrap_or("").to_owned(), req.path.unwrap_or("/").to_owned(), upgrade, from_page);
             }
             Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
             _ => return,
@@ -75,7 +78,7 @@ async fn handle(mut tcp: TcpStream, tether: SocketAddr, live: Arc<Mutex<Live>>) 
     let (status, ctype, body) = match (method.as_str(), path) {
         ("GET", "/") => ("200 OK", "text/html; charset=utf-8", PAGE.to_owned()),
         ("GET", "/tether-client.min.js") => ("200 OK", "text/javascript; charset=utf-8", BUNDLE.to_owned()),
-        ("POST", "/cut") => {
+        ("POST", "/cut") if from_page => {
             let ms = query.split('&').find_map(|kv| kv.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(0);
             let outage = Duration::from_millis(ms).min(MAX_OUTAGE);
             ("200 OK", "application/json", format!("{{\"cut\":{},\"ms\":{}}}", cut(&live, outage), outage.as_millis()))
