@@ -119,12 +119,13 @@ async fn gap_report_names_the_lost_range_then_end() {
     client.ack();
     assert_eq!(client.offset(), 5);
 
-    // The tunnel: the connection drops and stays down while 50 more frames
-    // arrive; retention keeps the last 10.
+    // The tunnel: the connection drops and stays down while 200 more frames
+    // arrive; retention keeps at least the last 10 (trimmed in chunks of 64
+    // frames, so at most 74).
     proxy.block(true);
     assert_eq!(proxy.cut(), 1);
-    conn.cmd.send(Cmd::Send { from: 6, count: 50, batch: 10 }).unwrap();
-    tether.journaled(55).await;
+    conn.cmd.send(Cmd::Send { from: 6, count: 200, batch: 10 }).unwrap();
+    tether.journaled(205).await;
     proxy.block(false);
 
     let w = welcome(&mut client).await;
@@ -135,12 +136,14 @@ async fn gap_report_names_the_lost_range_then_end() {
     };
     assert_eq!(gap.reason, "trimmed");
     assert!(!gap.new_session && !gap.mid_stream);
-    assert_eq!((gap.requested_offset, gap.lost.from, gap.lost.to, gap.first_available), (5, 6, Some(45), 46));
-    for seq in 46..=55 {
+    let first = gap.first_available;
+    assert!((205 - 74 + 1..=205 - 10 + 1).contains(&first), "first available {first}");
+    assert_eq!((gap.requested_offset, gap.lost.from, gap.lost.to), (5, 6, Some(first - 1)));
+    for seq in first..=205 {
         let m = next_message(&mut client).await;
         assert_eq!((m.seq, m.replay), (seq, true));
     }
-    assert_eq!(client.offset(), 54);
+    assert_eq!(client.offset(), 204);
 
     conn.cmd.send(Cmd::Close(1000, "bye".into())).unwrap();
     assert_eq!(next(&mut client).await, Event::End { code: 1000, reason: "bye".into() });
