@@ -84,6 +84,10 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
 
 fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/livez" | "/readyz" if admin.journal.failure().is_some() => {
+            let reason = admin.journal.failure().unwrap_or_default();
+            text(StatusCode::SERVICE_UNAVAILABLE, &format!("journal failed: {reason}; tether exits to be restarted\n"))
+        }
         "/livez" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             let ready = admin.ready.load(Ordering::Relaxed) && !admin.shutdown.is_cancelled();

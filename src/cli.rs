@@ -15,6 +15,17 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, ConfigError, LogConfig, LogFormat};
 use crate::server::{self, RunError};
 
+/// `tether --version`: the crate version, the git commit it was built from
+/// and the RocksDB version linked in.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TETHER_COMMIT"),
+    ", RocksDB ",
+    env!("TETHER_ROCKSDB_VERSION"),
+    ")"
+);
+
 /// tether: delivery guarantees for an unmodified WebSocket backend.
 ///
 /// Configuration comes from (lowest to highest precedence) built-in defaults,
@@ -22,7 +33,7 @@ use crate::server::{self, RunError};
 /// variables (e.g. TETHER_JOURNAL_SYNC=always) and the flags below.
 /// config/tether.toml documents every key and its default.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about, long_about)]
+#[command(name = "tether", version = VERSION, about, long_about)]
 pub struct Cli {
     /// What to do (default: run).
     #[command(subcommand)]

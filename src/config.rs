@@ -199,6 +199,9 @@ pub struct LimitsConfig {
     pub read_buffer_bytes: usize,
     /// Most sessions with an open backend connection (attached or lingering).
     pub max_sessions: usize,
+    /// Most orphaned and ended sessions kept for late resumes; beyond it the
+    /// oldest are evicted with their frames.
+    pub max_retained_sessions: usize,
     /// Recent frames kept in memory per session, in bytes, so live clients
     /// are served without reading the journal.
     pub ring_bytes: usize,
@@ -216,6 +219,7 @@ impl Default for LimitsConfig {
             max_write_buffer_bytes: 4 << 20,
             read_buffer_bytes: 1024,
             max_sessions: 10_000,
+            max_retained_sessions: 100_000,
             ring_bytes: 64 * 1024,
             replay_batch_bytes: 256 * 1024,
         }
@@ -235,6 +239,10 @@ pub struct SessionConfig {
     /// A client silent for this long (no frame, no pong) is detached.
     #[serde(with = "humantime_serde")]
     pub ping_timeout: Duration,
+    /// How long a client's message may wait for room on the way to a backend
+    /// that does not read; then the client is closed with 1013.
+    #[serde(with = "humantime_serde")]
+    pub upstream_stall_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -243,6 +251,7 @@ impl Default for SessionConfig {
             linger: Duration::from_secs(120),
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(45),
+            upstream_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -315,9 +324,12 @@ pub struct JournalConfig {
     /// How long an ended or orphaned session stays resumable before it is purged.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
-    /// Frames kept per session; older ones are trimmed.
+    /// Frames kept per session; older ones are trimmed in chunks: a session
+    /// keeps between this many and this many plus an eighth (rounded up to
+    /// 64-frame segments).
     pub max_session_frames: u64,
-    /// Payload bytes kept per session; older frames are trimmed.
+    /// Payload bytes kept per session; once exceeded by an eighth, the oldest
+    /// whole segments are trimmed until at most this many remain.
     pub max_session_bytes: u64,
     /// Frames older than this are trimmed.
     #[serde(with = "humantime_serde")]
@@ -453,6 +465,7 @@ impl Config {
             ("session.linger", se.linger),
             ("session.ping_interval", se.ping_interval),
             ("session.ping_timeout", se.ping_timeout),
+            ("session.upstream_stall_timeout", se.upstream_stall_timeout),
             ("journal.sync_interval", j.sync_interval),
             ("journal.retention", j.retention),
             ("journal.max_frame_age", j.max_frame_age),
@@ -472,7 +485,7 @@ impl Config {
     /// process can allocate (an absurd value must be an error, not an abort).
     fn check_sizes(&self) -> Result<(), ConfigError> {
         let (l, j) = (&self.limits, &self.journal);
-        let all: [(&str, usize, usize, usize); 9] = [
+        let all: [(&str, usize, usize, usize); 10] = [
             ("limits.max_message_bytes", l.max_message_bytes, 1, 1 << 30),
             ("limits.max_frame_bytes", l.max_frame_bytes, 1, 1 << 30),
             ("limits.max_header_bytes", l.max_header_bytes, 8192, 1 << 20),
@@ -480,6 +493,7 @@ impl Config {
             ("limits.max_write_buffer_bytes", l.max_write_buffer_bytes, 1, 4 << 30),
             ("limits.read_buffer_bytes", l.read_buffer_bytes, 64, 16 << 20),
             ("limits.max_sessions", l.max_sessions, 1, 1_000_000),
+            ("limits.max_retained_sessions", l.max_retained_sessions, 1, 10_000_000),
             ("limits.replay_batch_bytes", l.replay_batch_bytes, 1, 64 << 20),
             ("journal.max_batch", j.max_batch, 1, 65_536),
         ];

@@ -1,8 +1,12 @@
 //! `tether demo`: a built-in backend that ticks, tether in front of it, and
 //! a scripted client that drops its connection and resumes, so a newcomer
-//! sees a stream survive a disconnect with nothing lost. Part of the binary,
-//! not the library.
+//! sees a stream survive a disconnect with nothing lost. It also serves a page
+//! (`page`) that shows the stream live in a browser, with a button that
+//! breaks the connection. Part of the binary, not the library.
 
+mod page;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,8 +92,9 @@ async fn backend(listener: TcpListener, period: Duration, connections: Arc<Atomi
     }
 }
 
-/// Runs the demo until Ctrl-C (or SIGTERM).
-pub(crate) async fn run(mut config: Config) -> Result<(), DemoError> {
+/// Runs the demo until Ctrl-C (or SIGTERM). The page listens on `page_listen`
+/// (default 127.0.0.1:8081).
+pub(crate) async fn run(mut config: Config, page_listen: Option<SocketAddr>) -> Result<(), DemoError> {
     let stop = cli::shutdown_signal()?;
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -99,11 +104,30 @@ pub(crate) async fn run(mut config: Config) -> Result<(), DemoError> {
     let data_dir = config.journal.data_dir.clone();
     let running = server::start(config).await?;
     let url = format!("ws://{}/demo", running.data_addr);
+    // The default port falls back to any free one, so that the demo's
+    // console part runs wherever it ran before; a chosen one must bind.
+    let page_listener = match page_listen {
+        Some(addr) => TcpListener::bind(addr).await,
+        None => match TcpListener::bind("127.0.0.1:8081").await {
+            Ok(l) => Ok(l),
+            Err(_) => TcpListener::bind("127.0.0.1:0").await,
+        },
+    };
+    let page_listener = match page_listener {
+        Ok(l) => l,
+        Err(e) => {
+            running.drain().await?;
+            return Err(DemoError::Unexpected(format!("demo page: {e} (--demo-page-listen)")));
+        }
+    };
+    let page_addr = page_listener.local_addr()?;
+    tokio::spawn(page::serve(page_listener, running.data_addr, shutdown.clone()));
 
     println!("\n== tether demo ==");
     println!("backend: built-in (sends \"tick <n>\" every 500 ms)");
     println!("tether:  {url}   admin: http://{}/metrics", running.admin_addr);
-    println!("journal: {}\n", data_dir.display());
+    println!("journal: {}", data_dir.display());
+    println!("page:    http://{page_addr}/   (the stream live, with a button that breaks the connection)\n");
 
     let scripted = script(&url).await;
     if let Ok(last) = &scripted {
@@ -115,6 +139,7 @@ pub(crate) async fn run(mut config: Config) -> Result<(), DemoError> {
         println!("  websocat -v {url}                  # note the token in the welcome frame");
         println!("  websocat '{url}?tether_session=<token>&tether_offset=<last seq>'");
         println!("  curl -s http://{}/metrics | grep ^tether_resumes", running.admin_addr);
+        println!("\nWatch it in a browser: http://{page_addr}/ (\"Break the connection\" resets its TCP connection).");
         println!("\ntether keeps running; Ctrl-C to stop.");
         running.serve_until(stop).await?;
     } else {

@@ -6,15 +6,32 @@
 
 mod demo;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use tether::cli::{self, Cli, Command, ServeError};
 use tether::config::Config;
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    // `--demo-page-listen` belongs to the demo, which is part of the binary
+    // only: it is added here rather than to the library's `Cli`.
+    let matches = Cli::command()
+        .arg(
+            clap::Arg::new("demo_page_listen")
+                .long("demo-page-listen")
+                .value_name("ADDR")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .global(true)
+                .help("tether demo: address of the demo page [default: 127.0.0.1:8081]"),
+        )
+        .get_matches();
+    let demo_page = matches.get_one::<SocketAddr>("demo_page_listen").copied();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let mut config = match cli.config() {
         Ok(c) => c,
         Err(e) => return fail(&e, 2),
@@ -33,7 +50,7 @@ fn main() -> ExitCode {
             if let Err(e) = cli::init_logs(&config.log) {
                 return fail(&e, e.exit_code());
             }
-            let result = cli::runtime().map_err(ServeError::Setup).map(|rt| rt.block_on(demo::run(config)));
+            let result = cli::runtime().map_err(ServeError::Setup).map(|rt| rt.block_on(demo::run(config, demo_page)));
             match result {
                 Ok(Ok(())) => ExitCode::SUCCESS,
                 Ok(Err(e @ demo::DemoError::Start(_))) => fail(&e, 2),

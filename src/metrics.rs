@@ -48,6 +48,11 @@ pub(crate) struct Metrics {
     registry: Registry,
     /// `tether_sessions{state}`.
     pub(crate) sessions: SessionGauges,
+    /// Orphaned or ended sessions evicted for `limits.max_retained_sessions`.
+    pub(crate) sessions_evicted: IntCounter,
+    /// Backend connections open or being dialed: the `limits.max_sessions`
+    /// slots in use.
+    pub(crate) backend_connections: IntGauge,
     /// Backend→client frames as journaled (`direction="downstream"`).
     pub(crate) downstream: Flow,
     /// Client→backend frames as forwarded (`direction="upstream"`).
@@ -58,8 +63,10 @@ pub(crate) struct Metrics {
     pub(crate) journal_append_seconds: Histogram,
     /// Operations per RocksDB write batch.
     pub(crate) journal_batch_ops: Histogram,
-    /// Failed journal writes (retried; nothing is forwarded meanwhile).
+    /// Failed journal writes: retried if transient, else the journal fails.
     pub(crate) journal_write_errors: IntCounter,
+    /// Trims written to the journal: one RocksDB range delete each.
+    pub(crate) journal_trims: IntCounter,
     fsyncs: [IntCounter; 3],
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub(crate) journal_disk_bytes: IntGauge,
@@ -126,15 +133,29 @@ impl Metrics {
             "Journal WAL fsyncs, by trigger (batch, interval, drain).",
             &["trigger"],
         );
-        let build_info = f.gauges("tether_build_info", "Build information; the value is always 1.", &["version"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Metrics {
+        let build_info = f.gauges(
+            "tether_build_info",
+            "Build information; the value is always 1.",
+            &["version", "commit", "rocksdb"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TETHER_COMMIT"), env!("TETHER_ROCKSDB_VERSION")])
+            .set(1);
+        let m = Metrics {
             sessions: SessionGauges {
                 attached: state("attached"),
                 detached: state("detached"),
                 orphaned: state("orphaned"),
                 ended: state("ended"),
             },
+            sessions_evicted: f.counter(
+                "tether_sessions_evicted_total",
+                "Orphaned or ended sessions evicted, oldest first, for limits.max_retained_sessions.",
+            ),
+            backend_connections: f.gauge(
+                "tether_backend_connections",
+                "Backend connections open or being dialed (the slots limits.max_sessions caps).",
+            ),
             downstream: flow("downstream"),
             upstream: flow("upstream"),
             journal_appends: f.counter("tether_journal_appends_total", "Frames committed to the journal."),
@@ -150,7 +171,11 @@ impl Metrics {
             ),
             journal_write_errors: f.counter(
                 "tether_journal_write_errors_total",
-                "Failed journal writes; the writer retries and forwards nothing meanwhile.",
+                "Failed journal writes and fsyncs; transient ones are retried, others fail the journal.",
+            ),
+            journal_trims: f.counter(
+                "tether_journal_trims_total",
+                "Retention trims written to the journal, one range delete each.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f
@@ -208,6 +233,48 @@ impl Metrics {
                 "Admin-port connections closed at once because 64 were already open.",
             ),
             registry: f.0,
+        };
+        m.precreate();
+        m
+    }
+
+    /// Creates the series every known label value can take, at 0: a series
+    /// that first appears at 1 is invisible to `rate()` and `increase()`, so
+    /// an alert on the first `journal_lost` resume after a start would never
+    /// fire. (Refusals are too many to list; they appear on first use.)
+    fn precreate(&self) {
+        for (outcome, reason) in [
+            ("new", "none"),
+            ("resumed", "none"),
+            ("restarted", "none"),
+            ("gap", "trimmed"),
+            ("gap", "expired"),
+            ("gap", "journal_lost"),
+            ("gap", "unknown_session"),
+        ] {
+            self.resumes.with_label_values(&[outcome, reason]);
+        }
+        for reason in ["max_frames", "max_bytes", "max_age", "disk_budget", "session_purged"] {
+            self.trimmed_frames.with_label_values(&[reason]);
+        }
+        for result in ["ok", "timeout", "backend_unreachable", "backend_refused", "backend_handshake_failed"] {
+            self.backend_connects.with_label_values(&[result]);
+        }
+        for kind in [
+            "clean",
+            "away",
+            "abnormal",
+            "protocol_error",
+            "invalid_payload",
+            "timeout",
+            "too_big",
+            "takeover",
+            "draining",
+            "backend_ended",
+            "gap",
+            "journal_error",
+        ] {
+            self.client_disconnects.with_label_values(&[kind]);
         }
     }
 

@@ -192,12 +192,14 @@ async fn serve(
 /// Writes and fsyncs everything queued, stops the writer thread and joins
 /// it, so RocksDB is idle before the process exits.
 async fn close_journal(journal: &Journal, writer: std::thread::JoinHandle<()>) -> Result<(), JournalError> {
-    journal.close().await?;
+    // A failed journal refuses the close: its writer has already stopped,
+    // and is joined all the same.
+    let closed = journal.close().await;
     // It cannot panic (AbortOnPanic); a join error means it was not joined.
     if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
         tracing::error!("the journal writer thread could not be joined");
     }
-    Ok(())
+    closed
 }
 
 /// Opens the journal on the blocking pool (RocksDB's open reads the disk).
@@ -218,10 +220,15 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
 }
 
 impl Running {
-    /// Serves until `stop` completes, then drains.
+    /// Serves until `stop` completes, then drains. If the journal fails for
+    /// good first, it drains at once (clients are closed and resume after
+    /// the restart) and returns the failure, so the process exits non-zero.
     pub async fn serve_until(self, stop: impl Future<Output = ()>) -> Result<(), JournalError> {
-        stop.await;
-        tracing::info!("shutdown requested; draining");
+        let journal = self.journal.clone();
+        tokio::select! {
+            () = stop => tracing::info!("shutdown requested; draining"),
+            reason = journal.failed() => tracing::error!(%reason, "journal failed; draining, then exiting"),
+        }
         self.drain().await
     }
 

@@ -35,7 +35,6 @@ async fn delivery_metrics_after_a_drop_and_resume() {
 
     let m = wait_metric(admin, "tether_delivery_lag_frames", 0.0).await;
     let exact = [
-        (r#"tether_build_info{version="0.1.0"}"#, 1.0),
         (r#"tether_sessions{state="attached"}"#, 2.0),
         (r#"tether_sessions{state="detached"}"#, 0.0),
         (r#"tether_frames_total{direction="downstream"}"#, 8.0),
@@ -54,6 +53,12 @@ async fn delivery_metrics_after_a_drop_and_resume() {
     for (sample, want) in exact {
         assert_eq!(metric(&m, sample), want, "{sample}");
     }
+    let info = m.lines().find(|l| l.starts_with("tether_build_info{")).expect("build info");
+    assert!(info.contains(r#"version="0.1.0""#) && info.contains(r#"rocksdb=""#), "{info}");
+    assert!(info.ends_with(" 1") && !info.contains(r#"commit="""#), "{info}");
+    // Known label values exist from the start, at 0, so rate() sees the first event.
+    assert!(m.contains("tether_resumes_total{outcome=\"gap\",reason=\"journal_lost\"} 0\n"), "{m}");
+    assert!(m.contains("tether_trimmed_frames_total{reason=\"max_frames\"} 0\n"), "{m}");
     assert!(metric(&m, "tether_journal_batch_ops_count") >= 1.0);
     assert!(metric(&m, "tether_journal_batch_ops_sum") >= 8.0, "every op is in a batch");
     t.stop().await;

@@ -11,26 +11,27 @@ use std::time::Duration;
 async fn retention_exceeded_is_a_gap_with_the_exact_range() {
     let (mut backend, t) = setup_with(|c| c.journal.max_session_frames = 10).await;
     let (mut ws, token, b) = attach(&mut backend, &t.url("/")).await;
-    b.stream(1, 25);
-    expect_stream(&mut ws, 1, 25).await;
+    // 10 retained, plus up to one 64-frame trim chunk: the 75th frame trims 1..=64.
+    b.stream(1, 75);
+    expect_stream(&mut ws, 1, 75).await;
     drop_abruptly(ws);
-    // The client processed only up to 3; 4..=15 were trimmed (10 retained: 16..=25).
+    // The client processed only up to 3; 4..=64 were trimmed (65..=75 retained).
     let mut ws = resume(&t.url("/"), &token, 3).await;
     let (w, token2) = welcome(&mut ws).await;
     assert_eq!(token2, token, "a trimmed gap keeps the session");
     assert_eq!(w["outcome"], "gap");
     assert_eq!(
         w["gap"],
-        json!({"reason": "trimmed", "requested_offset": 3, "first_available": 16, "lost": {"from": 4, "to": 15}})
+        json!({"reason": "trimmed", "requested_offset": 3, "first_available": 65, "lost": {"from": 4, "to": 64}})
     );
-    assert_eq!(w["replay"], json!({"from": 16, "to": 25}));
-    expect_stream(&mut ws, 16, 25).await;
-    b.stream(26, 26);
-    expect_stream(&mut ws, 26, 26).await;
+    assert_eq!(w["replay"], json!({"from": 65, "to": 75}));
+    expect_stream(&mut ws, 65, 75).await;
+    b.stream(76, 76);
+    expect_stream(&mut ws, 76, 76).await;
     assert_eq!(backend.count(), 1);
     let m = t.metrics().await;
     assert_eq!(metric(&m, r#"tether_resumes_total{outcome="gap",reason="trimmed"}"#), 1.0);
-    assert_eq!(metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#), 16.0);
+    assert_eq!(metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#), 64.0);
     t.stop().await;
 }
 
@@ -98,7 +99,8 @@ async fn slow_attached_client_is_told_of_the_gap() {
     assert!(!gaps.is_empty(), "the client fell behind 10 retained frames by hundreds");
     let lost: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
     let m = t.metrics().await;
-    assert_eq!(metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#), (N - 10) as f64);
+    // Trimmed in whole 64-frame segments, leaving 10 to 10 + 64 retained.
+    assert_eq!(metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#), ((N - 10) / 64 * 64) as f64);
     eprintln!("slow client: {} gap report(s), {lost} of {N} frames lost and reported", gaps.len());
     t.stop().await;
 }

@@ -100,3 +100,15 @@ fn a_start_that_fails_after_the_journal_opened_exits_cleanly() {
         assert!(line.contains(&format!("cannot listen on {admin}")), "{line}");
     }
 }
+
+/// `--version` names the commit and the RocksDB version linked in.
+#[test]
+fn version_names_commit_and_rocksdb() {
+    let out = tether(&["--version"], &[]);
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    let re = v.trim();
+    assert!(re.starts_with("tether 0.1.0 (commit "), "{re}");
+    let rocks = re.rsplit_once("RocksDB ").map(|x| x.1.trim_end_matches(')')).unwrap_or("");
+    assert!(rocks.split('.').count() == 3 && rocks.split('.').all(|p| p.parse::<u32>().is_ok()), "{re}");
+}

@@ -30,6 +30,9 @@ use crate::protocol::{Payload, SessionId};
 const CF_FRAMES: &str = "frames";
 const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
+/// Range deletes (trims, purges) a memtable of `frames` holds before it is
+/// flushed.
+const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
 
@@ -53,6 +56,10 @@ pub enum JournalError {
     /// The writer has stopped (shutdown).
     #[error("journal writer has stopped")]
     Closed,
+    /// A write failed in a way this process cannot recover from; tether
+    /// drains and exits non-zero so its supervisor restarts it.
+    #[error("the journal failed: {0}")]
+    Failed(Arc<str>),
 }
 
 /// What the journal remembers of a session between frames.
@@ -144,6 +151,8 @@ pub(crate) struct Journal {
     tx: mpsc::Sender<Op>,
     epoch: u64,
     healthy: Arc<AtomicBool>,
+    /// Set once, by the writer, when the journal has failed for good.
+    failed: Arc<watch::Sender<Option<Arc<str>>>>,
 }
 
 /// What `open` hands back besides the journal.
@@ -200,9 +209,10 @@ impl Journal {
         };
         let recovered = recover(&db)?;
         let (tx, rx) = mpsc::channel(config.max_batch * 4);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let writer = writer::spawn(db.clone(), rx, config.clone(), healthy.clone(), metrics);
-        Ok(Opened { journal: Journal { db, tx, epoch, healthy }, stored_secret, recovered, writer })
+        let health = writer::Health::new();
+        let (healthy, failed) = (health.healthy.clone(), health.failed.clone());
+        let writer = writer::spawn(db.clone(), rx, config.clone(), health, metrics);
+        Ok(Opened { journal: Journal { db, tx, epoch, healthy, failed }, stored_secret, recovered, writer })
     }
 
     /// The epoch created with this database; tokens carry it.
@@ -210,9 +220,27 @@ impl Journal {
         self.epoch
     }
 
-    /// False while the writer is failing to write (e.g. disk full).
+    /// False while the writer is retrying a write that failed transiently,
+    /// and once the journal has failed.
     pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && self.failure().is_none()
+    }
+
+    /// Why the journal failed for good, if it did: no write will succeed in
+    /// this process any more (see `writer::is_transient`).
+    pub(crate) fn failure(&self) -> Option<Arc<str>> {
+        self.failed.borrow().clone()
+    }
+
+    /// Resolves once the journal has failed for good, with the reason.
+    pub(crate) async fn failed(&self) -> Arc<str> {
+        let mut rx = self.failed.subscribe();
+        let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+        match reason {
+            Some(reason) => reason,
+            // The sender lives as long as this handle does; never in practice.
+            None => std::future::pending().await,
+        }
     }
 
     /// Queues frame `seq` of `session`; `committed` is advanced to `seq` once
@@ -252,7 +280,13 @@ impl Journal {
     }
 
     async fn send(&self, op: Op) -> Result<(), JournalError> {
-        self.tx.send(op).await.map_err(|_| JournalError::Closed)
+        if let Some(reason) = self.failure() {
+            return Err(JournalError::Failed(reason));
+        }
+        self.tx.send(op).await.map_err(|_| match self.failure() {
+            Some(reason) => JournalError::Failed(reason),
+            None => JournalError::Closed,
+        })
     }
 
     /// Reads frames `from..=to` of `session`, stopping after `max_bytes` of
@@ -286,7 +320,12 @@ impl Journal {
 }
 
 fn open_db(dir: &Path) -> Result<DB, JournalError> {
-    let mut opts = Options::default();
+    // A restart after a failed write (e.g. a full disk) replays the WAL into
+    // memtables without writing new SST files first, so it needs little free
+    // space (no SstFileManager is configured, hence no 64 MiB recovery
+    // reserve either). The old WAL is kept until the memtables are flushed.
+    // The option has no setter in the `rocksdb` crate.
+    let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Frames are mostly small and compress well; lz4 is cheap on the write path.
@@ -297,7 +336,14 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
         ColumnFamilyDescriptor::new(CF_SESSIONS, Options::default()),
         ColumnFamilyDescriptor::new(CF_META, Options::default()),
     ];
-    Ok(DB::open_cf_descriptors(&opts, dir, cfs)?)
+    let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+    // Range tombstones in the memtable are re-fragmented by every iterator,
+    // so each one makes every journal read slower until the memtable is
+    // flushed. Trims come in chunks (session/retention.rs), so this bound is
+    // rarely reached; when it is, the memtable is flushed early.
+    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+    db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
+    Ok(db)
 }
 
 /// `session ‖ seq` in big-endian, so a session's frames sort by seq.

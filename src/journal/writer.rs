@@ -3,27 +3,55 @@
 //! session how far its frames are durable.
 //!
 //! It runs on its own OS thread so RocksDB writes and fsyncs never block an
-//! async worker. A failed write (disk full, I/O error) is retried with backoff
-//! and nothing after it is acknowledged meanwhile, so no frame reaches a
-//! client without being in the journal, and nothing queued is dropped.
+//! async worker. Nothing after a failed write is acknowledged, so no frame
+//! reaches a client without being in the journal. A transient failure (busy,
+//! try again, timed out) is retried with backoff. Any other failure (an I/O
+//! error such as ENOSPC or EMFILE, corruption) puts RocksDB into a stopped
+//! "background error" state: every later write returns the same error, even
+//! once the cause is gone, and neither `DB::Resume` nor an `SstFileManager`
+//! (which would resume it) is reachable through the `rocksdb` crate. So the
+//! writer marks the journal failed and stops; the server drains and exits
+//! non-zero, and the restart replays the WAL: everything acknowledged is
+//! there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rocksdb::{WriteBatch, WriteOptions, DB};
-use tokio::sync::mpsc;
+use rocksdb::{ErrorKind, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, watch};
 
 use super::{encode_payload, frame_key, Op, CF_FRAMES, CF_SESSIONS};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
+/// How the writer is doing, as the rest of tether sees it.
+pub(super) struct Health {
+    /// False while a transient failure is being retried.
+    pub(super) healthy: Arc<AtomicBool>,
+    /// Set once when the journal has failed for good.
+    pub(super) failed: Arc<watch::Sender<Option<Arc<str>>>>,
+}
+
+impl Health {
+    /// Healthy, not failed.
+    pub(super) fn new() -> Health {
+        Health { healthy: Arc::new(AtomicBool::new(true)), failed: Arc::new(watch::Sender::new(None)) }
+    }
+}
+
+/// Whether a failed write may succeed if tried again in this process: only
+/// statuses RocksDB returns without recording a background error.
+fn is_transient(e: &rocksdb::Error) -> bool {
+    matches!(e.kind(), ErrorKind::Busy | ErrorKind::TryAgain | ErrorKind::TimedOut | ErrorKind::Incomplete)
+}
+
 pub(super) fn spawn(
     db: Arc<DB>,
     rx: mpsc::Receiver<Op>,
     config: JournalConfig,
-    healthy: Arc<AtomicBool>,
+    health: Health,
     metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -32,7 +60,7 @@ pub(super) fn spawn(
             let dirty = Arc::new(AtomicBool::new(false));
             let syncer = (config.sync == SyncMode::Interval)
                 .then(|| Syncer::spawn(db.clone(), config.sync_interval, dirty.clone(), metrics.clone()));
-            Writer { db, config, healthy, metrics, dirty }.run(rx);
+            Writer { db, config, health, metrics, dirty }.run(rx);
             if let Some(s) = syncer {
                 s.stop();
             }
@@ -43,7 +71,7 @@ pub(super) fn spawn(
 struct Writer {
     db: Arc<DB>,
     config: JournalConfig,
-    healthy: Arc<AtomicBool>,
+    health: Health,
     metrics: Arc<Metrics>,
     /// Written since the syncer's last fsync (`interval` mode).
     dirty: Arc<AtomicBool>,
@@ -61,23 +89,37 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if self.commit(&mut ops) {
-                return;
+            match self.commit(&mut ops) {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => return self.fail(&e),
             }
         }
         sync_wal(&self.db, &self.metrics, Fsync::Drain);
     }
 
-    /// Writes `ops` (retrying until it succeeds), then acknowledges them.
-    /// Returns true if one of them closes the journal.
-    fn commit(&mut self, ops: &mut Vec<Op>) -> bool {
+    /// The journal cannot be written in this process any more: nothing more
+    /// is acknowledged, and dropping the queue fails every later operation.
+    fn fail(&self, e: &rocksdb::Error) {
+        tracing::error!(error = %e, "journal failed; tether drains and exits so that it is restarted");
+        let reason: Arc<str> = e.to_string().into();
+        self.health.failed.send_replace(Some(reason));
+    }
+
+    /// Writes `ops` (retrying transient failures), then acknowledges them.
+    /// Returns true if one of them closes the journal, or the error that
+    /// failed it.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> Result<bool, rocksdb::Error> {
         let mut backoff = Duration::from_millis(10);
         loop {
             match self.write(ops) {
                 Ok(()) => break,
                 Err(e) => {
                     self.metrics.journal_write_errors.inc();
-                    if self.healthy.swap(false, Ordering::Relaxed) {
+                    if !is_transient(&e) {
+                        return Err(e);
+                    }
+                    if self.health.healthy.swap(false, Ordering::Relaxed) {
                         tracing::error!(error = %e, "journal write failed; retrying, nothing is forwarded until it succeeds");
                     }
                     std::thread::sleep(backoff);
@@ -85,7 +127,7 @@ impl Writer {
                 }
             }
         }
-        if !self.healthy.swap(true, Ordering::Relaxed) {
+        if !self.health.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("journal writes succeed again");
         }
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
@@ -104,6 +146,7 @@ impl Writer {
                         newer
                     });
                 }
+                Op::Trim { .. } => self.metrics.journal_trims.inc(),
                 Op::Close { done } => {
                     closing = true;
                     syncs.push(done);
@@ -117,7 +160,7 @@ impl Writer {
                 let _ = done.send(());
             }
         }
-        closing
+        Ok(closing)
     }
 
     fn write(&mut self, ops: &[Op]) -> Result<(), rocksdb::Error> {

@@ -91,6 +91,9 @@ async fn upgrade(
 
 /// Phase 1: checks the request and resolves its credentials.
 fn admit(req: &Request<Incoming>, ctx: &Context) -> Result<Admitted, Refusal> {
+    if ctx.sessions.journal_failure().is_some() {
+        return Err(journal_failed(ctx));
+    }
     if ctx.rt.shutdown.is_cancelled() {
         return Err(draining(ctx));
     }
@@ -326,7 +329,8 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
     }
     let Some(session) = ctx.sessions.get(&raw.session) else {
         let age_ms = unix_ms().saturating_sub(raw.session.created_ms());
-        let reason = if u128::from(age_ms) > ctx.config.journal.retention.as_millis() {
+        let evicted = raw.session.created_ms() <= ctx.sessions.evicted_upto();
+        let reason = if evicted || u128::from(age_ms) > ctx.config.journal.retention.as_millis() {
             GapReason::Expired
         } else {
             GapReason::UnknownSession
@@ -373,6 +377,16 @@ fn over_capacity(ctx: &Context) -> Refusal {
 
 fn draining(ctx: &Context) -> Refusal {
     Refusal::unavailable("draining", "tether is shutting down; retry", ctx.config.server.retry_after_secs)
+}
+
+/// Nothing could be journaled, so nothing could be delivered; the process
+/// is about to exit and be restarted.
+fn journal_failed(ctx: &Context) -> Refusal {
+    Refusal::unavailable(
+        "journal_failed",
+        "tether cannot write its journal and is restarting; retry",
+        ctx.config.server.retry_after_secs,
+    )
 }
 
 fn gone() -> Refusal {

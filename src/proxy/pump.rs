@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
@@ -29,6 +29,9 @@ use crate::session::{Attachment, Session, ToBackend};
 
 /// Close code sent to a connection whose session was taken over.
 const CLOSE_TAKEN_OVER: u16 = 4001;
+/// Close code for a client whose message found no room toward a backend
+/// that does not read, for `session.upstream_stall_timeout` (Try Again Later).
+const CLOSE_STALLED: u16 = 1013;
 /// Close code when frames were trimmed under a `stamp = "none"` client,
 /// which cannot receive an in-band gap report: resume to see it.
 const CLOSE_GAP: u16 = 4002;
@@ -60,6 +63,9 @@ enum Gone {
     Protocol,
     /// The client sent text (or a close reason) that is not UTF-8: 1007.
     InvalidPayload,
+    /// The backend did not make room for the client's next message within
+    /// `session.upstream_stall_timeout`.
+    Stalled,
 }
 
 enum Exit {
@@ -157,7 +163,8 @@ impl Pump {
         let stream = self.stream.take().expect("served once");
         // The reader's own join handle reports how it left: a channel for that
         // one message would cost every idle session about 1.8 KB.
-        let mut reader = tokio::spawn(read_client(stream, self.session.clone(), last_seen.clone()));
+        let stall = self.ctx.config.session.upstream_stall_timeout;
+        let mut reader = tokio::spawn(read_client(stream, self.session.clone(), last_seen.clone(), stall));
         let attached_at = Instant::now();
         let replay_to = self.attachment.replay_to;
         let mut replaying = self.cursor <= replay_to;
@@ -295,6 +302,10 @@ impl Pump {
                 "invalid_payload"
             }
             Exit::Gone(Gone::Timeout) => "timeout",
+            Exit::Gone(Gone::Stalled) => {
+                self.sink.close(CLOSE_STALLED, "the backend is not reading; resume later").await;
+                "upstream_stalled"
+            }
             Exit::Gone(Gone::Away) => {
                 self.sink.close_reply().await;
                 "away"
@@ -335,22 +346,42 @@ impl Pump {
             return "away";
         }
         tracing::info!(session = %self.session.id, "client closed normally; ending the session");
-        if self.session.send_upstream(ToBackend::Close(frame)).await.is_err() {
-            tracing::debug!(session = %self.session.id, "no backend connection to forward the close to");
+        // Bounded like every upstream message: a backend that does not read
+        // must not keep this pump (and its claim on the session) alive.
+        let stall = self.ctx.config.session.upstream_stall_timeout;
+        match tokio::time::timeout(stall, self.session.send_upstream(ToBackend::Close(frame))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::debug!(session = %self.session.id, "no backend connection to forward the close to"),
+            Err(_) => tracing::info!(session = %self.session.id, "close not forwarded: the backend is not reading"),
         }
         "clean"
     }
 }
 
 /// Forwards the client's frames to the backend and reports how it left.
-async fn read_client(mut stream: SplitStream<ClientSocket>, session: Arc<Session>, last_seen: Arc<AtomicU64>) -> Exit {
+/// While the session's queue toward the backend is full, the client is not
+/// read (TCP backpressure); a message that finds no room within `stall` is
+/// not forwarded, and the client is closed (docs/PROTOCOL.md §10).
+async fn read_client(
+    mut stream: SplitStream<ClientSocket>,
+    session: Arc<Session>,
+    last_seen: Arc<AtomicU64>,
+    stall: Duration,
+) -> Exit {
     loop {
         let Some(msg) = stream.next().await else { break Exit::Gone(Gone::Abnormal) };
         last_seen.store(unix_ms(), Ordering::Relaxed);
         match msg {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                if session.send_upstream(ToBackend::Data(m)).await.is_err() {
-                    tracing::debug!(session = %session.id, "client frame dropped: the session has no backend connection");
+                match tokio::time::timeout(stall, session.send_upstream(ToBackend::Data(m))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        tracing::debug!(session = %session.id, "client frame dropped: the session has no backend connection");
+                    }
+                    Err(_) => {
+                        tracing::warn!(session = %session.id, ?stall, "backend is not reading; closing the client");
+                        break Exit::Gone(Gone::Stalled);
+                    }
                 }
             }
             Ok(Message::Close(frame)) => {

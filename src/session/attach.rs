@@ -119,7 +119,9 @@ impl Session {
             Life::Orphaned { .. } => return Err(AttachError::NeedsBackend),
             Life::Purged => return Err(AttachError::Purged),
         };
-        Ok(inner.claims.claim(kind, self.committed()))
+        let attachment = inner.claims.claim(kind, self.committed());
+        self.recount(inner);
+        Ok(attachment)
     }
 
     /// Claims an orphaned session with a new backend connection, and
@@ -134,7 +136,9 @@ impl Session {
                 Err(AttachError::NeedsBackend) => {
                     inner.life = self.start_link(conn);
                     inner.meta.orphaned_ms = None;
-                    (inner.claims.claim(Attached::Restarted, self.committed()), Ok(inner.meta.clone()))
+                    let attachment = inner.claims.claim(Attached::Restarted, self.committed());
+                    self.recount(&mut inner);
+                    (attachment, Ok(inner.meta.clone()))
                 }
                 Ok(attachment) => (attachment, Err(conn)),
             }
@@ -155,6 +159,7 @@ impl Session {
             if let Some(prev) = attachment.previous.take() {
                 inner.claims.gen = prev.gen;
                 inner.claims.current = Some(prev);
+                self.recount(&mut inner);
                 return;
             }
         }
@@ -174,5 +179,6 @@ impl Session {
         if let Life::Live { linger, .. } = &inner.life {
             linger.send_replace(Some(Instant::now() + self.shared.config.session.linger));
         }
+        self.recount(&mut inner);
     }
 }

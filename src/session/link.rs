@@ -3,11 +3,21 @@
 //! first: clients read from the journal's committed seq), and forwards
 //! client frames to it. It keeps running while the client is away, until
 //! linger expires, and holds the session's `limits.max_sessions` slot.
+//!
+//! Reading and writing the backend proceed independently: the socket is
+//! split, and the writer half is one more arm of the task's `select!`
+//! whose every await is cancel-safe. A backend that writes its reply
+//! before it reads the next message (an echo or RPC loop) therefore never
+//! deadlocks with a client that pipelines large messages, and shutdown
+//! and linger win even while a write to a backend that stopped reading is
+//! blocked.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -15,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{BackendConn, Session, ToBackend};
 use crate::journal::EndInfo;
+use crate::metrics::Flow;
 use crate::protocol::Payload;
 use crate::upstream::BackendSocket;
 
@@ -41,29 +52,56 @@ type Next = Result<(), Stop>;
 /// One backend connection of a session.
 struct Link {
     session: Arc<Session>,
-    ws: BackendSocket,
+    reader: SplitStream<BackendSocket>,
+    writer: Writer,
     /// Set once the client closed normally: the close was forwarded, and the
     /// backend has until the deadline to answer it.
     client_close: Option<(EndInfo, tokio::time::Instant)>,
 }
 
+/// The write half: forwards the client's messages from the session's
+/// bounded channel. At most one message is in the socket's write buffer at
+/// a time, so what waits for the backend is bounded by the channel (64
+/// messages) plus one message.
+struct Writer {
+    sink: SplitSink<BackendSocket, Message>,
+    upstream: mpsc::Receiver<Box<ToBackend>>,
+    /// Bytes of a data message handed to the socket but not yet flushed;
+    /// counted as forwarded once flushed.
+    unflushed: Option<usize>,
+    /// A close was handed to the socket: only flushing is left.
+    closed: bool,
+}
+
+/// What the writer did.
+enum Wrote {
+    /// A data message reached the socket.
+    Data(usize),
+    /// The client's close reached the socket.
+    Close(EndInfo),
+    /// The session dropped its sender: nothing more will come.
+    Done,
+}
+
 pub(super) async fn run(
     session: Arc<Session>,
     conn: BackendConn,
-    mut upstream: mpsc::Receiver<Box<ToBackend>>,
+    upstream: mpsc::Receiver<Box<ToBackend>>,
     mut linger: watch::Receiver<Option<Instant>>,
 ) {
     let BackendConn { socket, permit: _slot } = conn;
     let shutdown = session.shared.rt.shutdown.clone();
-    let mut link = Link { session, ws: socket, client_close: None };
+    let (sink, reader) = socket.split();
+    let writer = Writer { sink, upstream, unflushed: None, closed: false };
+    let mut link = Link { session, reader, writer, client_close: None };
     let stop = loop {
         let deadline = *linger.borrow_and_update();
         let closing = link.client_close.as_ref().map(|(_, at)| *at);
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Err(Stop::Away("tether is restarting")),
-            msg = link.ws.next() => link.on_backend(msg).await,
-            cmd = upstream.recv(), if closing.is_none() => link.on_client(cmd.map(|c| *c)).await,
+            msg = link.reader.next() => link.on_backend(msg).await,
+            wrote = link.writer.forward() => link.on_wrote(wrote),
             _ = sleep_until(closing) => Err(Stop::Ended(link.client_ended())),
             _ = sleep_until(deadline.map(Into::into)) => link.linger_expired().await,
             changed = linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
@@ -77,7 +115,7 @@ pub(super) async fn run(
             tracing::info!(session = %link.session.id, code = end.code, "session ended");
             link.session.end(end).await;
         }
-        Stop::Away(reason) => going_away(&mut link.ws, reason).await,
+        Stop::Away(reason) => going_away(&mut link.writer.sink, reason).await,
         Stop::Journal => {}
     }
 }
@@ -103,26 +141,28 @@ impl Link {
         self.session.journal_frame(payload).await.map_err(|_| Stop::Journal)
     }
 
-    /// A message from the client, forwarded as is; a normal close is
-    /// forwarded and then awaited.
-    async fn on_client(&mut self, cmd: Option<ToBackend>) -> Next {
-        match cmd {
-            Some(ToBackend::Data(m)) => {
-                let len = m.len();
-                self.ws.send(m).await.map_err(|_| Stop::Ended(EndInfo::abnormal()))?;
-                self.session.shared.rt.metrics.upstream.count(len);
+    /// The writer forwarded a client message; a normal close starts the
+    /// wait for the backend's answer.
+    fn on_wrote(&mut self, wrote: Result<Wrote, WsError>) -> Next {
+        match wrote {
+            Ok(Wrote::Data(len)) => {
+                self.upstream_flow().count(len);
                 Ok(())
             }
-            Some(ToBackend::Close(frame)) => {
-                let info = frame
-                    .as_ref()
-                    .map_or_else(EndInfo::normal, |f| EndInfo { code: f.code.into(), reason: f.reason.to_string() });
-                let _ = self.ws.close(frame).await;
+            Ok(Wrote::Close(info)) => {
                 self.client_close = Some((info, tokio::time::Instant::now() + CLOSE_WAIT));
                 Ok(())
             }
-            None => Err(Stop::Ended(EndInfo::abnormal())),
+            Ok(Wrote::Done) => Err(Stop::Ended(EndInfo::abnormal())),
+            Err(e) => {
+                tracing::debug!(session = %self.session.id, error = %e, "backend write failed");
+                Err(Stop::Ended(self.client_ended()))
+            }
         }
+    }
+
+    fn upstream_flow(&self) -> &Flow {
+        &self.session.shared.rt.metrics.upstream
     }
 
     /// How the session ends when the backend connection does: with the
@@ -142,10 +182,57 @@ impl Link {
     }
 }
 
-/// Tells the backend tether is going away (close 1001), briefly.
-async fn going_away(ws: &mut BackendSocket, reason: &'static str) {
+impl Writer {
+    /// Flushes what the socket holds, then hands it the client's next
+    /// message and flushes that. Cancel-safe at every await: a message is
+    /// either still in the channel or already in the socket's buffer (and
+    /// `unflushed` says so), so the `select!` may drop this future whenever
+    /// another arm fires and call it again later.
+    async fn forward(&mut self) -> Result<Wrote, WsError> {
+        if let Some(len) = self.unflushed {
+            self.flush().await?;
+            self.unflushed = None;
+            return Ok(Wrote::Data(len));
+        }
+        if self.closed {
+            self.flush().await?;
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(|cx| Pin::new(&mut self.sink).poll_ready(cx)).await?;
+        let Some(cmd) = self.upstream.recv().await else { return Ok(Wrote::Done) };
+        match *cmd {
+            ToBackend::Data(m) => {
+                let len = m.len();
+                Pin::new(&mut self.sink).start_send(m)?;
+                self.unflushed = Some(len);
+                self.flush().await?;
+                self.unflushed = None;
+                Ok(Wrote::Data(len))
+            }
+            ToBackend::Close(frame) => {
+                let info = frame
+                    .as_ref()
+                    .map_or_else(EndInfo::normal, |f| EndInfo { code: f.code.into(), reason: f.reason.to_string() });
+                Pin::new(&mut self.sink).start_send(Message::Close(frame))?;
+                // The backend's answer is awaited from now on, whether or not
+                // the close can be flushed: a backend that stopped reading
+                // must not keep the session open.
+                self.closed = true;
+                Ok(Wrote::Close(info))
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), WsError> {
+        std::future::poll_fn(|cx| Pin::new(&mut self.sink).poll_flush(cx)).await
+    }
+}
+
+/// Tells the backend tether is going away (close 1001), briefly: a backend
+/// that stopped reading gets no more than [`GOING_AWAY_WAIT`].
+async fn going_away(sink: &mut SplitSink<BackendSocket, Message>, reason: &'static str) {
     let frame = CloseFrame { code: CloseCode::Away, reason: reason.into() };
-    let _ = tokio::time::timeout(GOING_AWAY_WAIT, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(GOING_AWAY_WAIT, sink.send(Message::Close(Some(frame)))).await;
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -16,6 +16,7 @@
 //! session's own lock; the registry and the proxy only call them.
 
 mod attach;
+mod index;
 mod link;
 mod registry;
 mod retention;
@@ -35,6 +36,7 @@ use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
 use crate::upstream::BackendSocket;
 pub(crate) use attach::{AttachError, Attached, Attachment};
+use index::Index;
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim};
 use ring::Ring;
@@ -89,7 +91,7 @@ enum Life {
     Purged,
 }
 
-/// A session's state for gauges.
+/// A session's state for gauges (see [`index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StateLabel {
     /// Live with a client.
@@ -116,6 +118,8 @@ struct Inner {
     meta: SessionMeta,
     /// Which client connection holds the session (see [`attach`]).
     claims: attach::Claims,
+    /// The state the index counts the session in (`None`: purged).
+    counted: Option<StateLabel>,
 }
 
 /// One session.
@@ -132,27 +136,46 @@ pub(crate) struct Session {
     ended: watch::Sender<Option<(u64, EndInfo)>>,
     ring: Mutex<Ring>,
     inner: Mutex<Inner>,
+    /// The registry's sessions by state, told of every transition.
+    index: Arc<Index>,
 }
 
 impl Session {
     fn new(
         id: SessionId,
-        shared: Arc<Shared>,
+        (shared, index): (Arc<Shared>, Arc<Index>),
         life: Life,
         retained: Retained,
         meta: SessionMeta,
         last: u64,
     ) -> Arc<Self> {
-        Arc::new(Session {
+        let session = Arc::new(Session {
             id,
             committed: Arc::new(watch::Sender::new(last)),
             assigned: AtomicU64::new(last),
             delivered: AtomicU64::new(last),
             ended: watch::Sender::new(None),
             ring: Mutex::new(Ring::new(shared.config.limits.ring_bytes)),
-            inner: Mutex::new(Inner { life, retained, meta, claims: attach::Claims::default() }),
+            inner: Mutex::new(Inner { life, retained, meta, claims: attach::Claims::default(), counted: None }),
             shared,
-        })
+            index,
+        });
+        session.recount(&mut session.lock());
+        session
+    }
+
+    /// Tells the index the session's state after a change made under
+    /// `inner` (its lock), so gauges and sets never walk every session.
+    fn recount(&self, inner: &mut Inner) {
+        let now = match inner.life {
+            Life::Live { .. } if inner.claims.is_held() => Some(StateLabel::Attached),
+            Life::Live { .. } => Some(StateLabel::Detached),
+            Life::Orphaned { .. } => Some(StateLabel::Orphaned),
+            Life::Ended { .. } => Some(StateLabel::Ended),
+            Life::Purged => None,
+        };
+        let before = std::mem::replace(&mut inner.counted, now);
+        self.index.moved(self.id, before, now);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -184,20 +207,14 @@ impl Session {
         self.delivered.store(seq, Ordering::Relaxed);
     }
 
-    /// State for gauges, the attached client's lag in frames, and the
-    /// payload bytes retained.
-    pub(crate) fn state(&self) -> (StateLabel, u64, u64) {
-        let inner = self.lock();
-        let retained = inner.retained.bytes;
-        match inner.life {
-            Life::Live { .. } if inner.claims.is_held() => {
-                let lag = self.committed().saturating_sub(self.delivered.load(Ordering::Relaxed));
-                (StateLabel::Attached, lag, retained)
-            }
-            Life::Live { .. } => (StateLabel::Detached, 0, retained),
-            Life::Orphaned { .. } => (StateLabel::Orphaned, 0, retained),
-            Life::Ended { .. } | Life::Purged => (StateLabel::Ended, 0, retained),
-        }
+    /// Payload bytes retained in the journal.
+    pub(crate) fn retained_bytes(&self) -> u64 {
+        self.lock().retained.bytes
+    }
+
+    /// Frames committed but not yet written to the attached client.
+    pub(crate) fn lag(&self) -> u64 {
+        self.committed().saturating_sub(self.delivered.load(Ordering::Relaxed))
     }
 
     /// Frames `from..=to`, at most about `max_bytes` of them: from the
@@ -275,6 +292,7 @@ impl Session {
             }
             inner.life = Life::Orphaned { since: Instant::now() };
             inner.meta.orphaned_ms = Some(unix_ms());
+            self.recount(&mut inner);
             inner.meta.clone()
         };
         self.persist(meta).await;
@@ -288,6 +306,7 @@ impl Session {
             inner.life = Life::Ended { since: Instant::now() };
             inner.meta.ended = Some(info.clone());
             inner.meta.ended_ms = Some(unix_ms());
+            self.recount(&mut inner);
             inner.meta.clone()
         };
         self.persist(meta).await;
@@ -316,6 +335,7 @@ impl Session {
             if expired {
                 // Under the session lock, so no resume can attach after this.
                 inner.life = Life::Purged;
+                self.recount(&mut inner);
                 (Some(inner.retained.frames), None, 0)
             } else {
                 let trim = inner.retained.enforce_age(j.max_frame_age, now).map(|t| self.note_trim(&mut inner, t));
@@ -332,6 +352,27 @@ impl Session {
             self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
         }
         Swept::Kept(retained)
+    }
+
+    /// Evicted for `limits.max_retained_sessions`: purged now, unless it
+    /// has a backend connection again or a client is reading it. The frames
+    /// it still retained, if it was evicted.
+    pub(crate) async fn evict(&self) -> Option<u64> {
+        let frames = {
+            let mut inner = self.lock();
+            let retired = matches!(inner.life, Life::Orphaned { .. } | Life::Ended { .. });
+            if !retired || inner.claims.is_held() {
+                return None;
+            }
+            // Under the session lock, so no resume can attach after this.
+            inner.life = Life::Purged;
+            self.recount(&mut inner);
+            inner.retained.frames
+        };
+        self.shared.rt.metrics.trimmed("session_evicted", frames);
+        tracing::info!(session = %self.id, "session evicted (limits.max_retained_sessions)");
+        self.journal_op(self.shared.journal.purge(self.id).await);
+        Some(frames)
     }
 
     /// When the oldest retained segment was last written, if any.

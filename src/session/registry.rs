@@ -1,5 +1,6 @@
 //! The set of sessions this instance holds, the `limits.max_sessions`
-//! capacity, and the janitor that sweeps them once a second.
+//! capacity, the `limits.max_retained_sessions` cap, and the janitor that
+//! sweeps them once a second.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::index::Index;
 use super::retention::Retained;
-use super::{BackendConn, Life, Session, Shared, StateLabel, Swept};
+use super::{BackendConn, Life, Session, Shared, Swept};
 use crate::journal::{JournalError, RecoveredSession, SessionMeta};
 use crate::protocol::{unix_ms, SessionId};
 
@@ -23,7 +25,14 @@ pub(crate) struct Sessions {
     /// before dialing and held by the session's link task: orphaned and
     /// ended sessions hold no socket and no permit.
     capacity: Arc<Semaphore>,
+    /// Sessions by state: the gauges, the attached ones and the retained
+    /// ones (oldest first, for the retained cap).
+    index: Arc<Index>,
 }
+
+/// Candidates looked at beyond the excess in one eviction pass: sessions a
+/// client is reading are skipped, at most this many per pass.
+const EVICTION_SLACK: usize = 64;
 
 impl Sessions {
     /// A registry holding the sessions found in the journal: open ones become
@@ -34,6 +43,7 @@ impl Sessions {
         recovered: Vec<RecoveredSession>,
     ) -> Result<Arc<Sessions>, JournalError> {
         let mut map = HashMap::new();
+        let index = Arc::new(Index::new(shared.rt.metrics.clone()));
         let now = Instant::now();
         for r in recovered {
             let mut meta = r.meta;
@@ -48,14 +58,14 @@ impl Sessions {
                 }
                 Life::Orphaned { since: now.checked_sub(age(meta.orphaned_ms)).unwrap_or(now) }
             };
-            let s = Session::new(r.id, shared.clone(), life, retained, meta, r.last_seq);
+            let s = Session::new(r.id, (shared.clone(), index.clone()), life, retained, meta, r.last_seq);
             if let Some(info) = ended {
                 s.ended.send_replace(Some((r.last_seq, info)));
             }
             map.insert(r.id, s);
         }
         let capacity = Arc::new(Semaphore::new(shared.config.limits.max_sessions));
-        Ok(Arc::new(Sessions { shared, map: Mutex::new(map), capacity }))
+        Ok(Arc::new(Sessions { shared, map: Mutex::new(map), capacity, index }))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
@@ -71,6 +81,11 @@ impl Sessions {
         self.lock().get(id).cloned()
     }
 
+    /// Why the journal failed for good, if it did (no session can be served).
+    pub(crate) fn journal_failure(&self) -> Option<Arc<str>> {
+        self.shared.journal.failure()
+    }
+
     /// Reserves a backend connection slot, if `limits.max_sessions` allows.
     pub(crate) fn reserve(&self) -> Option<OwnedSemaphorePermit> {
         self.capacity.clone().try_acquire_owned().ok()
@@ -83,33 +98,64 @@ impl Sessions {
         // The record goes into the journal queue before any frame of the session.
         self.shared.journal.put_meta(id, meta.clone()).await?;
         let orphan = Life::Orphaned { since: Instant::now() };
-        let session = Session::new(id, self.shared.clone(), orphan, Retained::default(), meta, 0);
-        session.lock().life = session.start_link(conn);
+        let parts = (self.shared.clone(), self.index.clone());
+        let session = Session::new(id, parts, orphan, Retained::default(), meta, 0);
+        {
+            let mut inner = session.lock();
+            inner.life = session.start_link(conn);
+            session.recount(&mut inner);
+        }
         self.lock().insert(id, session.clone());
+        // Each new session will be retired one day: keep the cap here too,
+        // not only once a second, however fast sessions come and go.
+        self.evict_over_cap().await;
         Ok(session)
     }
 
-    /// Counts sessions by state and sums attached clients' lag into the gauges.
-    pub(crate) fn refresh_gauges(&self) {
-        let (mut att, mut det, mut orph, mut ended, mut lag, mut retained) = (0, 0, 0, 0, 0u64, 0u64);
-        for s in self.all() {
-            let (state, l, bytes) = s.state();
-            match state {
-                StateLabel::Attached => att += 1,
-                StateLabel::Detached => det += 1,
-                StateLabel::Orphaned => orph += 1,
-                StateLabel::Ended => ended += 1,
-            }
-            lag += l;
-            retained += bytes;
+    /// Every session created at or before this time (Unix ms) that this
+    /// instance no longer holds may have been evicted: its resume is
+    /// answered `expired`.
+    pub(crate) fn evicted_upto(&self) -> u64 {
+        self.index.evicted_upto()
+    }
+
+    /// Evicts the oldest orphaned or ended sessions beyond
+    /// `limits.max_retained_sessions`, with their frames. Costs what it
+    /// evicts, not what the registry holds.
+    async fn evict_over_cap(&self) {
+        let cap = self.shared.config.limits.max_retained_sessions;
+        let mut excess = self.index.retired_len().saturating_sub(cap);
+        if excess == 0 {
+            return;
         }
+        for id in self.index.oldest_retired(excess + EVICTION_SLACK) {
+            if excess == 0 {
+                break;
+            }
+            let Some(session) = self.get(&id) else { continue };
+            if session.evict().await.is_some() {
+                self.lock().remove(&id);
+                self.index.evicted(&id);
+                self.shared.rt.metrics.sessions_evicted.inc();
+                excess -= 1;
+            }
+        }
+    }
+
+    /// Fills the gauges computed at scrape time: the attached clients' lag
+    /// (summed over attached sessions only), the retained bytes and the
+    /// slots in use. The state gauges are kept current on every transition
+    /// ([`Index`]).
+    pub(crate) fn refresh_gauges(&self) {
+        let lag: u64 = self.index.attached().iter().filter_map(|id| self.get(id)).map(|s| s.lag()).sum();
+        // Still a walk: retention's bookkeeping (session/retention.rs) keeps
+        // no instance-wide total yet.
+        let retained: u64 = self.all().iter().map(|s| s.retained_bytes()).sum();
         let m = &self.shared.rt.metrics;
-        m.sessions.attached.set(att);
-        m.sessions.detached.set(det);
-        m.sessions.orphaned.set(orph);
-        m.sessions.ended.set(ended);
         m.delivery_lag_frames.set(lag as i64);
         m.journal_retained_bytes.set(retained as i64);
+        let in_use = self.shared.config.limits.max_sessions.saturating_sub(self.capacity.available_permits());
+        m.backend_connections.set(in_use as i64);
     }
 
     /// Runs until shutdown: sweeps every session, enforces the disk budget,
@@ -122,6 +168,7 @@ impl Sessions {
                 _ = self.shared.rt.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.evict_over_cap().await;
             self.sweep().await;
             let disk = self.shared.journal.disk_bytes().await;
             self.shared.rt.metrics.journal_disk_bytes.set(disk as i64);

@@ -270,6 +270,12 @@ impl Tether {
         within("tether to drain", running.drain()).await.expect("drain");
     }
 
+    /// Drains, expecting the drain to fail; returns its error.
+    pub async fn stop_err(mut self) -> String {
+        let running = self.running.take().expect("running");
+        within("tether to drain", running.drain()).await.expect_err("the drain fails").to_string()
+    }
+
     /// ws:// URL for `path`.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.data_addr, path)

@@ -1,0 +1,880 @@
+//! An async client for tether, the resumable WebSocket proxy.
+//!
+//! tether stamps every backend → client message with a sequence number (seq),
+//! journals it, and replays what a reconnecting client missed. This crate is
+//! the client half of that contract (`docs/PROTOCOL.md` in the tether
+//! repository): it connects, reads the `welcome`, keeps the session token and
+//! the offset, resumes with the `Tether-Session` / `Tether-Offset` headers
+//! after any drop (exponential backoff with full jitter), drops the
+//! duplicates a resume brings, and turns tether's control frames into
+//! [`Event`]s. The application sees a [`Stream`] of
+//! events, among them each data message once, in seq order.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tether_client::{Client, Event};
+//!
+//! # async fn run() -> Result<(), tether_client::Error> {
+//! let mut client = Client::builder("ws://127.0.0.1:8080/feed").build()?;
+//! while let Some(event) = client.next().await {
+//!     match event? {
+//!         // Acknowledged (the offset advances) when the stream is polled again.
+//!         Event::Message(m) => println!("{} {:?}", m.seq, m.payload),
+//!         Event::Gap(g) => eprintln!("lost {}..={:?}: resync", g.lost.from, g.lost.to),
+//!         Event::End { code, reason } => println!("ended: {code} {reason}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A message is acknowledged (its seq becomes the offset sent on the next
+//!   resume) when the application polls the stream again after receiving it,
+//!   or calls [`Client::ack`]. Across reconnects delivery is at-least-once
+//!   (tether resends everything after the offset); within one [`Client`] each
+//!   seq reaches the application at most once, because seqs not above the
+//!   last one delivered are dropped and counted in [`Stats::duplicates`].
+//! - Nothing is skipped without an [`Event::Gap`] that names the lost range.
+//! - Messages sent with [`Client::send`] have **no** delivery guarantee: one in
+//!   flight when the connection drops is lost (tether has no upstream acks).
+//! - Stamp mode `none` is not supported: without seqs there is nothing to
+//!   resume from safely.
+
+mod frame;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use frame::Frame;
+
+/// How tether stamps data messages (its `stamp.mode`; docs/PROTOCOL.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StampMode {
+    /// `7:payload` for text, an 8-byte big-endian seq before binary payloads.
+    #[default]
+    Prefix,
+    /// JSON objects carry the seq as their first member; other messages use
+    /// the prefix form.
+    Json,
+}
+
+/// A message payload, as the backend sent it (the stamp removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A text message.
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl From<String> for Payload {
+    fn from(s: String) -> Self {
+        Payload::Text(s)
+    }
+}
+impl From<&str> for Payload {
+    fn from(s: &str) -> Self {
+        Payload::Text(s.to_owned())
+    }
+}
+impl From<Vec<u8>> for Payload {
+    fn from(b: Vec<u8>) -> Self {
+        Payload::Binary(b.into())
+    }
+}
+impl From<Bytes> for Payload {
+    fn from(b: Bytes) -> Self {
+        Payload::Binary(b)
+    }
+}
+
+/// One data message of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Its position in the session: 1, 2, 3, …
+    pub seq: u64,
+    /// What the backend sent.
+    pub payload: Payload,
+    /// True if it was already journaled when this connection started (a
+    /// replay), false if it arrived live.
+    pub replay: bool,
+}
+
+/// How tether answered a connection (the welcome's `outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new session.
+    New,
+    /// The session resumed; the backend connection was kept.
+    Resumed,
+    /// The session resumed on a new backend connection (per-connection
+    /// backend state such as subscriptions is gone).
+    Restarted,
+    /// Frames were lost; see the [`GapReport`].
+    Gap,
+}
+
+/// Frames `from..=to` were journaled before this connection started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// First replayed seq.
+    pub from: u64,
+    /// Last replayed seq; later seqs are live.
+    pub to: u64,
+}
+
+/// The `welcome` control frame that starts every connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The session token.
+    pub session: String,
+    /// How the connection was resolved.
+    pub outcome: Outcome,
+    /// What is replayed, if anything.
+    pub replay: Option<Replay>,
+    /// The gap report when `outcome` is [`Outcome::Gap`] (also delivered as
+    /// an [`Event::Gap`] right after the welcome).
+    pub gap: Option<GapReport>,
+}
+
+/// The range of seqs that will never be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// First lost seq.
+    pub from: u64,
+    /// Last lost seq, `None` when unknown (the old session is gone).
+    pub to: Option<u64>,
+}
+
+/// Frames the application will not get (docs/PROTOCOL.md §6, §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GapReport {
+    /// `trimmed`, `expired`, `unknown_session` or `journal_lost`.
+    pub reason: String,
+    /// The offset the client resumed with (for a mid-stream gap: the last seq
+    /// sent on this connection).
+    pub requested_offset: u64,
+    /// The next seq that will be delivered.
+    pub first_available: u64,
+    /// What is lost.
+    pub lost: Lost,
+    /// True for a `gap` frame during a connection, false for a welcome's.
+    pub mid_stream: bool,
+    /// True if a new session started (every reason but `trimmed`): seqs
+    /// restart at 1 and the backend sees a new connection. Resync.
+    pub new_session: bool,
+}
+
+/// Why the client gave up its session and started a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetReason {
+    /// tether refused the resume with this HTTP status (400, 401 or 409):
+    /// the token or the offset will never be accepted.
+    Refused(u16),
+    /// [`Builder::max_failed_resumes`] resume attempts in a row failed.
+    FailedResumes,
+}
+
+/// The client dropped its session; the next connection starts a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetInfo {
+    /// Why.
+    pub reason: ResetReason,
+    /// Failed resume attempts in a row.
+    pub failed_attempts: u32,
+    /// The offset of the abandoned session.
+    pub last_offset: u64,
+}
+
+/// What the [`Client`] stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A data message, each seq once and in order.
+    Message(Message),
+    /// A connection was established.
+    Welcome(Welcome),
+    /// Frames were lost; resync if it matters.
+    Gap(GapReport),
+    /// tether is shutting down; the client reconnects after the 1012 close.
+    Draining,
+    /// The connection dropped; the client retries after `retry_in`.
+    Disconnected {
+        /// What happened, for logs.
+        error: String,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+    },
+    /// The session was given up; a new one starts. Resync.
+    Reset(ResetInfo),
+    /// The session ended (the backend closed, or another client ended it);
+    /// the stream ends after this.
+    End {
+        /// The backend's close code (1005: none, 1006: it vanished).
+        code: u16,
+        /// The backend's close reason.
+        reason: String,
+    },
+    /// Another connection resumed this session (close 4001); this client
+    /// stops and the stream ends.
+    TakenOver,
+}
+
+/// The connection state, see [`Client::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connecting (first attempt, or right after a backoff).
+    Connecting,
+    /// Welcomed; messages flow.
+    Open,
+    /// Waiting for the backoff before the next attempt.
+    Reconnecting,
+    /// [`Client::close`] was called.
+    Closed,
+    /// The session ended.
+    Ended,
+    /// Another connection took the session over.
+    TakenOver,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        [State::Connecting, State::Open, State::Reconnecting, State::Closed, State::Ended, State::TakenOver]
+            [usize::from(v).min(5)]
+    }
+}
+
+/// Counters, see [`Client::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Data frames received from tether.
+    pub received: u64,
+    /// Frames dropped because their seq was already delivered.
+    pub duplicates: u64,
+    /// Messages yielded to the application.
+    pub delivered: u64,
+    /// Connections welcomed.
+    pub connections: u64,
+}
+
+/// Exponential backoff with full jitter: attempt `n` (from 0) waits a uniform
+/// random time below `min(max, initial × factor^n)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The cap of the first attempt (default 500 ms).
+    pub initial: Duration,
+    /// The largest cap (default 30 s).
+    pub max: Duration,
+    /// Growth per attempt (default 2).
+    pub factor: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(30), factor: 2.0 }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` for a uniform `random` in [0, 1).
+    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let cap = (self.initial.as_secs_f64() * self.factor.powi(attempt.min(64) as i32)).min(self.max.as_secs_f64());
+        Duration::from_secs_f64((cap * random.clamp(0.0, 1.0)).max(0.0))
+    }
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL or a header could not make an upgrade request.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// tether sent something this client cannot read (often: the wrong
+    /// [`StampMode`]). The client closes the connection (4000) and stops.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// [`Client::send`]: the queue is full ([`Builder::send_queue`]).
+    #[error("the send queue is full")]
+    QueueFull(Payload),
+    /// [`Client::send`]: the client has stopped (closed, ended, taken over).
+    #[error("the client has stopped")]
+    Stopped(Payload),
+}
+
+/// Configures and starts a [`Client`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    url: String,
+    stamp_mode: StampMode,
+    json_field: String,
+    backoff: Backoff,
+    max_failed_resumes: u32,
+    send_queue: usize,
+    buffer: usize,
+    connect_timeout: Duration,
+    headers: Vec<(String, String)>,
+    resume: Option<(String, u64)>,
+}
+
+impl Builder {
+    /// tether's `stamp.mode` (default [`StampMode::Prefix`]).
+    pub fn stamp_mode(mut self, mode: StampMode) -> Self {
+        self.stamp_mode = mode;
+        self
+    }
+    /// tether's `stamp.json_field` (default `seq`).
+    pub fn json_field(mut self, field: impl Into<String>) -> Self {
+        self.json_field = field.into();
+        self
+    }
+    /// The reconnect backoff.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// Failed resume attempts in a row (connections that never got a
+    /// welcome) before the session is given up with [`Event::Reset`]
+    /// (default 8). A refusal that can never succeed (400, 401, 409) resets
+    /// at once.
+    pub fn max_failed_resumes(mut self, n: u32) -> Self {
+        self.max_failed_resumes = n.max(1);
+        self
+    }
+    /// How many messages [`Client::send`] queues while disconnected
+    /// (default 100).
+    pub fn send_queue(mut self, n: usize) -> Self {
+        self.send_queue = n.max(1);
+        self
+    }
+    /// How many events are read ahead of the application (default 256).
+    /// When full, the client stops reading and TCP pushes back on tether.
+    pub fn buffer(mut self, n: usize) -> Self {
+        self.buffer = n.max(1);
+        self
+    }
+    /// Time allowed for TCP connect plus the upgrade (default 10 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+    /// A header for every upgrade request (e.g. `Authorization`).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Resume a session saved earlier (from [`Client::token`] and
+    /// [`Client::offset`]) instead of starting a new one.
+    pub fn resume(mut self, token: impl Into<String>, offset: u64) -> Self {
+        self.resume = Some((token.into(), offset));
+        self
+    }
+
+    /// Starts the client: a task on the current tokio runtime connects and
+    /// keeps reconnecting. Returns at once; failures to connect are reported
+    /// as [`Event::Disconnected`] and retried.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] if the URL or a header is not valid.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn build(self) -> Result<Client, Error> {
+        // Fail now, not in the task, for what no retry can fix.
+        request(&self, None)?;
+        let (token, offset) = match &self.resume {
+            Some((t, o)) => (Some(t.clone()), *o),
+            None => (None, 0),
+        };
+        let shared = Arc::new(Shared {
+            cursor: Mutex::new(Cursor { token, offset, last: offset, epoch: 0 }),
+            state: AtomicU8::new(State::Connecting as u8),
+            closing: AtomicBool::new(false),
+            close_reason: Mutex::new(String::new()),
+            notify: Notify::new(),
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let (out_tx, out_rx) = mpsc::channel(self.send_queue);
+        let task = tokio::spawn(run(self, shared.clone(), tx, out_rx));
+        Ok(Client { rx, out: out_tx, shared, pending: None, task: Some(task) })
+    }
+}
+
+struct Cursor {
+    token: Option<String>,
+    /// Last seq acknowledged by the application: the offset of the next resume.
+    offset: u64,
+    /// Last seq yielded to the application (≥ offset): anything not above is a duplicate.
+    last: u64,
+    /// Bumped when the session changes (new session after a gap, reset):
+    /// what was queued from the old one is dropped.
+    epoch: u64,
+}
+
+struct Shared {
+    cursor: Mutex<Cursor>,
+    state: AtomicU8,
+    closing: AtomicBool,
+    close_reason: Mutex<String>,
+    notify: Notify,
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    delivered: AtomicU64,
+    connections: AtomicU64,
+}
+
+impl Shared {
+    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+}
+
+enum Item {
+    Message(u64, Message),
+    Event(u64, Event),
+    Fatal(Error),
+}
+
+/// A tether session: a [`Stream`] of [`Event`]s that reconnects and resumes
+/// on its own until [`Client::close`], an [`Event::End`] or an
+/// [`Event::TakenOver`]. Dropping it drops the connection without ending the
+/// session (tether keeps it for `session.linger`, resumable with
+/// [`Builder::resume`]).
+pub struct Client {
+    rx: mpsc::Receiver<Item>,
+    out: mpsc::Sender<Payload>,
+    shared: Arc<Shared>,
+    pending: Option<(u64, u64)>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("state", &self.state()).field("offset", &self.offset()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A [`Builder`] for `url` (`ws://…` or `wss://` if tokio-tungstenite has
+    /// a TLS feature enabled).
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder {
+            url: url.into(),
+            stamp_mode: StampMode::Prefix,
+            json_field: "seq".into(),
+            backoff: Backoff::default(),
+            max_failed_resumes: 8,
+            send_queue: 100,
+            buffer: 256,
+            connect_timeout: Duration::from_secs(10),
+            headers: Vec::new(),
+            resume: None,
+        }
+    }
+
+    /// Acknowledges the last message yielded now rather than at the next
+    /// poll: its seq becomes the offset of the next resume.
+    pub fn ack(&mut self) {
+        if let Some((epoch, seq)) = self.pending.take() {
+            let mut c = self.shared.cursor();
+            if c.epoch == epoch && seq > c.offset {
+                c.offset = seq;
+            }
+        }
+    }
+
+    /// Sends a message to the backend, or queues it until the next
+    /// connection is welcomed. No delivery guarantee: a message in flight
+    /// when the connection drops is lost, and the client is not told.
+    ///
+    /// # Errors
+    /// [`Error::QueueFull`] or [`Error::Stopped`], with the message back.
+    pub fn send(&self, payload: impl Into<Payload>) -> Result<(), Error> {
+        let payload = payload.into();
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return Err(Error::Stopped(payload));
+        }
+        self.out.try_send(payload).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(p) => Error::QueueFull(p),
+            mpsc::error::TrySendError::Closed(p) => Error::Stopped(p),
+        })
+    }
+
+    /// Ends the session at tether (close 1000, which closes the backend
+    /// connection) and stops. While disconnected there is nobody to tell:
+    /// tether then orphans the session after `session.linger`. Events not
+    /// yet read are discarded.
+    pub async fn close(&mut self, reason: &str) {
+        *self.shared.close_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
+        self.shared.closing.store(true, Ordering::SeqCst);
+        self.shared.notify.notify_one();
+        // The task may be waiting for room in the event queue.
+        self.rx.close();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.shared.set_state(State::Closed);
+    }
+
+    /// The connection state.
+    pub fn state(&self) -> State {
+        State::from_u8(self.shared.state.load(Ordering::Relaxed))
+    }
+
+    /// The session token, once welcomed (or as given to [`Builder::resume`]).
+    pub fn token(&self) -> Option<String> {
+        self.shared.cursor().token.clone()
+    }
+
+    /// The last acknowledged seq (0 if none): persist it with the token to
+    /// resume after a restart of the application.
+    pub fn offset(&self) -> u64 {
+        self.shared.cursor().offset
+    }
+
+    /// Counters since the client started.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        Stats {
+            received: s.received.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
+            delivered: s.delivered.load(Ordering::Relaxed),
+            connections: s.connections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Stream for Client {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Polling again means the application is done with the last message.
+        self.ack();
+        loop {
+            let item = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match item {
+                Item::Message(epoch, m) => {
+                    let mut c = self.shared.cursor();
+                    if c.epoch != epoch {
+                        continue; // from a session given up: in the reported lost range
+                    }
+                    if m.seq <= c.last {
+                        self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    c.last = m.seq;
+                    drop(c);
+                    self.shared.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.pending = Some((epoch, m.seq));
+                    return Poll::Ready(Some(Ok(Event::Message(m))));
+                }
+                Item::Event(epoch, ev) => {
+                    if let Event::Gap(g) = &ev {
+                        let mut c = self.shared.cursor();
+                        // Skipping the trimmed range keeps the next resume from reporting it again.
+                        if c.epoch == epoch && !g.new_session {
+                            let skip = g.first_available.saturating_sub(1);
+                            c.offset = c.offset.max(skip);
+                            c.last = c.last.max(skip);
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(ev)));
+                }
+                Item::Fatal(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+}
+
+fn request(b: &Builder, resume: Option<(&str, u64)>) -> Result<tungstenite::handshake::client::Request, Error> {
+    let mut req = b.url.as_str().into_client_request().map_err(|e| Error::InvalidRequest(e.to_string()))?;
+    let bad = |what: &str| Error::InvalidRequest(format!("header {what}"));
+    for (name, value) in &b.headers {
+        let name = tungstenite::http::HeaderName::try_from(name.as_str()).map_err(|_| bad(name))?;
+        req.headers_mut().append(name, HeaderValue::from_str(value).map_err(|_| bad(value))?);
+    }
+    if let Some((token, offset)) = resume {
+        req.headers_mut().insert("tether-session", HeaderValue::from_str(token).map_err(|_| bad("tether-session"))?);
+        req.headers_mut().insert("tether-offset", HeaderValue::from(offset));
+    }
+    Ok(req)
+}
+
+/// A small PRNG for the jitter (xorshift64*, seeded per client).
+struct Jitter(u64);
+impl Jitter {
+    fn new() -> Self {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
+        Jitter(h.finish() | 1)
+    }
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Why a connection stopped.
+enum Exit {
+    /// Reconnect (`welcomed`: the connection got as far as the welcome).
+    Retry { error: String, welcomed: bool },
+    /// The client is done.
+    Stop,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn run(cfg: Builder, shared: Arc<Shared>, tx: mpsc::Sender<Item>, mut out: mpsc::Receiver<Payload>) {
+    let mut jitter = Jitter::new();
+    let mut attempt = 0u32;
+    let mut failed_resumes = 0u32;
+    loop {
+        if shared.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.set_state(State::Connecting);
+        let resume = {
+            let c = shared.cursor();
+            c.token.clone().map(|t| (t, c.offset))
+        };
+        let req = match request(&cfg, resume.as_ref().map(|(t, o)| (t.as_str(), *o))) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Item::Fatal(e)).await;
+                return;
+            }
+        };
+        let connect = tokio::time::timeout(cfg.connect_timeout, tokio_tungstenite::connect_async(req));
+        let result = tokio::select! {
+            r = connect => r,
+            _ = shared.notify.notified() => return,
+        };
+        let (error, refused, welcomed) = match result {
+            Ok(Ok((mut ws, _))) => match connection(&cfg, &shared, &tx, &mut out, &mut ws).await {
+                Exit::Stop => return,
+                Exit::Retry { error, welcomed } => (error, None, welcomed),
+            },
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                (format!("refused: {status} {body}"), Some(status), false)
+            }
+            Ok(Err(e)) => (e.to_string(), None, false),
+            Err(_) => ("connect timed out".to_owned(), None, false),
+        };
+        if welcomed {
+            attempt = 0;
+            failed_resumes = 0;
+        } else if resume.is_some() {
+            // A resume that never got its welcome failed. A refusal that no
+            // retry can change gives the session up at once.
+            failed_resumes += 1;
+            let definitive = matches!(refused, Some(400 | 401 | 409));
+            if definitive || failed_resumes >= cfg.max_failed_resumes {
+                let reset = {
+                    let mut c = shared.cursor();
+                    let info = ResetInfo {
+                        reason: match refused {
+                            Some(status) if definitive => ResetReason::Refused(status),
+                            _ => ResetReason::FailedResumes,
+                        },
+                        failed_attempts: failed_resumes,
+                        last_offset: c.offset,
+                    };
+                    c.token = None;
+                    c.offset = 0;
+                    c.last = 0;
+                    c.epoch += 1;
+                    Item::Event(c.epoch, Event::Reset(info))
+                };
+                failed_resumes = 0;
+                if tx.send(reset).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let retry_in = cfg.backoff.delay(attempt, jitter.next());
+        attempt = attempt.saturating_add(1);
+        shared.set_state(State::Reconnecting);
+        let epoch = shared.cursor().epoch;
+        if tx.send(Item::Event(epoch, Event::Disconnected { error, retry_in })).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {}
+            _ = shared.notify.notified() => return,
+        }
+    }
+}
+
+/// One connection, from the upgrade to its end.
+async fn connection(
+    cfg: &Builder,
+    shared: &Shared,
+    tx: &mpsc::Sender<Item>,
+    out: &mut mpsc::Receiver<Payload>,
+    ws: &mut Ws,
+) -> Exit {
+    let mut welcomed = false;
+    let mut replay_to = 0u64;
+    let mut ended = false;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shared.notify.notified() => return close(shared, ws).await,
+            p = out.recv(), if welcomed => {
+                let m = match p {
+                    Some(Payload::Text(t)) => tungstenite::Message::text(t),
+                    Some(Payload::Binary(b)) => tungstenite::Message::binary(b),
+                    None => return Exit::Stop,
+                };
+                if let Err(e) = ws.send(m).await {
+                    return Exit::Retry { error: e.to_string(), welcomed };
+                }
+                continue;
+            }
+            m = ws.next() => m,
+        };
+        let frame = match msg {
+            Some(Ok(tungstenite::Message::Text(t))) => frame::parse_text(&t, cfg.stamp_mode, &cfg.json_field),
+            Some(Ok(tungstenite::Message::Binary(b))) => frame::parse_binary(b),
+            Some(Ok(tungstenite::Message::Close(f))) => {
+                let code = f.as_ref().map(|f| u16::from(f.code));
+                if ended {
+                    shared.set_state(State::Ended);
+                    return Exit::Stop;
+                }
+                if code == Some(4001) {
+                    shared.set_state(State::TakenOver);
+                    let epoch = shared.cursor().epoch;
+                    let _ = tx.send(Item::Event(epoch, Event::TakenOver)).await;
+                    return Exit::Stop;
+                }
+                let why = f.map(|f| format!("closed {} {}", f.code, f.reason)).unwrap_or_else(|| "closed".into());
+                return Exit::Retry { error: why, welcomed };
+            }
+            Some(Ok(_)) => continue, // ping, pong: tungstenite answers pings
+            Some(Err(e)) if !ended => return Exit::Retry { error: e.to_string(), welcomed },
+            None if !ended => return Exit::Retry { error: "connection lost".into(), welcomed },
+            Some(Err(_)) | None => {
+                shared.set_state(State::Ended);
+                return Exit::Stop;
+            }
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                // A wrong stamp mode would misread every frame: stop rather than guess.
+                shared.set_state(State::Closed);
+                let _ = tx.send(Item::Fatal(Error::Protocol(e))).await;
+                let _ = ws
+                    .close(Some(CloseFrame { code: CloseCode::Library(4000), reason: "client protocol error".into() }))
+                    .await;
+                return Exit::Stop;
+            }
+        };
+        let epoch = shared.cursor().epoch;
+        let item = match frame {
+            Frame::Data { seq, payload } => {
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                Item::Message(epoch, Message { seq, payload, replay: seq <= replay_to })
+            }
+            Frame::Welcome(w) => {
+                welcomed = true;
+                replay_to = w.replay.map_or(0, |r| r.to);
+                let epoch = {
+                    let mut c = shared.cursor();
+                    c.token = Some(w.session.clone());
+                    if w.gap.as_ref().is_some_and(|g| g.new_session) {
+                        c.epoch += 1;
+                        c.offset = 0;
+                        c.last = 0;
+                    }
+                    c.epoch
+                };
+                shared.connections.fetch_add(1, Ordering::Relaxed);
+                shared.set_state(State::Open);
+                let gap = w.gap.clone();
+                if tx.send(Item::Event(epoch, Event::Welcome(w))).await.is_err() {
+                    return gone(shared, ws).await;
+                }
+                match gap {
+                    Some(g) => Item::Event(epoch, Event::Gap(g)),
+                    None => continue,
+                }
+            }
+            Frame::Gap(g) => Item::Event(epoch, Event::Gap(g)),
+            Frame::Draining => Item::Event(epoch, Event::Draining),
+            Frame::End { code, reason } => {
+                ended = true;
+                Item::Event(epoch, Event::End { code, reason })
+            }
+            Frame::Unknown => continue,
+        };
+        if tx.send(item).await.is_err() {
+            return gone(shared, ws).await;
+        }
+    }
+}
+
+/// The application stopped reading: close() was called, or the client dropped.
+async fn gone(shared: &Shared, ws: &mut Ws) -> Exit {
+    if shared.closing.load(Ordering::SeqCst) {
+        close(shared, ws).await
+    } else {
+        Exit::Stop
+    }
+}
+
+/// Ends the session: close 1000, then wait (bounded) for tether's close.
+async fn close(shared: &Shared, ws: &mut Ws) -> Exit {
+    if !shared.closing.load(Ordering::SeqCst) {
+        return Exit::Stop;
+    }
+    let reason = shared.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let frame = CloseFrame { code: CloseCode::Normal, reason: reason.into() };
+    if ws.close(Some(frame)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async { while ws.next().await.is_some() {} }).await;
+    }
+    Exit::Stop
+}
