@@ -257,7 +257,14 @@ impl Metrics {
         for reason in ["max_frames", "max_bytes", "max_age", "disk_budget", "session_purged"] {
             self.trimmed_frames.with_label_values(&[reason]);
         }
-        for result in ["ok", "timeout", "backend_unreachable", "backend_refused", "backend_handshake_failed"] {
+        for result in [
+            "ok",
+            "timeout",
+            "backend_unreachable",
+            "backend_refused",
+            "backend_handshake_failed",
+            "backend_tls_failed",
+        ] {
             self.backend_connects.with_label_values(&[result]);
         }
         for kind in [
