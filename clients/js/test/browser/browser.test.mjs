@@ -125,15 +125,17 @@ test("retention exceeded while the page is away: exactly one onGap, then the ret
   s.proxy.block();
   s.proxy.cut();
   await when(() => state === "reconnecting");
-  s.backend.send(27);
-  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === 20, "20 frames trimmed");
+  // Seqs 4..200; tether trims whole 64-frame segments once the session holds
+  // 10 + 64 frames (1..64 at seq 75, 65..128 at seq 139): 129..200 are kept.
+  s.backend.send(197);
+  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === 128, "128 frames trimmed");
   s.proxy.unblock();
-  await when(() => seqs.length === 13);
+  await when(() => seqs.length === 75);
   await page.screenshot({ path: join(artifacts, "gap.png") });
-  console.log(`browser gap figures: frames=30 retained=10 delivered=${seqs.length} gaps=${gaps.length} screenshot=${join(artifacts, "gap.png")}`);
+  console.log(`browser gap figures: frames=200 retained=72 delivered=${seqs.length} gaps=${gaps.length} screenshot=${join(artifacts, "gap.png")}`);
 
-  assert.deepEqual(seqs, [1, 2, 3, ...range(21, 30)].map((i) => [i, `m${i}`]));
-  assert.deepEqual(gaps, [{ reason: "trimmed", requestedOffset: 3, firstAvailable: 21, lost: { from: 4, to: 20 }, midStream: false, newSession: false }]);
+  assert.deepEqual(seqs, [1, 2, 3, ...range(129, 200)].map((i) => [i, `m${i}`]));
+  assert.deepEqual(gaps, [{ reason: "trimmed", requestedOffset: 3, firstAvailable: 129, lost: { from: 4, to: 128 }, midStream: false, newSession: false }]);
   assert.deepEqual(errors, []);
   await page.close();
 });

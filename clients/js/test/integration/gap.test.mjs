@@ -15,19 +15,22 @@ test("retention exceeded while away: one gap report, then the retained frames", 
   const away = stateIs(r.client, "reconnecting");
   s.proxy.cut();
   await away;
-  s.backend.send(27); // seqs 4..30; only the last 10 are kept
-  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === 20, "20 frames trimmed");
+  // Seqs 4..200. tether trims in whole 64-frame segments once a session holds
+  // the limit plus one chunk (10 + 64): at seq 75 it drops 1..64, at seq 139
+  // 65..128, so 129..200 are kept.
+  s.backend.send(197);
+  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === 128, "128 frames trimmed");
   const back = r.welcome();
   s.proxy.unblock();
   const w = await back;
-  await r.delivered(13);
+  await r.delivered(75);
 
   assert.equal(w.outcome, "gap");
-  const expected = { reason: "trimmed", requestedOffset: 3, firstAvailable: 21, lost: { from: 4, to: 20 }, midStream: false, newSession: false };
+  const expected = { reason: "trimmed", requestedOffset: 3, firstAvailable: 129, lost: { from: 4, to: 128 }, midStream: false, newSession: false };
   assert.deepEqual(w.gap, expected);
   assert.deepEqual(r.gaps, [expected]);
-  assert.deepEqual(r.seqs, [1, 2, 3, ...range(21, 30)]);
-  assert.deepEqual(r.data, [1, 2, 3, ...range(21, 30)].map((i) => `m${i}`));
+  assert.deepEqual(r.seqs, [1, 2, 3, ...range(129, 200)]);
+  assert.deepEqual(r.data, [1, 2, 3, ...range(129, 200)].map((i) => `m${i}`));
   assert.deepEqual(r.errors, []);
 
   // The next resume starts past the gap, so it is not reported twice.
@@ -35,8 +38,8 @@ test("retention exceeded while away: one gap report, then the retained frames", 
   s.proxy.cut();
   assert.equal((await again).outcome, "resumed");
   s.backend.send(2);
-  await r.delivered(15);
-  assert.deepEqual(r.seqs.slice(-2), [31, 32]);
+  await r.delivered(77);
+  assert.deepEqual(r.seqs.slice(-2), [201, 202]);
   assert.equal(r.gaps.length, 1);
 });
 
@@ -52,7 +55,9 @@ test("a client that falls behind retention while connected gets mid-stream gap f
   await s.backend.connection(1);
   s.proxy.stall();
   s.backend.send(N);
-  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === N - 10, "frames trimmed");
+  // Whole 64-frame segments go once the session holds 10 + 64: 1..64 at seq
+  // 75, 65..128 at seq 139.
+  await until(async () => (await s.tether.metric("tether_trimmed_frames_total", { reason: "max_frames" })) === 128, "frames trimmed");
   s.proxy.unstall();
   await until(() => r.seqs.at(-1) === N, "the last frame");
 
