@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod upstream;
+mod validate;
+
+pub use upstream::{BadUpstream, UpstreamUrl};
+
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
 const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log"];
 
@@ -424,162 +429,6 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
         config.validate()?;
         Ok(config)
-    }
-
-    /// Rejects values that parse but cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        let l = &self.limits;
-        UpstreamUrl::parse(&self.server.upstream).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        self.check_durations()?;
-        self.check_sizes()?;
-        self.tls.check()?;
-        if l.max_frame_bytes > l.max_message_bytes {
-            return bad("limits.max_message_bytes must be >= limits.max_frame_bytes");
-        }
-        if l.max_write_buffer_bytes <= l.write_buffer_bytes + l.max_message_bytes {
-            return bad("limits.max_write_buffer_bytes must exceed write_buffer_bytes + max_message_bytes");
-        }
-        if !self.token.secret.is_empty() && self.token.secret.len() < 32 {
-            return bad("token.secret must be at least 32 characters (or empty to generate one)");
-        }
-        if self.journal.max_session_frames == 0 {
-            return bad("journal.max_session_frames must be positive");
-        }
-        if self.stamp.json_field.is_empty() {
-            return bad("stamp.json_field must not be empty");
-        }
-        Ok(())
-    }
-
-    /// Every duration is positive (a zero timeout would fire at once, a zero
-    /// period spin) and at most [`MAX_DURATION`] (longer ones overflow the
-    /// clocks they are added to).
-    fn check_durations(&self) -> Result<(), ConfigError> {
-        let (s, se, j) = (&self.server, &self.session, &self.journal);
-        let all = [
-            ("server.backend_connect_timeout", s.backend_connect_timeout),
-            ("server.handshake_timeout", s.handshake_timeout),
-            ("server.shutdown_grace", s.shutdown_grace),
-            ("tls.reload_interval", self.tls.reload_interval),
-            ("session.linger", se.linger),
-            ("session.ping_interval", se.ping_interval),
-            ("session.ping_timeout", se.ping_timeout),
-            ("session.upstream_stall_timeout", se.upstream_stall_timeout),
-            ("journal.sync_interval", j.sync_interval),
-            ("journal.retention", j.retention),
-            ("journal.max_frame_age", j.max_frame_age),
-        ];
-        for (key, d) in all {
-            if d.is_zero() || d > MAX_DURATION {
-                return Err(ConfigError::Invalid(format!(
-                    "{key} must be more than 0 and at most 365 days, not {}",
-                    humantime::format_duration(d)
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Sizes that buffers or queues are allocated from stay within bounds a
-    /// process can allocate (an absurd value must be an error, not an abort).
-    fn check_sizes(&self) -> Result<(), ConfigError> {
-        let (l, j) = (&self.limits, &self.journal);
-        let all: [(&str, usize, usize, usize); 10] = [
-            ("limits.max_message_bytes", l.max_message_bytes, 1, 1 << 30),
-            ("limits.max_frame_bytes", l.max_frame_bytes, 1, 1 << 30),
-            ("limits.max_header_bytes", l.max_header_bytes, 8192, 1 << 20),
-            ("limits.write_buffer_bytes", l.write_buffer_bytes, 0, 64 << 20),
-            ("limits.max_write_buffer_bytes", l.max_write_buffer_bytes, 1, 4 << 30),
-            ("limits.read_buffer_bytes", l.read_buffer_bytes, 64, 16 << 20),
-            ("limits.max_sessions", l.max_sessions, 1, 1_000_000),
-            ("limits.max_retained_sessions", l.max_retained_sessions, 1, 10_000_000),
-            ("limits.replay_batch_bytes", l.replay_batch_bytes, 1, 64 << 20),
-            ("journal.max_batch", j.max_batch, 1, 65_536),
-        ];
-        for (key, v, min, max) in all {
-            if v < min || v > max {
-                return Err(ConfigError::Invalid(format!("{key} must be between {min} and {max}, not {v}")));
-            }
-        }
-        if l.ring_bytes > 64 << 20 {
-            return Err(ConfigError::Invalid(format!(
-                "limits.ring_bytes must be at most {}, not {}",
-                64 << 20,
-                l.ring_bytes
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// The longest duration any key accepts.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// `server.upstream`, parsed: where the backend is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamUrl {
-    /// `host:port`, with port 80 if the URL names none.
-    pub(crate) authority: String,
-    /// The path prefix every client path is appended to, without a trailing `/`.
-    pub(crate) prefix: String,
-    /// `wss://`: TLS to the backend, verified for [`UpstreamUrl::host`].
-    pub(crate) tls: bool,
-    /// The host name (or IP address, without brackets) the backend's
-    /// certificate must be valid for; also the TLS SNI.
-    pub(crate) host: String,
-}
-
-/// A malformed `server.upstream`.
-#[derive(Debug, thiserror::Error)]
-#[error("server.upstream {url:?}: {problem}")]
-pub struct BadUpstream {
-    url: String,
-    problem: String,
-}
-
-impl UpstreamUrl {
-    /// Parses `ws[s]://host[:port][/prefix]`. No credentials (`user@`): they
-    /// would travel in the `Host` header and in error messages; no query; a
-    /// prefix without `.` or `..` segments.
-    pub fn parse(url: &str) -> Result<UpstreamUrl, BadUpstream> {
-        let bad = |problem: &str| BadUpstream { url: redact(url), problem: problem.to_owned() };
-        let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
-        let tls = match uri.scheme_str() {
-            Some("ws") => false,
-            Some("wss") => true,
-            _ => return Err(bad("only ws:// and wss:// are supported")),
-        };
-        let auth = uri.authority().ok_or_else(|| bad("no host"))?;
-        if auth.as_str().contains('@') {
-            return Err(bad("credentials (user@host) are not supported in the upstream URL"));
-        }
-        // `http` reads a port it cannot parse as no port at all (port 80).
-        let port = match auth.as_str().rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
-            None if tls => 443,
-            None => 80,
-            Some((_, p)) => match p.parse::<u16>() {
-                Ok(port) if port > 0 => port,
-                _ => return Err(bad(&format!("port {p:?} is not in 1..=65535"))),
-            },
-        };
-        if uri.query().is_some() {
-            return Err(bad("a query is not supported; clients' queries are forwarded"));
-        }
-        if uri.path().split('/').any(|seg| seg == "." || seg == "..") {
-            return Err(bad("the path must not contain . or .. segments"));
-        }
-        let authority = format!("{}:{port}", auth.host());
-        let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-        Ok(UpstreamUrl { authority, prefix: uri.path().trim_end_matches('/').to_owned(), tls, host })
-    }
-}
-
-/// `url` without anything between `//` and `@`, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("//"), url.find('@')) {
-        (Some(start), Some(at)) if at > start => format!("{}//<redacted>@{}", &url[..start], &url[at + 1..]),
-        _ => url.to_owned(),
     }
 }
 
