@@ -75,27 +75,7 @@ async fn slow_attached_client_is_told_of_the_gap() {
     b.stream_padded(1, N, SIZE);
     wait_metric(t.admin_addr, "tether_journal_appends_total", N as f64).await;
 
-    let mut next_seq = 1u64;
-    let mut gaps = Vec::new();
-    while next_seq <= N {
-        let text = next_text(&mut ws).await;
-        if let Some(control) = text.strip_prefix('#') {
-            let g: serde_json::Value = serde_json::from_str(control).unwrap();
-            assert_eq!(g["type"], "gap", "{g}");
-            assert_eq!(g["reason"], "trimmed");
-            assert_eq!(g["requested_offset"], next_seq - 1);
-            assert_eq!(g["lost"]["from"], next_seq, "the gap starts exactly where delivery stopped");
-            let to = g["lost"]["to"].as_u64().unwrap();
-            assert_eq!(g["first_available"], to + 1);
-            gaps.push((next_seq, to));
-            next_seq = to + 1;
-            continue;
-        }
-        let (seq, payload) = text.split_once(':').unwrap();
-        assert_eq!(seq.parse::<u64>().unwrap(), next_seq, "in order, no duplicate, nothing silently skipped");
-        assert!(payload.starts_with(&format!("m{next_seq} ")));
-        next_seq += 1;
-    }
+    let gaps = read_through_gaps(&mut ws, N, |seq, payload| assert!(payload.starts_with(&format!("m{seq} ")))).await;
     assert!(!gaps.is_empty(), "the client fell behind 10 retained frames by hundreds");
     let lost: u64 = gaps.iter().map(|(a, b)| b - a + 1).sum();
     let m = t.metrics().await;

@@ -499,6 +499,35 @@ pub async fn expect_stream(ws: &mut Ws, from: u64, to: u64) {
     }
 }
 
+/// Reads prefix-stamped frames up to seq `last` from a client that may fall
+/// behind retention. Each data frame must be the next seq (its payload goes
+/// to `check`); each gap frame must start exactly where delivery stopped.
+/// Returns the reported gaps as `(from, to)`.
+pub async fn read_through_gaps(ws: &mut Ws, last: u64, mut check: impl FnMut(u64, &str)) -> Vec<(u64, u64)> {
+    let mut next_seq = 1u64;
+    let mut gaps = Vec::new();
+    while next_seq <= last {
+        let text = next_text(ws).await;
+        if let Some(control) = text.strip_prefix('#') {
+            let g: Value = serde_json::from_str(control).unwrap();
+            assert_eq!(g["type"], "gap", "{g}");
+            assert_eq!(g["reason"], "trimmed");
+            assert_eq!(g["requested_offset"], next_seq - 1);
+            assert_eq!(g["lost"]["from"], next_seq, "the gap starts exactly where delivery stopped");
+            let to = g["lost"]["to"].as_u64().unwrap();
+            assert_eq!(g["first_available"], to + 1);
+            gaps.push((next_seq, to));
+            next_seq = to + 1;
+            continue;
+        }
+        let (seq, payload) = text.split_once(':').unwrap_or_else(|| panic!("not a stamped frame: {text:?}"));
+        assert_eq!(seq.parse::<u64>().unwrap(), next_seq, "in order, no duplicate, nothing silently skipped");
+        check(next_seq, payload);
+        next_seq += 1;
+    }
+    gaps
+}
+
 /// Waits for the close frame and returns its code.
 pub async fn close_code(ws: &mut Ws) -> u16 {
     within("a close frame", async {
