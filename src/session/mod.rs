@@ -36,7 +36,7 @@ use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
 use crate::upstream::BackendSocket;
 pub(crate) use attach::{AttachError, Attached, Attachment};
-use index::Index;
+use index::{Counted, Index};
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim};
 use ring::Ring;
@@ -104,14 +104,6 @@ pub(crate) enum StateLabel {
     Ended,
 }
 
-/// The outcome of one janitor pass over a session.
-pub(crate) enum Swept {
-    /// Still held, with this many payload bytes retained.
-    Kept(u64),
-    /// Past `journal.retention`: removed from the journal.
-    Purged,
-}
-
 struct Inner {
     life: Life,
     retained: Retained,
@@ -119,7 +111,11 @@ struct Inner {
     /// Which client connection holds the session (see [`attach`]).
     claims: attach::Claims,
     /// The state the index counts the session in (`None`: purged).
-    counted: Option<StateLabel>,
+    counted: Option<Counted>,
+    /// The retained bytes the index counts for the session.
+    counted_bytes: u64,
+    /// Whether the index's aging queue holds the session.
+    aging: bool,
 }
 
 /// One session.
@@ -156,7 +152,15 @@ impl Session {
             delivered: AtomicU64::new(last),
             ended: watch::Sender::new(None),
             ring: Mutex::new(Ring::new(shared.config.limits.ring_bytes)),
-            inner: Mutex::new(Inner { life, retained, meta, claims: attach::Claims::default(), counted: None }),
+            inner: Mutex::new(Inner {
+                life,
+                retained,
+                meta,
+                claims: attach::Claims::default(),
+                counted: None,
+                counted_bytes: 0,
+                aging: false,
+            }),
             shared,
             index,
         });
@@ -164,18 +168,33 @@ impl Session {
         session
     }
 
-    /// Tells the index the session's state after a change made under
-    /// `inner` (its lock), so gauges and sets never walk every session.
+    /// Tells the index the session's state, retained bytes and oldest
+    /// segment after a change made under `inner` (its lock), so gauges and
+    /// the janitor never walk every session. Cheap enough for every frame:
+    /// nothing but an atomic add unless the state changed or the session
+    /// just started retaining frames.
     fn recount(&self, inner: &mut Inner) {
+        let counted = |label| Some(Counted { label, retired: None });
         let now = match inner.life {
-            Life::Live { .. } if inner.claims.is_held() => Some(StateLabel::Attached),
-            Life::Live { .. } => Some(StateLabel::Detached),
-            Life::Orphaned { .. } => Some(StateLabel::Orphaned),
-            Life::Ended { .. } => Some(StateLabel::Ended),
+            Life::Live { .. } if inner.claims.is_held() => counted(StateLabel::Attached),
+            Life::Live { .. } => counted(StateLabel::Detached),
+            Life::Orphaned { since } => Some(Counted { label: StateLabel::Orphaned, retired: Some(since) }),
+            Life::Ended { since } => Some(Counted { label: StateLabel::Ended, retired: Some(since) }),
             Life::Purged => None,
         };
         let before = std::mem::replace(&mut inner.counted, now);
         self.index.moved(self.id, before, now);
+        let bytes = if now.is_some() { inner.retained.bytes } else { 0 };
+        if bytes != inner.counted_bytes {
+            self.index.resized(inner.counted_bytes, bytes);
+            inner.counted_bytes = bytes;
+        }
+        if !inner.aging && now.is_some() {
+            if let Some(oldest) = inner.retained.oldest() {
+                self.index.queue_aging(oldest, self.id);
+                inner.aging = true;
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -205,11 +224,6 @@ impl Session {
     /// Records that the attached client has been sent everything up to `seq`.
     pub(crate) fn set_delivered(&self, seq: u64) {
         self.delivered.store(seq, Ordering::Relaxed);
-    }
-
-    /// Payload bytes retained in the journal.
-    pub(crate) fn retained_bytes(&self) -> u64 {
-        self.lock().retained.bytes
     }
 
     /// Frames committed but not yet written to the attached client.
@@ -266,7 +280,9 @@ impl Session {
             inner.retained.push(seq, len, Instant::now());
             let j = &self.shared.config.journal;
             let trim = inner.retained.enforce(j.max_session_frames, j.max_session_bytes);
-            trim.map(|t| self.note_trim(&mut inner, t))
+            let trim = trim.map(|t| self.note_trim(&mut inner, t));
+            self.recount(&mut inner);
+            trim
         };
         self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await?;
         match trim {
@@ -321,37 +337,49 @@ impl Session {
         }
     }
 
-    /// One janitor pass: purge the session once it has been orphaned or
-    /// ended for `journal.retention` with no client, else trim by age.
-    pub(crate) async fn sweep(&self, now: Instant) -> Swept {
-        let j = &self.shared.config.journal;
-        let (purged, trim, retained) = {
+    /// Purges the session if it has been orphaned or ended for
+    /// `journal.retention` with no client; true if it did.
+    pub(crate) async fn expire(&self, now: Instant) -> bool {
+        let retention = self.shared.config.journal.retention;
+        let frames = {
             let mut inner = self.lock();
             let expired = !inner.claims.is_held()
                 && match inner.life {
-                    Life::Orphaned { since } | Life::Ended { since } => now.duration_since(since) > j.retention,
+                    Life::Orphaned { since } | Life::Ended { since } => now.duration_since(since) > retention,
                     Life::Live { .. } | Life::Purged => false,
                 };
-            if expired {
-                // Under the session lock, so no resume can attach after this.
-                inner.life = Life::Purged;
-                self.recount(&mut inner);
-                (Some(inner.retained.frames), None, 0)
-            } else {
-                let trim = inner.retained.enforce_age(j.max_frame_age, now).map(|t| self.note_trim(&mut inner, t));
-                (None, trim, inner.retained.bytes)
+            if !expired {
+                return false;
             }
+            // Under the session lock, so no resume can attach after this.
+            inner.life = Life::Purged;
+            self.recount(&mut inner);
+            inner.retained.frames
         };
-        if let Some(frames) = purged {
-            self.shared.rt.metrics.trimmed("session_purged", frames);
-            tracing::info!(session = %self.id, "session purged after journal.retention");
-            self.journal_op(self.shared.journal.purge(self.id).await);
-            return Swept::Purged;
-        }
+        self.shared.rt.metrics.trimmed("session_purged", frames);
+        tracing::info!(session = %self.id, "session purged after journal.retention");
+        self.journal_op(self.shared.journal.purge(self.id).await);
+        true
+    }
+
+    /// Trims the segments older than `journal.max_frame_age`; called when
+    /// the aging queue says the oldest may be, and queues the session again
+    /// under its new oldest segment.
+    pub(crate) async fn trim_aged(&self, now: Instant) {
+        let trim = {
+            let mut inner = self.lock();
+            inner.aging = false;
+            if inner.counted.is_none() {
+                return;
+            }
+            let trim = inner.retained.enforce_age(self.shared.config.journal.max_frame_age, now);
+            let trim = trim.map(|t| self.note_trim(&mut inner, t));
+            self.recount(&mut inner);
+            trim
+        };
         if let Some(meta) = trim {
             self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
         }
-        Swept::Kept(retained)
     }
 
     /// Evicted for `limits.max_retained_sessions`: purged now, unless it
@@ -375,20 +403,26 @@ impl Session {
         Some(frames)
     }
 
-    /// When the oldest retained segment was last written, if any.
-    pub(crate) fn oldest_segment(&self) -> Option<Instant> {
-        self.lock().retained.oldest()
-    }
-
-    /// Trims the oldest segment for the disk budget; the bytes it freed.
-    pub(crate) async fn trim_oldest(&self) -> Option<u64> {
-        let (meta, bytes) = {
+    /// Trims the oldest segment for the disk budget, if it was last written
+    /// no later than `queued` (the aging queue's key for the session, which
+    /// it has just popped); else queues the session again under its real
+    /// age, so the budget always trims the instance's oldest segment.
+    pub(crate) async fn trim_for_budget(&self, queued: Instant) {
+        let meta = {
             let mut inner = self.lock();
-            let t = inner.retained.trim_oldest()?;
-            (self.note_trim(&mut inner, t), t.bytes)
+            inner.aging = false;
+            let oldest = if inner.counted.is_some() { inner.retained.oldest() } else { None };
+            let result = match oldest {
+                None => None,
+                Some(t) if t > queued => None,
+                Some(_) => inner.retained.trim_oldest().map(|t| self.note_trim(&mut inner, t)),
+            };
+            self.recount(&mut inner);
+            result
         };
-        self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
-        Some(bytes)
+        if let Some(meta) = meta {
+            self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
+        }
     }
 
     fn journal_op(&self, result: Result<(), JournalError>) {

@@ -1,6 +1,8 @@
 //! The set of sessions this instance holds, the `limits.max_sessions`
 //! capacity, the `limits.max_retained_sessions` cap, and the janitor that
-//! sweeps them once a second.
+//! enforces retention once a second. The janitor visits only the sessions
+//! it purges or trims, found through the [`Index`]'s deadline queues; no
+//! periodic task walks every session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::Index;
 use super::retention::Retained;
-use super::{BackendConn, Life, Session, Shared, Swept};
+use super::{BackendConn, Life, Session, Shared};
 use crate::journal::{JournalError, RecoveredSession, SessionMeta};
 use crate::protocol::{unix_ms, SessionId};
 
@@ -70,10 +72,6 @@ impl Sessions {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn all(&self) -> Vec<Arc<Session>> {
-        self.lock().values().cloned().collect()
     }
 
     /// The session, if this instance holds it.
@@ -144,13 +142,11 @@ impl Sessions {
 
     /// Fills the gauges computed at scrape time: the attached clients' lag
     /// (summed over attached sessions only), the retained bytes and the
-    /// slots in use. The state gauges are kept current on every transition
-    /// ([`Index`]).
+    /// slots in use. The state gauges and the retained total are kept
+    /// current on every change ([`Index`]).
     pub(crate) fn refresh_gauges(&self) {
         let lag: u64 = self.index.attached().iter().filter_map(|id| self.get(id)).map(|s| s.lag()).sum();
-        // Still a walk: retention's bookkeeping (session/retention.rs) keeps
-        // no instance-wide total yet.
-        let retained: u64 = self.all().iter().map(|s| s.retained_bytes()).sum();
+        let retained = self.index.retained_bytes();
         let m = &self.shared.rt.metrics;
         m.delivery_lag_frames.set(lag as i64);
         m.journal_retained_bytes.set(retained as i64);
@@ -175,32 +171,33 @@ impl Sessions {
         }
     }
 
-    /// One janitor pass.
+    /// One janitor pass: purges the sessions past `journal.retention`,
+    /// trims segments past `journal.max_frame_age`, then trims the oldest
+    /// segments anywhere while over `journal.disk_budget_bytes`.
     async fn sweep(&self) {
         let now = Instant::now();
-        let mut kept = self.all();
-        let mut total = 0u64;
-        let mut purged = Vec::new();
-        for session in &kept {
-            match session.sweep(now).await {
-                Swept::Kept(bytes) => total += bytes,
-                Swept::Purged => purged.push(session.id),
+        let j = &self.shared.config.journal;
+        if let Some(cutoff) = now.checked_sub(j.retention) {
+            for id in self.index.retired_before(cutoff) {
+                let Some(session) = self.get(&id) else { continue };
+                if session.expire(now).await {
+                    self.lock().remove(&id);
+                }
             }
         }
-        if !purged.is_empty() {
-            let mut map = self.lock();
-            for id in &purged {
-                map.remove(id);
+        if let Some(cutoff) = now.checked_sub(j.max_frame_age) {
+            while let Some((_, id)) = self.index.pop_aging(Some(cutoff)) {
+                if let Some(session) = self.get(&id) {
+                    session.trim_aged(now).await;
+                }
             }
-            drop(map);
-            kept.retain(|s| !purged.contains(&s.id));
         }
-        // Over the disk budget: trim the oldest segment anywhere, repeatedly.
-        while total > self.shared.config.journal.disk_budget_bytes {
-            let oldest = kept.iter().filter_map(|s| s.oldest_segment().map(|t| (t, s))).min_by_key(|(t, _)| *t);
-            let Some((_, victim)) = oldest else { break };
-            let Some(freed) = victim.trim_oldest().await else { break };
-            total = total.saturating_sub(freed);
+        // Each pass either frees a segment or corrects one stale queue key,
+        // so this ends after at most twice the segments it frees.
+        while self.index.retained_bytes() > j.disk_budget_bytes {
+            let Some((queued, id)) = self.index.pop_aging(None) else { break };
+            let Some(session) = self.get(&id) else { continue };
+            session.trim_for_budget(queued).await;
         }
     }
 }
