@@ -24,6 +24,8 @@ pub enum Command {
     Smoke(Opts),
     /// One stream trial, for profiling (prints tether's pid).
     One(OneOpts),
+    /// TLS on both sides ÷ plain, interleaved rounds; Markdown on stdout.
+    Tls(crate::tls::TlsOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

@@ -18,6 +18,7 @@ mod special;
 mod stats;
 mod stream;
 mod sys;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Full(o) => Plan::full().apply(&o).and_then(|p| harness(p, &o)),
         Command::Smoke(o) => Plan::smoke().apply(&o).and_then(|p| harness(p, &o)),
         Command::One(o) => one(o),
+        Command::Tls(o) => tls_matrix(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -47,6 +49,16 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `tether-bench tls`: TLS on both sides ÷ plain (bench/src/tls.rs).
+fn tls_matrix(o: tls::TlsOpts) -> anyhow::Result<bool> {
+    tls::check(&o)?;
+    let launcher = Launcher::new(o.tether_bin.clone(), data_root(o.data_root.clone()))?;
+    let root = launcher.data_root().to_owned();
+    let ok = runtime()?.block_on(tls::run(o, launcher));
+    let _ = std::fs::remove_dir_all(root);
+    ok
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
