@@ -58,7 +58,8 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/readyz` must keep answering 503 and `/livez` 200.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    net::accept_until(listener, std::future::pending(), |tcp, peer| {
+    let errors = admin.metrics.accept_errors_admin.clone();
+    net::accept_until(listener, std::future::pending(), errors, |tcp, peer| {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
             admin.metrics.admin_rejected.inc();

@@ -86,6 +86,10 @@ pub(crate) struct Metrics {
     pub(crate) replay_seconds: Histogram,
     /// Admin connections closed at once because the cap was reached.
     pub(crate) admin_rejected: IntCounter,
+    /// Failed accepts on the data port (EMFILE and friends).
+    pub(crate) accept_errors_data: IntCounter,
+    /// Failed accepts on the admin port.
+    pub(crate) accept_errors_admin: IntCounter,
 }
 
 /// Builds families and registers each in one registry as it is made.
@@ -132,6 +136,11 @@ impl Metrics {
             "tether_journal_fsyncs_total",
             "Journal WAL fsyncs, by trigger (batch, interval, drain).",
             &["trigger"],
+        );
+        let accept_errors = f.counters(
+            "tether_accept_errors_total",
+            "Failed accepts (e.g. no file descriptor left), by listener; each is followed by a 50 ms pause.",
+            &["listener"],
         );
         let build_info = f.gauges(
             "tether_build_info",
@@ -232,6 +241,8 @@ impl Metrics {
                 "tether_admin_connections_rejected_total",
                 "Admin-port connections closed at once because 64 were already open.",
             ),
+            accept_errors_data: accept_errors.with_label_values(&["data"]),
+            accept_errors_admin: accept_errors.with_label_values(&["admin"]),
             registry: f.0,
         };
         m.precreate();

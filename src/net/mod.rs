@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::header::AsHeaderName;
 use http::HeaderMap;
+use prometheus::IntCounter;
 use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) use lazy_read::LazyRead;
@@ -18,10 +19,13 @@ pub(crate) use lazy_read::LazyRead;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections on `listener` until `stop` completes, handing each
-/// to `handle`.
+/// to `handle`. A failed accept counts in `errors`; the loop then pauses, so
+/// descriptor exhaustion costs neither a spinning core nor a log flood, and
+/// accepting resumes by itself once descriptors are free again.
 pub(crate) async fn accept_until(
     listener: TcpListener,
     stop: impl Future<Output = ()>,
+    errors: IntCounter,
     mut handle: impl FnMut(TcpStream, SocketAddr),
 ) {
     tokio::pin!(stop);
@@ -31,6 +35,7 @@ pub(crate) async fn accept_until(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => handle(tcp, peer),
                 Err(e) => {
+                    errors.inc();
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }

@@ -99,7 +99,8 @@ pub(crate) fn ws_config(config: &Config) -> WebSocketConfig {
 /// handshake must finish within `server.handshake_timeout` too.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     let shutdown = ctx.rt.shutdown.clone();
-    net::accept_until(listener, shutdown.cancelled_owned(), |tcp, peer| {
+    let errors = ctx.rt.metrics.accept_errors_data.clone();
+    net::accept_until(listener, shutdown.cancelled_owned(), errors, |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -300,7 +300,37 @@ impl TetherProcess {
     /// Starts the `tether` binary with `args` and waits for its
     /// "tether is serving" log line, which carries the bound addresses.
     pub async fn start(upstream: &str, dir: &Path, extra_env: &[(&str, &str)]) -> TetherProcess {
+        Self::start_cmd(tokio::process::Command::new(env!("CARGO_BIN_EXE_tether")), upstream, dir, extra_env).await
+    }
+
+    /// As [`TetherProcess::start`], with at most `nofile` file descriptors
+    /// (RLIMIT_NOFILE, soft and hard, set in the child before exec).
+    pub async fn start_with_nofile(
+        upstream: &str,
+        dir: &Path,
+        extra_env: &[(&str, &str)],
+        nofile: u64,
+    ) -> TetherProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start_cmd(cmd, upstream, dir, extra_env).await
+    }
+
+    async fn start_cmd(
+        mut cmd: tokio::process::Command,
+        upstream: &str,
+        dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> TetherProcess {
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
             .arg("--data-dir")
             .arg(dir)
