@@ -137,6 +137,7 @@ pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
     let backend = l.backend()?;
     let tether = match t.setup {
         Setup::Direct => None,
+        Setup::Relay => Some(l.relay(&backend.url())?),
         s => Some(l.tether(s, &backend.url(), &[])?),
     };
     let url = match &tether {
