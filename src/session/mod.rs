@@ -31,14 +31,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Config;
-use crate::journal::{EndInfo, Journal, JournalError, SessionMeta};
+use crate::journal::{encode_frame, EndInfo, Journal, JournalError, SessionMeta, FRAME_HEADER};
 use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
 use crate::upstream::BackendSocket;
 pub(crate) use attach::{AttachError, Attached, Attachment};
 use index::Index;
 pub(crate) use registry::Sessions;
-use retention::{Retained, Trim};
+use retention::{Retained, Trim, SEGMENT_FRAMES};
 use ring::Ring;
 
 /// A backend connection and the `limits.max_sessions` slot it holds; the
@@ -106,8 +106,8 @@ pub(crate) enum StateLabel {
 
 /// The outcome of one janitor pass over a session.
 pub(crate) enum Swept {
-    /// Still held, with this many payload bytes retained.
-    Kept(u64),
+    /// Still held.
+    Kept,
     /// Past `journal.retention`: removed from the journal.
     Purged,
 }
@@ -160,7 +160,12 @@ impl Session {
             shared,
             index,
         });
-        session.recount(&mut session.lock());
+        {
+            let mut inner = session.lock();
+            // The running total of `tether_journal_retained_bytes`.
+            session.shared.rt.metrics.journal_retained_bytes.add(inner.retained.bytes as i64);
+            session.recount(&mut inner);
+        }
         session
     }
 
@@ -175,6 +180,10 @@ impl Session {
             Life::Purged => None,
         };
         let before = std::mem::replace(&mut inner.counted, now);
+        if before.is_some() && now.is_none() {
+            // Purged or evicted: its frames leave the journal and the total.
+            self.shared.rt.metrics.journal_retained_bytes.sub(inner.retained.bytes as i64);
+        }
         self.index.moved(self.id, before, now);
     }
 
@@ -205,11 +214,6 @@ impl Session {
     /// Records that the attached client has been sent everything up to `seq`.
     pub(crate) fn set_delivered(&self, seq: u64) {
         self.delivered.store(seq, Ordering::Relaxed);
-    }
-
-    /// Payload bytes retained in the journal.
-    pub(crate) fn retained_bytes(&self) -> u64 {
-        self.lock().retained.bytes
     }
 
     /// Frames committed but not yet written to the attached client.
@@ -252,23 +256,49 @@ impl Session {
         Life::Live { upstream, linger }
     }
 
-    /// Journals the next backend frame and applies the frame and byte limits.
-    async fn journal_frame(&self, payload: Payload) -> Result<(), JournalError> {
-        let seq = self.assigned.load(Ordering::Relaxed) + 1;
-        self.assigned.store(seq, Ordering::Relaxed);
-        let len = payload.len() as u64;
-        self.shared.rt.metrics.downstream.count(payload.len());
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).push(seq, payload.clone());
-        // Retention is decided before the frame can be delivered, so a client
-        // that has seen frame `seq` also sees the trim point it implies.
+    /// How many frames the next [`Session::journal_frames`] may take: up to
+    /// the end of the current retention segment, so that no journal chunk
+    /// straddles a point a trim can end at (see `journal::chunk`).
+    fn batch_room(&self) -> usize {
+        let next = self.assigned.load(Ordering::Relaxed) + 1;
+        (SEGMENT_FRAMES - (next - 1) % SEGMENT_FRAMES) as usize
+    }
+
+    /// Journals a batch of backend frames (at most [`Session::batch_room`])
+    /// as one chunk, one queue operation, and applies the frame and byte
+    /// limits once. Leaves `batch` empty, its capacity kept for the next.
+    async fn journal_frames(&self, batch: &mut Vec<Payload>) -> Result<(), JournalError> {
+        let n = batch.len() as u64;
+        debug_assert!(n > 0 && n as usize <= self.batch_room());
+        let first = self.assigned.load(Ordering::Relaxed) + 1;
+        self.assigned.store(first + n - 1, Ordering::Relaxed);
+        let mut chunk = Vec::with_capacity(batch.iter().map(|p| p.len() + FRAME_HEADER).sum());
+        let mut bytes = 0u64;
+        for p in batch.iter() {
+            encode_frame(&mut chunk, p);
+            bytes += p.len() as u64;
+        }
+        self.shared.rt.metrics.downstream.count_many(n, bytes);
+        let now = Instant::now();
+        // Retention is decided before the frames can be delivered, so a
+        // client that has seen frame `seq` also sees the trim point it implies.
         let trim = {
             let mut inner = self.lock();
-            inner.retained.push(seq, len, Instant::now());
+            for (seq, p) in (first..).zip(batch.iter()) {
+                inner.retained.push(seq, p.len() as u64, now);
+            }
+            self.shared.rt.metrics.journal_retained_bytes.add(bytes as i64);
             let j = &self.shared.config.journal;
             let trim = inner.retained.enforce(j.max_session_frames, j.max_session_bytes);
             trim.map(|t| self.note_trim(&mut inner, t))
         };
-        self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await?;
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, p) in (first..).zip(batch.drain(..)) {
+                ring.push(seq, p);
+            }
+        }
+        self.shared.journal.append(self.id, first, n as u32, chunk, self.committed.clone()).await?;
         match trim {
             Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await,
             None => Ok(()),
@@ -277,6 +307,10 @@ impl Session {
 
     fn note_trim(&self, inner: &mut Inner, t: Trim) -> SessionMeta {
         self.shared.rt.metrics.trimmed(t.reason.as_str(), t.frames);
+        if inner.counted.is_some() {
+            // Purged sessions left the running total when they were purged.
+            self.shared.rt.metrics.journal_retained_bytes.sub(t.bytes as i64);
+        }
         inner.meta.trimmed_to = t.upto;
         inner.meta.clone()
     }
@@ -325,7 +359,7 @@ impl Session {
     /// ended for `journal.retention` with no client, else trim by age.
     pub(crate) async fn sweep(&self, now: Instant) -> Swept {
         let j = &self.shared.config.journal;
-        let (purged, trim, retained) = {
+        let (purged, trim) = {
             let mut inner = self.lock();
             let expired = !inner.claims.is_held()
                 && match inner.life {
@@ -336,10 +370,10 @@ impl Session {
                 // Under the session lock, so no resume can attach after this.
                 inner.life = Life::Purged;
                 self.recount(&mut inner);
-                (Some(inner.retained.frames), None, 0)
+                (Some(inner.retained.frames), None)
             } else {
                 let trim = inner.retained.enforce_age(j.max_frame_age, now).map(|t| self.note_trim(&mut inner, t));
-                (None, trim, inner.retained.bytes)
+                (None, trim)
             }
         };
         if let Some(frames) = purged {
@@ -351,7 +385,7 @@ impl Session {
         if let Some(meta) = trim {
             self.journal_op(self.shared.journal.trim(self.id, meta.trimmed_to, meta).await);
         }
-        Swept::Kept(retained)
+        Swept::Kept
     }
 
     /// Evicted for `limits.max_retained_sessions`: purged now, unless it

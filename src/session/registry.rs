@@ -143,17 +143,14 @@ impl Sessions {
     }
 
     /// Fills the gauges computed at scrape time: the attached clients' lag
-    /// (summed over attached sessions only), the retained bytes and the
-    /// slots in use. The state gauges are kept current on every transition
-    /// ([`Index`]).
+    /// (summed over attached sessions only) and the slots in use. The state
+    /// gauges are kept current on every transition ([`Index`]), and
+    /// `tether_journal_retained_bytes` on every append, trim and purge
+    /// (`Session::journal_frames`, `Session::note_trim`, `Session::recount`).
     pub(crate) fn refresh_gauges(&self) {
         let lag: u64 = self.index.attached().iter().filter_map(|id| self.get(id)).map(|s| s.lag()).sum();
-        // Still a walk: retention's bookkeeping (session/retention.rs) keeps
-        // no instance-wide total yet.
-        let retained: u64 = self.all().iter().map(|s| s.retained_bytes()).sum();
         let m = &self.shared.rt.metrics;
         m.delivery_lag_frames.set(lag as i64);
-        m.journal_retained_bytes.set(retained as i64);
         let in_use = self.shared.config.limits.max_sessions.saturating_sub(self.capacity.available_permits());
         m.backend_connections.set(in_use as i64);
     }
@@ -179,14 +176,15 @@ impl Sessions {
     async fn sweep(&self) {
         let now = Instant::now();
         let mut kept = self.all();
-        let mut total = 0u64;
         let mut purged = Vec::new();
         for session in &kept {
             match session.sweep(now).await {
-                Swept::Kept(bytes) => total += bytes,
+                Swept::Kept => {}
                 Swept::Purged => purged.push(session.id),
             }
         }
+        // The running total of retained payload bytes, kept per append and trim.
+        let mut total = self.shared.rt.metrics.journal_retained_bytes.get().max(0) as u64;
         if !purged.is_empty() {
             let mut map = self.lock();
             for id in &purged {
