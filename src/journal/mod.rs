@@ -349,9 +349,13 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
     let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Frames are mostly small and compress well; lz4 is cheap on the write path.
+    // Most frames are replayed or trimmed while they are young: the memtable
+    // flush (L0) and the first compaction (L1) write them uncompressed, which
+    // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
+    // that lives long enough to reach L2 and below is compressed with lz4.
     let mut frames = Options::default();
-    frames.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    use rocksdb::DBCompressionType::{Lz4, None as Plain};
+    frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_FRAMES, frames),
         ColumnFamilyDescriptor::new(CF_SESSIONS, Options::default()),
