@@ -29,6 +29,11 @@ pub enum Setup {
     Pass,
     /// tether, prefix stamps, `journal.sync = none`.
     JournalNone,
+    /// tether, prefix stamps, `journal.sync = none`, with
+    /// `journal.max_session_frames` low enough that every session exceeds it
+    /// and trims as it goes (twice the harness's flow-control window, so a
+    /// client is never behind retention): the steady state past retention.
+    JournalTrim,
     /// tether, prefix stamps, `journal.sync = interval` (50 ms).
     JournalInterval,
     /// tether, prefix stamps, `journal.sync = always` (group commit).
@@ -36,8 +41,15 @@ pub enum Setup {
 }
 
 /// Every setup, in the order each round runs them.
-pub const SETUPS: [Setup; 6] =
-    [Setup::Direct, Setup::Relay, Setup::Pass, Setup::JournalNone, Setup::JournalInterval, Setup::JournalAlways];
+pub const SETUPS: [Setup; 7] = [
+    Setup::Direct,
+    Setup::Relay,
+    Setup::Pass,
+    Setup::JournalNone,
+    Setup::JournalTrim,
+    Setup::JournalInterval,
+    Setup::JournalAlways,
+];
 
 impl Setup {
     /// Its name in tables.
@@ -47,6 +59,7 @@ impl Setup {
             Setup::Relay => "reference relay",
             Setup::Pass => "pass-through",
             Setup::JournalNone => "journal sync=none",
+            Setup::JournalTrim => "journal sync=none, trimming",
             Setup::JournalInterval => "journal sync=interval",
             Setup::JournalAlways => "journal sync=always",
         }
@@ -59,6 +72,7 @@ impl Setup {
             "relay" | "reference-relay" => Setup::Relay,
             "pass" | "pass-through" | "none-stamp" => Setup::Pass,
             "journal-none" | "none" => Setup::JournalNone,
+            "journal-trim" | "trim" => Setup::JournalTrim,
             "journal-interval" | "interval" => Setup::JournalInterval,
             "journal-always" | "always" => Setup::JournalAlways,
             _ => return None,
@@ -75,7 +89,7 @@ impl Setup {
         match self {
             Setup::Direct | Setup::Relay => None,
             Setup::Pass => Some(("none", "none")),
-            Setup::JournalNone => Some(("prefix", "none")),
+            Setup::JournalNone | Setup::JournalTrim => Some(("prefix", "none")),
             Setup::JournalInterval => Some(("prefix", "interval")),
             Setup::JournalAlways => Some(("prefix", "always")),
         }

@@ -297,6 +297,13 @@ impl Results {
                 verdict(r >= 0.7),
             ]);
         }
+        if let Some((r, size, conns)) = worst(Setup::JournalTrim, Setup::Relay) {
+            rows.push([
+                "the same past `journal.max_session_frames` (trimming as it goes) ≥ 0.7× the reference relay".into(),
+                format!("worst cell {} × {conns}: {}", size_label(size), ratio(r)),
+                verdict(r >= 0.7),
+            ]);
+        }
         if let Some((r, size, conns)) = worst(Setup::JournalNone, Setup::Pass) {
             rows.push([
                 "journaling (`sync = none`) ≥ 0.85× pass-through throughput".into(),
