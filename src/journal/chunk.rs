@@ -54,7 +54,7 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, p: &Payload) {
         Payload::Binary(b) => (KIND_BINARY, b),
     };
     buf.push(kind);
-    // Frames are bounded by limits.max_message_bytes (< 4 GiB, validated).
+    // Frames are bounded by limits.max_message_bytes (at most 1 GiB, validated).
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(body);
 }
