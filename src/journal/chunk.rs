@@ -132,9 +132,9 @@ pub(crate) fn read(
         if k.len() != 24 || k[..16] != session.0 {
             break;
         }
-        let mut seq = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
+        let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
         let chunk = Bytes::copy_from_slice(v);
-        for f in frames(&chunk) {
+        for (seq, f) in (first..).zip(frames(&chunk)) {
             let (start, len, kind) = f?;
             if seq > to {
                 return Ok(out);
@@ -146,7 +146,6 @@ pub(crate) fn read(
                     return Ok(out);
                 }
             }
-            seq += 1;
         }
         it.next();
     }
