@@ -22,6 +22,12 @@ impl Flow {
         self.frames.inc();
         self.bytes.inc_by(len as u64);
     }
+
+    /// Counts `frames` frames of `bytes` bytes in all.
+    pub(crate) fn count_many(&self, frames: u64, bytes: u64) {
+        self.frames.inc_by(frames);
+        self.bytes.inc_by(bytes);
+    }
 }
 
 /// Session counts by state, set at scrape time.

@@ -60,6 +60,8 @@ async fn delivery_metrics_after_a_drop_and_resume() {
     assert!(m.contains("tether_resumes_total{outcome=\"gap\",reason=\"journal_lost\"} 0\n"), "{m}");
     assert!(m.contains("tether_trimmed_frames_total{reason=\"max_frames\"} 0\n"), "{m}");
     assert!(metric(&m, "tether_journal_batch_ops_count") >= 1.0);
-    assert!(metric(&m, "tether_journal_batch_ops_sum") >= 8.0, "every op is in a batch");
+    // Every op is in a batch: 2 session records and at least one chunk for
+    // each of the 3 bursts (frames that arrive together share a chunk).
+    assert!(metric(&m, "tether_journal_batch_ops_sum") >= 5.0, "every op is in a batch");
     t.stop().await;
 }

@@ -32,6 +32,14 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// Internal: the reference relay (no journal, no stamps).
+    #[command(hide = true)]
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long)]
+        upstream: String,
+    },
     /// Internal: tether itself (`tether run` flags), from the linked library.
     #[command(hide = true, disable_help_flag = true)]
     Tether {
@@ -54,7 +62,7 @@ pub struct Opts {
     /// Offered loads in % of the pass-through capacity for paced traffic, e.g. 10,25.
     #[arg(long, value_delimiter = ',')]
     pub loads: Vec<u32>,
-    /// Setups: direct, pass, journal-none, journal-interval, journal-always.
+    /// Setups: direct, relay, pass, journal-none, journal-interval, journal-always.
     #[arg(long, value_delimiter = ',')]
     pub setups: Vec<String>,
     /// Scenarios to run: stream, replay, resume, idle (default: all).

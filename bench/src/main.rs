@@ -13,6 +13,7 @@ mod backend;
 mod cli;
 mod client;
 mod procs;
+mod relay;
 mod report;
 mod special;
 mod stats;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Backend { listen } => backend::run(&listen).map(|_| true),
+        Command::Relay { listen, upstream } => relay::run(&listen, &upstream).map(|_| true),
         Command::Tether { args } => procs::run_tether(args).map(|_| true),
         Command::Full(o) => Plan::full().apply(&o).and_then(|p| harness(p, &o)),
         Command::Smoke(o) => Plan::smoke().apply(&o).and_then(|p| harness(p, &o)),

@@ -20,11 +20,20 @@ pub const SECRET: &str = "tether-bench-secret-tether-bench-secret-0";
 pub enum Setup {
     /// Clients connect straight to the backend; no tether.
     Direct,
+    /// The reference relay (`tether-bench relay`): frames forwarded by a naive
+    /// tokio-tungstenite relay, no journal, no stamps. tether's headline
+    /// ratio is against it.
+    Relay,
     /// tether with `stamp.mode = none` (journal still on: tether has no
     /// journal-off mode).
     Pass,
     /// tether, prefix stamps, `journal.sync = none`.
     JournalNone,
+    /// tether, prefix stamps, `journal.sync = none`, with
+    /// `journal.max_session_frames` low enough that every session exceeds it
+    /// and trims as it goes (twice the harness's flow-control window, so a
+    /// client is never behind retention): the steady state past retention.
+    JournalTrim,
     /// tether, prefix stamps, `journal.sync = interval` (50 ms).
     JournalInterval,
     /// tether, prefix stamps, `journal.sync = always` (group commit).
@@ -32,16 +41,25 @@ pub enum Setup {
 }
 
 /// Every setup, in the order each round runs them.
-pub const SETUPS: [Setup; 5] =
-    [Setup::Direct, Setup::Pass, Setup::JournalNone, Setup::JournalInterval, Setup::JournalAlways];
+pub const SETUPS: [Setup; 7] = [
+    Setup::Direct,
+    Setup::Relay,
+    Setup::Pass,
+    Setup::JournalNone,
+    Setup::JournalTrim,
+    Setup::JournalInterval,
+    Setup::JournalAlways,
+];
 
 impl Setup {
     /// Its name in tables.
     pub fn name(self) -> &'static str {
         match self {
             Setup::Direct => "direct",
+            Setup::Relay => "reference relay",
             Setup::Pass => "pass-through",
             Setup::JournalNone => "journal sync=none",
+            Setup::JournalTrim => "journal sync=none, trimming",
             Setup::JournalInterval => "journal sync=interval",
             Setup::JournalAlways => "journal sync=always",
         }
@@ -51,8 +69,10 @@ impl Setup {
     pub fn parse(s: &str) -> Option<Setup> {
         Some(match s {
             "direct" => Setup::Direct,
+            "relay" | "reference-relay" => Setup::Relay,
             "pass" | "pass-through" | "none-stamp" => Setup::Pass,
             "journal-none" | "none" => Setup::JournalNone,
+            "journal-trim" | "trim" => Setup::JournalTrim,
             "journal-interval" | "interval" => Setup::JournalInterval,
             "journal-always" | "always" => Setup::JournalAlways,
             _ => return None,
@@ -61,15 +81,15 @@ impl Setup {
 
     /// True if data frames carry `<seq>:` prefixes and control frames.
     pub fn stamped(self) -> bool {
-        !matches!(self, Setup::Direct | Setup::Pass)
+        !matches!(self, Setup::Direct | Setup::Relay | Setup::Pass)
     }
 
-    /// `(stamp.mode, journal.sync)`, or `None` for direct.
+    /// `(stamp.mode, journal.sync)`, or `None` for direct and the relay.
     pub fn tether_modes(self) -> Option<(&'static str, &'static str)> {
         match self {
-            Setup::Direct => None,
+            Setup::Direct | Setup::Relay => None,
             Setup::Pass => Some(("none", "none")),
-            Setup::JournalNone => Some(("prefix", "none")),
+            Setup::JournalNone | Setup::JournalTrim => Some(("prefix", "none")),
             Setup::JournalInterval => Some(("prefix", "interval")),
             Setup::JournalAlways => Some(("prefix", "always")),
         }
@@ -118,7 +138,8 @@ impl BackendProc {
     }
 }
 
-/// A tether instance with its own journal directory (removed on drop).
+/// A tether instance with its own journal directory (removed on drop), or
+/// the reference relay.
 pub struct TetherProc {
     proc: Option<Proc>,
     /// Its pid.
@@ -127,13 +148,16 @@ pub struct TetherProc {
     pub data: SocketAddr,
     /// Admin port.
     pub admin: SocketAddr,
-    dir: PathBuf,
+    /// Its journal directory (none for the relay).
+    dir: Option<PathBuf>,
 }
 
 impl Drop for TetherProc {
     fn drop(&mut self) {
         drop(self.proc.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -209,6 +233,29 @@ impl Launcher {
         Ok(BackendProc { proc, addr })
     }
 
+    /// Starts the reference relay in front of `upstream` and waits for its
+    /// address. It has no admin port and no journal directory.
+    pub fn relay(&self, upstream: &str) -> anyhow::Result<TetherProc> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["relay", "--listen", "127.0.0.1:0", "--upstream", upstream])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("starting the relay")?;
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("piped");
+        let proc = Proc { child, pid };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let data: SocketAddr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow!("relay did not start: {line:?}"))?;
+        Ok(TetherProc { proc: Some(proc), pid, data, admin: data, dir: None })
+    }
+
     /// Starts tether in front of `upstream` in `setup` (plus `extra` variables)
     /// with a fresh journal directory, and waits for it to serve.
     pub fn tether(&self, setup: Setup, upstream: &str, extra: &[(&str, String)]) -> anyhow::Result<TetherProc> {
@@ -282,7 +329,7 @@ impl Launcher {
         if self.verbose {
             eprintln!("tether pid {pid} serving on {data}, admin {admin}, journal {}", dir.display());
         }
-        Ok(TetherProc { proc: Some(proc), pid, data, admin, dir })
+        Ok(TetherProc { proc: Some(proc), pid, data, admin, dir: Some(dir) })
     }
 
     /// The root directory for journals.

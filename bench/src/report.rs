@@ -117,11 +117,12 @@ impl Results {
         let _ = writeln!(out, "\n### Throughput at saturation\n");
         let _ = writeln!(
             out,
-            "| payload | conns | setup | delivered msg/s | × pass-through | × direct | tether CPU µs/msg | all CPU µs/msg | tether peak RSS MiB | disk bytes ÷ payload | missing / dup |"
+            "| payload | conns | setup | delivered msg/s | × relay | × pass-through | × direct | tether CPU µs/msg | all CPU µs/msg | tether peak RSS MiB | disk bytes ÷ payload | missing / dup |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (size, conns, load) in cells {
             let m = |s: Setup, f: &dyn Fn(&Trial) -> f64| self.med("saturation", size, conns, load, s, f);
+            let relay = m(Setup::Relay, &|t| t.rate);
             let pass = m(Setup::Pass, &|t| t.rate);
             let direct = m(Setup::Direct, &|t| t.rate);
             for s in self.setups() {
@@ -132,7 +133,7 @@ impl Results {
                 if self.stalled("saturation", size, conns, s) {
                     let _ = writeln!(
                         out,
-                        "| {} | {conns} | {} | stalled: nothing delivered (see Failed below) | | | | | | | |",
+                        "| {} | {conns} | {} | stalled: nothing delivered (see Failed below) | | | | | | | | |",
                         size_label(size),
                         s.name()
                     );
@@ -146,10 +147,11 @@ impl Results {
                     .fold((0, 0), |a, t| (a.0 + t.gaps + t.incomplete, a.1 + t.dups));
                 let _ = writeln!(
                     out,
-                    "| {} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+                    "| {} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
                     size_label(size),
                     s.name(),
                     thousands(rate),
+                    ratio(rate / relay),
                     ratio(rate / pass),
                     ratio(rate / direct),
                     if proxied { fixed(m(s, &|t| t.tether_cpu_us), 2) } else { "–".into() },
@@ -175,22 +177,23 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "| payload | conns | load | capacity msg/s | setup | offered msg/s | delivered msg/s | p50 µs | p99 µs | p99.9 µs | p50 added over pass-through µs | p99 added µs | tether CPU µs/msg | machine CPU busy |"
+            "| payload | conns | load | capacity msg/s | setup | offered msg/s | delivered msg/s | p50 µs | p99 µs | p99.9 µs | p50 added over pass-through µs | p99 added µs | p99 added over relay µs | tether CPU µs/msg | CPU ÷ relay's | machine CPU busy |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for (size, conns, load) in cells {
             let m = |s: Setup, f: &dyn Fn(&Trial) -> f64| self.med("latency", size, conns, load, s, f);
             let p50 = |t: &Trial| t.p50_us.unwrap_or(f64::NAN);
             let p99 = |t: &Trial| t.p99_us.unwrap_or(f64::NAN);
             let p999 = |t: &Trial| t.p999_us.unwrap_or(f64::NAN);
             let (pass50, pass99) = (m(Setup::Pass, &p50), m(Setup::Pass, &p99));
+            let (relay99, relay_cpu) = (m(Setup::Relay, &p99), m(Setup::Relay, &|t| t.tether_cpu_us));
             for s in self.setups() {
                 let offered = m(s, &|t| t.offered);
                 if offered.is_nan() {
                     continue;
                 }
                 let added = |x: f64, base: f64| {
-                    if s == Setup::Pass || s == Setup::Direct {
+                    if s == Setup::Pass || s == Setup::Direct || s == Setup::Relay {
                         "–".into()
                     } else {
                         micros(x - base)
@@ -198,7 +201,7 @@ impl Results {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {conns} | {load} % | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} % |",
+                    "| {} | {conns} | {load} % | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} % |",
                     size_label(size),
                     thousands(m(s, &|t| t.base)),
                     s.name(),
@@ -209,7 +212,9 @@ impl Results {
                     micros(m(s, &p999)),
                     added(m(s, &p50), pass50),
                     added(m(s, &p99), pass99),
+                    if s == Setup::Direct || s == Setup::Relay { "–".into() } else { micros(m(s, &p99) - relay99) },
                     if s == Setup::Direct { "–".into() } else { fixed(m(s, &|t| t.tether_cpu_us), 2) },
+                    if s == Setup::Direct { "–".into() } else { ratio(m(s, &|t| t.tether_cpu_us) / relay_cpu) },
                     fixed(m(s, &|t| t.busy_pct), 0),
                 );
             }
@@ -285,6 +290,20 @@ impl Results {
                 .min_by(|a, b| a.0.total_cmp(&b.0))
         };
         let verdict = |ok: bool| if ok { "met".to_owned() } else { "**missed**".to_owned() };
+        if let Some((r, size, conns)) = worst(Setup::JournalNone, Setup::Relay) {
+            rows.push([
+                "tether (`sync = none`) ≥ 0.7× the reference relay's throughput".into(),
+                format!("worst cell {} × {conns}: {}", size_label(size), ratio(r)),
+                verdict(r >= 0.7),
+            ]);
+        }
+        if let Some((r, size, conns)) = worst(Setup::JournalTrim, Setup::Relay) {
+            rows.push([
+                "the same past `journal.max_session_frames` (trimming as it goes) ≥ 0.7× the reference relay".into(),
+                format!("worst cell {} × {conns}: {}", size_label(size), ratio(r)),
+                verdict(r >= 0.7),
+            ]);
+        }
         if let Some((r, size, conns)) = worst(Setup::JournalNone, Setup::Pass) {
             rows.push([
                 "journaling (`sync = none`) ≥ 0.85× pass-through throughput".into(),

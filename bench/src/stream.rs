@@ -132,11 +132,25 @@ fn cpus() -> f64 {
     std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
 }
 
+/// Saturation runs keep at most ~64k messages / 32 MiB unacknowledged over
+/// all connections (at least 8 per connection), acknowledged every quarter
+/// window.
+fn flow_window(size: usize, conns: usize) -> u64 {
+    let total = (32u64 << 20).div_ceil(size as u64).min(65_536);
+    (total / conns as u64).max(8)
+}
+
 /// Runs one trial.
 pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
     let backend = l.backend()?;
+    let window = if t.rate.is_none() { flow_window(t.size, t.conns) } else { 0 };
+    // Retention at twice the window: a client is never behind it, yet a
+    // saturation run goes far past it (the steady state past retention).
+    let trim = [("TETHER_JOURNAL_MAX_SESSION_FRAMES", (2 * window).max(1000).to_string())];
     let tether = match t.setup {
         Setup::Direct => None,
+        Setup::Relay => Some(l.relay(&backend.url())?),
+        Setup::JournalTrim => Some(l.tether(Setup::JournalTrim, &backend.url(), &trim)?),
         s => Some(l.tether(s, &backend.url(), &[])?),
     };
     let url = match &tether {
@@ -153,15 +167,6 @@ pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
     // Sends on one connection are at least tick apart: 100 µs for a single
     // connection, longer with many (at most ~100,000 wake-ups/s in total).
     let tick_us = (t.conns as u64 * 10).clamp(100, 10_000);
-    // Saturation runs keep at most ~64k messages / 32 MiB unacknowledged
-    // over all connections (at least 8 per connection), acknowledged every
-    // quarter window.
-    let window = if t.rate.is_none() {
-        let total = (32u64 << 20).div_ceil(t.size as u64).min(65_536);
-        (total / t.conns as u64).max(8)
-    } else {
-        0
-    };
     let spec = Spec { size: t.size, rate: per_conn, ms: t.ms, count: 0, tick_us, window };
     let go = spec.go();
     let t_go = now_ns();

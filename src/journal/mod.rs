@@ -1,15 +1,18 @@
 //! The journal: every backend→client frame, in RocksDB, before any client
 //! can see it.
 //!
-//! Layout (column families):
-//! - `frames`: `session id (16) ‖ seq (8, big-endian)` → `kind (1) ‖ payload`
+//! Layout 2 (column families):
+//! - `frames`: `session id (16) ‖ first seq (8, big-endian)` → a chunk of
+//!   consecutive frames ([`chunk`])
 //! - `sessions`: `session id` → [`SessionMeta`] as JSON
-//! - `meta`: `epoch` (8 bytes, big-endian) and, if none is configured, `secret`
+//! - `meta`: `layout` (u32, big-endian: 2), `epoch` (8 bytes, big-endian)
+//!   and, if none is configured, `secret`
 //!
 //! All writes go through one writer thread ([`writer`]) that batches
 //! operations from every session into one RocksDB write; reads run on the
 //! blocking pool. No RocksDB call runs on an async worker.
 
+mod chunk;
 mod writer;
 
 use std::path::Path;
@@ -17,15 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{Payload, SessionId};
+use chunk::chunk_key;
 
 const CF_FRAMES: &str = "frames";
 const CF_SESSIONS: &str = "sessions";
@@ -33,8 +35,8 @@ const CF_META: &str = "meta";
 /// Range deletes (trims, purges) a memtable of `frames` holds before it is
 /// flushed.
 const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
-const KIND_TEXT: u8 = 0;
-const KIND_BINARY: u8 = 1;
+
+pub(crate) use chunk::{encode_frame, FRAME_HEADER};
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,19 @@ pub enum JournalError {
         path: std::path::PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// The data directory holds a journal in a layout this tether does not
+    /// read (an older tether's per-frame layout): refused at start.
+    #[error(
+        "{path}: the journal there is in layout {found} (one key per frame, written by an older tether); this tether \
+         reads layout {} only. Let the old tether's clients finish and start this one with an empty journal.data_dir",
+        chunk::LAYOUT
+    )]
+    Layout {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The layout found.
+        found: u32,
     },
     /// The writer has stopped (shutdown).
     #[error("journal writer has stopped")]
@@ -119,10 +134,12 @@ pub(crate) struct RecoveredSession {
 
 /// One journal operation, applied in order by the writer.
 pub(crate) enum Op {
+    /// A chunk of `frames` consecutive frames from `first` (see [`chunk`]).
     Append {
         session: SessionId,
-        seq: u64,
-        payload: Payload,
+        first: u64,
+        frames: u32,
+        chunk: Vec<u8>,
         committed: Arc<watch::Sender<u64>>,
         at: Instant,
     },
@@ -180,6 +197,7 @@ impl Journal {
             .map_err(|source| JournalError::Io { path: config.data_dir.clone(), source })?;
         let db = Arc::new(open_db(&config.data_dir)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
+        check_layout(&db, &config.data_dir)?;
         let epoch = match db.get_cf(meta, b"epoch")? {
             Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("epoch".into()))?),
             None => {
@@ -243,17 +261,20 @@ impl Journal {
         }
     }
 
-    /// Queues frame `seq` of `session`; `committed` is advanced to `seq` once
-    /// it is durable per `journal.sync`. Waits only while the writer's queue
-    /// is full, which is how a slow disk slows the backend readers down.
+    /// Queues `frames` consecutive frames of `session` from seq `first`,
+    /// encoded in `chunk` ([`encode_frame`]) and stored under one key;
+    /// `committed` is advanced to the last of them once they are durable per
+    /// `journal.sync`. Waits only while the writer's queue is full, which is
+    /// how a slow disk slows the backend readers down.
     pub(crate) async fn append(
         &self,
         session: SessionId,
-        seq: u64,
-        payload: Payload,
+        first: u64,
+        frames: u32,
+        chunk: Vec<u8>,
         committed: Arc<watch::Sender<u64>>,
     ) -> Result<(), JournalError> {
-        self.send(Op::Append { session, seq, payload, committed, at: Instant::now() }).await
+        self.send(Op::Append { session, first, frames, chunk, committed, at: Instant::now() }).await
     }
 
     /// Stores a session's record.
@@ -300,7 +321,7 @@ impl Journal {
         max_bytes: usize,
     ) -> Result<Vec<(u64, Payload)>, JournalError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || read_frames(&db, session, from, to, max_bytes))
+        tokio::task::spawn_blocking(move || chunk::read(&db, session, from, to, max_bytes))
             .await
             .map_err(|_| JournalError::Closed)?
     }
@@ -328,9 +349,13 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
     let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Frames are mostly small and compress well; lz4 is cheap on the write path.
+    // Most frames are replayed or trimmed while they are young: the memtable
+    // flush (L0) and the first compaction (L1) write them uncompressed, which
+    // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
+    // that lives long enough to reach L2 and below is compressed with lz4.
     let mut frames = Options::default();
-    frames.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    use rocksdb::DBCompressionType::{Lz4, None as Plain};
+    frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_FRAMES, frames),
         ColumnFamilyDescriptor::new(CF_SESSIONS, Options::default()),
@@ -346,63 +371,29 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
     Ok(db)
 }
 
-/// `session ‖ seq` in big-endian, so a session's frames sort by seq.
-pub(crate) fn frame_key(session: &SessionId, seq: u64) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..16].copy_from_slice(&session.0);
-    k[16..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub(crate) fn encode_payload(p: &Payload) -> Vec<u8> {
-    let (kind, body): (u8, &[u8]) = match p {
-        Payload::Text(t) => (KIND_TEXT, t.as_bytes()),
-        Payload::Binary(b) => (KIND_BINARY, b),
+/// Layout 1 (one key per frame, no `layout` key) is refused rather than
+/// misread; a database with no frames at all is simply (re)stamped with the
+/// current layout.
+fn check_layout(db: &DB, dir: &Path) -> Result<(), JournalError> {
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    let found = match db.get_cf(meta, b"layout")? {
+        Some(v) => u32::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("layout".into()))?),
+        None => {
+            let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+            if db.iterator_cf(frames, IteratorMode::Start).next().transpose()?.is_some() {
+                1
+            } else {
+                let mut wo = rocksdb::WriteOptions::default();
+                wo.set_sync(true);
+                db.put_cf_opt(meta, b"layout", chunk::LAYOUT.to_be_bytes(), &wo)?;
+                chunk::LAYOUT
+            }
+        }
     };
-    let mut v = Vec::with_capacity(body.len() + 1);
-    v.push(kind);
-    v.extend_from_slice(body);
-    v
-}
-
-fn decode_payload(v: &[u8]) -> Result<Payload, JournalError> {
-    let (kind, body) = v.split_first().ok_or_else(|| JournalError::Corrupt("empty frame".into()))?;
-    let body = Bytes::copy_from_slice(body);
-    match *kind {
-        KIND_TEXT => Utf8Bytes::try_from(body)
-            .map(Payload::Text)
-            .map_err(|_| JournalError::Corrupt("text frame is not UTF-8".into())),
-        KIND_BINARY => Ok(Payload::Binary(body)),
-        k => Err(JournalError::Corrupt(format!("frame kind {k}"))),
+    if found != chunk::LAYOUT {
+        return Err(JournalError::Layout { path: dir.to_owned(), found });
     }
-}
-
-fn read_frames(
-    db: &DB,
-    session: SessionId,
-    from: u64,
-    to: u64,
-    max_bytes: usize,
-) -> Result<Vec<(u64, Payload)>, JournalError> {
-    let cf = db.cf_handle(CF_FRAMES).expect("frames cf");
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound(frame_key(&session, to.saturating_add(1)).to_vec());
-    let start = frame_key(&session, from);
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    for item in db.iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward)) {
-        let (k, v) = item?;
-        if k.len() != 24 || k[..16] != session.0 {
-            break;
-        }
-        let seq = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        bytes += v.len();
-        out.push((seq, decode_payload(&v)?));
-        if bytes >= max_bytes {
-            break;
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Scans the journal for sessions. Frames whose session record is missing
@@ -424,16 +415,21 @@ fn recover(db: &DB) -> Result<Vec<RecoveredSession>, JournalError> {
     for item in db.iterator_cf(frames, IteratorMode::Start) {
         let (k, v) = item?;
         if k.len() != 24 {
-            return Err(JournalError::Corrupt("frame key".into()));
+            return Err(JournalError::Corrupt("chunk key".into()));
         }
         let id = SessionId(k[..16].try_into().expect("16 bytes"));
-        let seq = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
+        let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
         match out.binary_search_by_key(&id, |s| s.id) {
             Ok(i) => {
                 let s = &mut out[i];
-                s.last_seq = s.last_seq.max(seq);
-                s.frames += 1;
-                s.bytes += v.len().saturating_sub(1) as u64;
+                let (n, bytes) = chunk::count(&v)?;
+                // A chunk never straddles a trim (see `chunk`); one left
+                // behind by a trim queued before its append is not counted.
+                if first > s.meta.trimmed_to {
+                    s.last_seq = s.last_seq.max(first + n - 1);
+                    s.frames += n;
+                    s.bytes += bytes;
+                }
             }
             Err(_) => {
                 if orphans.last() != Some(&id) {
@@ -443,7 +439,7 @@ fn recover(db: &DB) -> Result<Vec<RecoveredSession>, JournalError> {
         }
     }
     for id in orphans {
-        db.delete_range_cf(frames, frame_key(&id, 0), frame_key(&id, u64::MAX))?;
+        db.delete_range_cf(frames, chunk_key(&id, 0), chunk_key(&id, u64::MAX))?;
     }
     Ok(out)
 }

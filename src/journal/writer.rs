@@ -22,7 +22,8 @@ use std::time::Duration;
 use rocksdb::{ErrorKind, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, watch};
 
-use super::{encode_payload, frame_key, Op, CF_FRAMES, CF_SESSIONS};
+use super::chunk::chunk_key;
+use super::{Op, CF_FRAMES, CF_SESSIONS};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
@@ -133,18 +134,26 @@ impl Writer {
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
         let mut syncs = Vec::new();
         let mut closing = false;
+        // One wake-up per session per commit: consecutive chunks of the same
+        // session (one busy backend) only advance `committed` once.
+        let mut wake: Option<(Arc<watch::Sender<u64>>, u64)> = None;
         for op in ops.drain(..) {
             match op {
-                Op::Append { seq, committed, at, .. } => {
-                    self.metrics.journal_appends.inc();
-                    self.metrics.journal_append_seconds.observe(at.elapsed().as_secs_f64());
-                    committed.send_if_modified(|c| {
-                        let newer = seq > *c;
-                        if newer {
-                            *c = seq;
+                Op::Append { first, frames: n, committed, at, .. } => {
+                    self.metrics.journal_appends.inc_by(u64::from(n));
+                    let waited = at.elapsed().as_secs_f64();
+                    for _ in 0..n {
+                        self.metrics.journal_append_seconds.observe(waited);
+                    }
+                    let last = first + u64::from(n) - 1;
+                    match &mut wake {
+                        Some((to, seq)) if Arc::ptr_eq(to, &committed) => *seq = last,
+                        _ => {
+                            if let Some((to, seq)) = wake.replace((committed, last)) {
+                                advance(&to, seq);
+                            }
                         }
-                        newer
-                    });
+                    }
                 }
                 Op::Trim { .. } => self.metrics.journal_trims.inc(),
                 Op::Close { done } => {
@@ -153,6 +162,9 @@ impl Writer {
                 }
                 _ => {}
             }
+        }
+        if let Some((to, seq)) = wake {
+            advance(&to, seq);
         }
         if !syncs.is_empty() {
             sync_wal(&self.db, &self.metrics, Fsync::Drain);
@@ -169,18 +181,20 @@ impl Writer {
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
-                Op::Append { session, seq, payload, .. } => {
-                    batch.put_cf(frames, frame_key(session, *seq), encode_payload(payload));
+                Op::Append { session, first, chunk, .. } => {
+                    batch.put_cf(frames, chunk_key(session, *first), chunk);
                 }
                 Op::PutMeta { session, meta } => {
                     batch.put_cf(sessions, session.0, serde_json::to_vec(meta).expect("meta serializes"));
                 }
                 Op::Trim { session, upto, meta } => {
-                    batch.delete_range_cf(frames, frame_key(session, 0), frame_key(session, upto.saturating_add(1)));
+                    // Deletes every chunk starting at or before `upto`: exactly the
+                    // frames up to it, as no chunk straddles a trim (see `chunk`).
+                    batch.delete_range_cf(frames, chunk_key(session, 0), chunk_key(session, upto.saturating_add(1)));
                     batch.put_cf(sessions, session.0, serde_json::to_vec(meta).expect("meta serializes"));
                 }
                 Op::Purge { session } => {
-                    batch.delete_range_cf(frames, frame_key(session, 0), frame_key(session, u64::MAX));
+                    batch.delete_range_cf(frames, chunk_key(session, 0), chunk_key(session, u64::MAX));
                     batch.delete_cf(sessions, session.0);
                 }
                 Op::Close { .. } => {}
@@ -199,6 +213,17 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Tells a session's pumps that its frames up to `seq` are durable.
+fn advance(committed: &watch::Sender<u64>, seq: u64) {
+    committed.send_if_modified(|c| {
+        let newer = seq > *c;
+        if newer {
+            *c = seq;
+        }
+        newer
+    });
 }
 
 /// `sync = interval`: fsyncs the WAL every `sync_interval` if anything was

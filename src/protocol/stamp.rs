@@ -1,5 +1,7 @@
 //! Sequence stamps on downstream data frames (`prefix`, `json`, `none`).
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -38,6 +40,31 @@ impl Stamper {
             },
             (_, Payload::Text(t)) => Message::Text(prefix_text(seq, t)),
             (_, Payload::Binary(b)) => Message::Binary(prefix_binary(seq, b)),
+        }
+    }
+
+    /// Like [`Stamper::stamp`], but a `prefix` stamp (and the binary stamp
+    /// of `json` mode) is written into `arena`: a batch of frames stamped
+    /// into one arena costs one allocation, where [`Stamper::stamp`] costs
+    /// two or three per frame. The messages share the arena's buffer, which
+    /// is freed once the last of them has been written out.
+    pub(crate) fn stamp_in(&self, seq: u64, payload: &Payload, arena: &mut BytesMut) -> Message {
+        match (self.mode, payload) {
+            (StampMode::Prefix, Payload::Text(t)) => {
+                let _ = write!(arena, "{seq}:");
+                arena.put_slice(t.as_bytes());
+                // Digits, ':' and UTF-8 text: always valid; the check is cheap.
+                match Utf8Bytes::try_from(arena.split().freeze()) {
+                    Ok(stamped) => Message::Text(stamped),
+                    Err(_) => Message::Text(prefix_text(seq, t)),
+                }
+            }
+            (StampMode::Prefix | StampMode::Json, Payload::Binary(b)) => {
+                arena.put_u64(seq);
+                arena.put_slice(b);
+                Message::Binary(arena.split().freeze())
+            }
+            _ => self.stamp(seq, payload),
         }
     }
 
@@ -88,6 +115,19 @@ mod tests {
         );
         let n = Stamper::new(StampMode::None, "seq");
         assert_eq!(n.stamp(7, &text("hi")), Message::text("hi"));
+    }
+
+    #[test]
+    fn stamps_in_an_arena_are_the_same() {
+        for mode in [StampMode::Prefix, StampMode::Json, StampMode::None] {
+            let s = Stamper::new(mode, "seq");
+            let mut arena = BytesMut::with_capacity(8);
+            for (seq, p) in
+                [(7, text("hi")), (1 << 40, text("")), (9, Payload::Binary(Bytes::from_static(b"\x01\x02")))]
+            {
+                assert_eq!(s.stamp_in(seq, &p, &mut arena), s.stamp(seq, &p), "{mode:?}");
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -48,6 +48,10 @@ enum Stop {
 
 /// What the loop does next.
 type Next = Result<(), Stop>;
+
+/// Payload bytes a link task drains from its backend socket into one
+/// journal chunk at most (besides the frame limit, [`Session::batch_room`]).
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 
 /// One backend connection of a session.
 struct Link {
@@ -121,24 +125,63 @@ pub(super) async fn run(
 }
 
 impl Link {
-    /// A message (or the end) from the backend: data is journaled.
+    /// A message (or the end) from the backend, and every further one the
+    /// socket already holds (up to a chunk): data is journaled as one chunk,
+    /// with one queue operation and one commit wake-up for all of it.
     async fn on_backend(&mut self, msg: Option<Result<Message, WsError>>) -> Next {
-        let payload = match msg {
-            Some(Ok(Message::Text(t))) => Payload::Text(t),
-            Some(Ok(Message::Binary(b))) => Payload::Binary(b),
+        let room = self.session.batch_room();
+        // A fresh vector per batch: one kept in the link would hold its
+        // capacity in every idle session.
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut next = msg;
+        let end = loop {
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    bytes += t.len();
+                    batch.push(Payload::Text(t));
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    bytes += b.len();
+                    batch.push(Payload::Binary(b));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                other => break Some(other),
+            }
+            if batch.len() >= room || bytes >= MAX_BATCH_BYTES {
+                break None;
+            }
+            // What the socket holds already, without waiting: a batch is
+            // what arrived together, so a lone message is not delayed.
+            match self.reader.next().now_or_never() {
+                Some(m) => next = m,
+                None => break None,
+            }
+        };
+        if !batch.is_empty() {
+            self.session.journal_frames(&mut batch).await.map_err(|_| Stop::Journal)?;
+        }
+        match end {
+            Some(end) => self.on_end(end),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend closed or failed (`msg` is neither data nor ping/pong).
+    fn on_end(&mut self, msg: Option<Result<Message, WsError>>) -> Next {
+        match msg {
             Some(Ok(Message::Close(frame))) => {
                 let theirs = frame.map(|f| EndInfo { code: f.code.into(), reason: f.reason.to_string() });
                 let client = self.client_close.take().map(|c| c.0);
-                return Err(Stop::Ended(client.or(theirs).unwrap_or_else(EndInfo::no_status)));
+                Err(Stop::Ended(client.or(theirs).unwrap_or_else(EndInfo::no_status)))
             }
-            Some(Ok(_)) => return Ok(()),
+            Some(Ok(_)) => Ok(()),
             Some(Err(e)) => {
                 tracing::debug!(session = %self.session.id, error = %e, "backend connection failed");
-                return Err(Stop::Ended(self.client_ended()));
+                Err(Stop::Ended(self.client_ended()))
             }
-            None => return Err(Stop::Ended(self.client_ended())),
-        };
-        self.session.journal_frame(payload).await.map_err(|_| Stop::Journal)
+            None => Err(Stop::Ended(self.client_ended())),
+        }
     }
 
     /// The writer forwarded a client message; a normal close starts the

@@ -31,14 +31,14 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Config;
-use crate::journal::{EndInfo, Journal, JournalError, SessionMeta};
+use crate::journal::{encode_frame, EndInfo, Journal, JournalError, SessionMeta, FRAME_HEADER};
 use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
 use crate::upstream::BackendSocket;
 pub(crate) use attach::{AttachError, Attached, Attachment};
 use index::{Counted, Index};
 pub(crate) use registry::Sessions;
-use retention::{Retained, Trim};
+use retention::{Retained, Trim, SEGMENT_FRAMES};
 use ring::Ring;
 
 /// A backend connection and the `limits.max_sessions` slot it holds; the
@@ -164,7 +164,10 @@ impl Session {
             shared,
             index,
         });
-        session.recount(&mut session.lock());
+        {
+            let mut inner = session.lock();
+            session.recount(&mut inner);
+        }
         session
     }
 
@@ -266,25 +269,50 @@ impl Session {
         Life::Live { upstream, linger }
     }
 
-    /// Journals the next backend frame and applies the frame and byte limits.
-    async fn journal_frame(&self, payload: Payload) -> Result<(), JournalError> {
-        let seq = self.assigned.load(Ordering::Relaxed) + 1;
-        self.assigned.store(seq, Ordering::Relaxed);
-        let len = payload.len() as u64;
-        self.shared.rt.metrics.downstream.count(payload.len());
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).push(seq, payload.clone());
-        // Retention is decided before the frame can be delivered, so a client
-        // that has seen frame `seq` also sees the trim point it implies.
+    /// How many frames the next [`Session::journal_frames`] may take: up to
+    /// the end of the current retention segment, so that no journal chunk
+    /// straddles a point a trim can end at (see `journal::chunk`).
+    fn batch_room(&self) -> usize {
+        let next = self.assigned.load(Ordering::Relaxed) + 1;
+        (SEGMENT_FRAMES - (next - 1) % SEGMENT_FRAMES) as usize
+    }
+
+    /// Journals a batch of backend frames (at most [`Session::batch_room`])
+    /// as one chunk, one queue operation, and applies the frame and byte
+    /// limits once. Leaves `batch` empty, its capacity kept for the next.
+    async fn journal_frames(&self, batch: &mut Vec<Payload>) -> Result<(), JournalError> {
+        let n = batch.len() as u64;
+        debug_assert!(n > 0 && n as usize <= self.batch_room());
+        let first = self.assigned.load(Ordering::Relaxed) + 1;
+        self.assigned.store(first + n - 1, Ordering::Relaxed);
+        let mut chunk = Vec::with_capacity(batch.iter().map(|p| p.len() + FRAME_HEADER).sum());
+        let mut bytes = 0u64;
+        for p in batch.iter() {
+            encode_frame(&mut chunk, p);
+            bytes += p.len() as u64;
+        }
+        self.shared.rt.metrics.downstream.count_many(n, bytes);
+        let now = Instant::now();
+        // Retention is decided before the frames can be delivered, so a
+        // client that has seen frame `seq` also sees the trim point it implies.
         let trim = {
             let mut inner = self.lock();
-            inner.retained.push(seq, len, Instant::now());
+            for (seq, p) in (first..).zip(batch.iter()) {
+                inner.retained.push(seq, p.len() as u64, now);
+            }
             let j = &self.shared.config.journal;
             let trim = inner.retained.enforce(j.max_session_frames, j.max_session_bytes);
             let trim = trim.map(|t| self.note_trim(&mut inner, t));
             self.recount(&mut inner);
             trim
         };
-        self.shared.journal.append(self.id, seq, payload, self.committed.clone()).await?;
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            for (seq, p) in (first..).zip(batch.drain(..)) {
+                ring.push(seq, p);
+            }
+        }
+        self.shared.journal.append(self.id, first, n as u32, chunk, self.committed.clone()).await?;
         match trim {
             Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await,
             None => Ok(()),

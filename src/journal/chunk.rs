@@ -1,0 +1,187 @@
+//! Journal layout 2: frames are stored in **chunks**, one RocksDB key per
+//! batch of consecutive frames of one session that a link task drained from
+//! its backend socket at once.
+//!
+//! - key: `session id (16) ‖ first seq (8, big-endian)`, so a session's
+//!   chunks sort by seq;
+//! - value: the frames one after another, each `kind (1: 0 text, 1 binary)
+//!   ‖ payload length (4, big-endian) ‖ payload`; the seqs are implied.
+//!
+//! One key per batch instead of one per frame is what makes journaling
+//! cheap: a memtable insert, a WAL record header and (later) an SST index
+//! entry, a flush and a compaction comparison per batch, not per frame.
+//!
+//! A chunk never holds frames on both sides of a point a trim can end at:
+//! it never crosses a retention segment boundary (`64k | 64k+1`, see
+//! session/retention.rs), and it holds exactly one append operation, whose
+//! frames are pushed into the retention bookkeeping under one lock. Trims
+//! end at a segment boundary or at the newest frame pushed, i.e. at the end
+//! of an append. So a trim up to `upto` is one `delete_range` of every
+//! chunk whose first seq is `<= upto`, and deletes exactly the frames
+//! `<= upto`: gap reports stay exact.
+//!
+//! A read seeks to the chunk holding its first seq (`seek_for_prev`) and
+//! skips the frames before it.
+
+use bytes::Bytes;
+use rocksdb::{ReadOptions, DB};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{JournalError, CF_FRAMES};
+use crate::protocol::{Payload, SessionId};
+
+/// The layout this code writes and reads, stored under `layout` in the
+/// `meta` column family. Layout 1 (no `layout` key) had one key per frame.
+pub(crate) const LAYOUT: u32 = 2;
+
+const KIND_TEXT: u8 = 0;
+const KIND_BINARY: u8 = 1;
+/// Bytes before each payload in a chunk: kind and length.
+pub(crate) const FRAME_HEADER: usize = 5;
+
+/// `session ‖ seq` in big-endian, so a session's chunks sort by first seq.
+pub(crate) fn chunk_key(session: &SessionId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&session.0);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Appends one frame to a chunk value being built.
+pub(crate) fn encode_frame(buf: &mut Vec<u8>, p: &Payload) {
+    let (kind, body): (u8, &[u8]) = match p {
+        Payload::Text(t) => (KIND_TEXT, t.as_bytes()),
+        Payload::Binary(b) => (KIND_BINARY, b),
+    };
+    buf.push(kind);
+    // Frames are bounded by limits.max_message_bytes (at most 1 GiB, validated).
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+}
+
+/// The frames of a chunk, `(offset of the payload, length, kind)`, without
+/// copying: what recovery counts and what reads slice.
+fn frames(value: &[u8]) -> impl Iterator<Item = Result<(usize, usize, u8), JournalError>> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at == value.len() {
+            return None;
+        }
+        let Some(head) = value.get(at..at + FRAME_HEADER) else {
+            at = value.len();
+            return Some(Err(JournalError::Corrupt("truncated frame header in chunk".into())));
+        };
+        let kind = head[0];
+        let len = u32::from_be_bytes(head[1..].try_into().expect("4 bytes")) as usize;
+        let start = at + FRAME_HEADER;
+        if start + len > value.len() {
+            at = value.len();
+            return Some(Err(JournalError::Corrupt("truncated frame in chunk".into())));
+        }
+        at = start + len;
+        Some(Ok((start, len, kind)))
+    })
+}
+
+/// `(frames, payload bytes)` in a chunk, for recovery.
+pub(crate) fn count(value: &[u8]) -> Result<(u64, u64), JournalError> {
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for f in frames(value) {
+        let (_, len, _) = f?;
+        n += 1;
+        bytes += len as u64;
+    }
+    Ok((n, bytes))
+}
+
+fn payload(chunk: &Bytes, start: usize, len: usize, kind: u8) -> Result<Payload, JournalError> {
+    let body = chunk.slice(start..start + len);
+    match kind {
+        KIND_TEXT => Utf8Bytes::try_from(body)
+            .map(Payload::Text)
+            .map_err(|_| JournalError::Corrupt("text frame is not UTF-8".into())),
+        KIND_BINARY => Ok(Payload::Binary(body)),
+        k => Err(JournalError::Corrupt(format!("frame kind {k}"))),
+    }
+}
+
+/// Frames `from..=to` of `session`, stopping after `max_bytes` of payload
+/// (at least one frame is returned if any exists). Trimmed frames are
+/// absent: the caller compares the first seq. Each chunk is copied out of
+/// RocksDB once; its frames are slices of that copy.
+pub(crate) fn read(
+    db: &DB,
+    session: SessionId,
+    from: u64,
+    to: u64,
+    max_bytes: usize,
+) -> Result<Vec<(u64, Payload)>, JournalError> {
+    let cf = db.cf_handle(CF_FRAMES).expect("frames cf");
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(chunk_key(&session, to.saturating_add(1)).to_vec());
+    let mut it = db.raw_iterator_cf_opt(cf, ro);
+    let start = chunk_key(&session, from);
+    // The chunk holding `from` starts at or before it.
+    it.seek_for_prev(start);
+    if !it.valid() || it.key().is_none_or(|k| k.len() != 24 || k[..16] != session.0) {
+        it.seek(start);
+    }
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        if k.len() != 24 || k[..16] != session.0 {
+            break;
+        }
+        let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
+        let chunk = Bytes::copy_from_slice(v);
+        for (seq, f) in (first..).zip(frames(&chunk)) {
+            let (start, len, kind) = f?;
+            if seq > to {
+                return Ok(out);
+            }
+            if seq >= from {
+                bytes += len;
+                out.push((seq, payload(&chunk, start, len, kind)?));
+                if bytes >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_count() {
+        let mut v = Vec::new();
+        encode_frame(&mut v, &Payload::Text("héllo".into()));
+        encode_frame(&mut v, &Payload::Binary(Bytes::from_static(b"\0\x01")));
+        encode_frame(&mut v, &Payload::Text("".into()));
+        assert_eq!(count(&v).unwrap(), (3, 6 + 2));
+        let chunk = Bytes::from(v);
+        let got: Vec<Payload> =
+            frames(&chunk).map(|f| f.unwrap()).map(|(s, l, k)| payload(&chunk, s, l, k).unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Payload::Text("héllo".into()),
+                Payload::Binary(Bytes::from_static(b"\0\x01")),
+                Payload::Text("".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_chunks_are_corrupt() {
+        let mut v = Vec::new();
+        encode_frame(&mut v, &Payload::Binary(Bytes::from_static(b"abcdef")));
+        assert!(count(&v[..v.len() - 1]).is_err());
+        assert!(count(&v[..3]).is_err());
+    }
+}
