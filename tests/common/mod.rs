@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod cluster;
+
 /// Upper bound for any single awaited event; a test that hits it failed.
 pub const WAIT: Duration = Duration::from_secs(20);
 /// A secret long enough for tether's config check.
@@ -300,8 +302,20 @@ impl TetherProcess {
     /// Starts the `tether` binary with `args` and waits for its
     /// "tether is serving" log line, which carries the bound addresses.
     pub async fn start(upstream: &str, dir: &Path, extra_env: &[(&str, &str)]) -> TetherProcess {
+        TetherProcess::start_on(upstream, dir, "127.0.0.1:0", "127.0.0.1:0", extra_env).await
+    }
+
+    /// [`TetherProcess::start`] on fixed data and admin addresses (a
+    /// restarted replica keeps its ports, as a pod keeps its name).
+    pub async fn start_on(
+        upstream: &str,
+        dir: &Path,
+        listen: &str,
+        admin: &str,
+        extra_env: &[(&str, &str)],
+    ) -> TetherProcess {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
+        cmd.args(["--listen", listen, "--admin-listen", admin, "--upstream", upstream])
             .arg("--data-dir")
             .arg(dir)
             .args(["--log-format", "json", "--log-level", "info"])
