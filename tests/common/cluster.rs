@@ -150,7 +150,7 @@ impl Haproxy {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cfg = format!(
-            "global\n  maxconn 20000\n\
+            "global\n  maxconn 4000\n\
              defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  \
              retries 3\n  option redispatch\n\
              frontend fe\n  bind {addr}\n  default_backend be\n\
@@ -162,7 +162,7 @@ impl Haproxy {
         }
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
-        let child = tokio::process::Command::new("haproxy")
+        let mut child = tokio::process::Command::new("haproxy")
             .arg("-f")
             .arg(&path)
             .arg("-db")
@@ -174,6 +174,9 @@ impl Haproxy {
             .expect("haproxy is installed (scripts/setup)");
         within("haproxy to listen", async {
             while TcpStream::connect(addr).await.is_err() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("haproxy exited with {status}; run `haproxy -c -f {}`", path.display());
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

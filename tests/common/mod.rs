@@ -155,6 +155,11 @@ impl Backend {
         within("a backend connection", self.conns.recv()).await.expect("backend stopped")
     }
 
+    /// The next connection, with no deadline; `None` once the backend stopped.
+    pub async fn try_next_conn(&mut self) -> Option<BackendConn> {
+        self.conns.recv().await
+    }
+
     /// Connections accepted so far.
     pub fn count(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
