@@ -225,3 +225,25 @@ async fn sealed_mode_forwards_to_the_sealed_owner() {
         p.kill9().await;
     }
 }
+
+/// Cluster mode without a shared `token.secret` cannot work (each replica
+/// would generate its own): tether refuses to start, with one line and
+/// exit status 2.
+#[tokio::test]
+async fn cluster_mode_without_a_secret_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TETHER_TOKEN_SECRET")
+        .env("TETHER_CLUSTER_MODE", "static")
+        .env("TETHER_CLUSTER_INSTANCE", "t0")
+        .env("TETHER_CLUSTER_PEERS", r#"{ t0 = "127.0.0.1:1" }"#)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs token.secret"), "{stderr}");
+}

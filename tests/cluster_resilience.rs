@@ -243,9 +243,16 @@ async fn rolling_restart_under_load_loses_nothing() {
     eprintln!("rolling: outcomes {outcomes:?}, {seen:?}, {:?}", started.elapsed());
     assert_eq!(outcomes.get("new"), Some(&SESSIONS));
     assert_eq!(outcomes.get("gap"), None);
-    let restarted = outcomes.get("restarted").copied().unwrap_or(0);
-    assert!(restarted >= SESSIONS, "every owner restarted once, so every session was restarted at least once");
-    assert_eq!(accepted.load(Ordering::SeqCst), SESSIONS + restarted, "a backend connection per start, no more");
+    // Every owner restarted once (after which it was not restarted again,
+    // so its counter saw all its restarts): every session was restarted
+    // exactly once, with one new backend connection. A client may miss
+    // seeing its `restarted` welcome if the replica it came through drains
+    // between the owner's 101 and the welcome; its next resume is `resumed`.
+    let restarted = cluster.sum(r#"tether_resumes_total{outcome="restarted",reason="none"}"#).await;
+    assert_eq!(restarted, SESSIONS as f64, "each session restarted exactly once");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2 * SESSIONS, "a backend connection per start, no more");
+    let seen_restarted = outcomes.get("restarted").copied().unwrap_or(0);
+    assert!(seen_restarted + seen.failed_connects >= SESSIONS, "{outcomes:?} {seen:?}");
     for f in &all {
         assert!(f.seen.outcomes[1..].iter().all(|o| o == "resumed" || o == "restarted"), "{:?}", f.seen);
     }

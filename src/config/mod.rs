@@ -568,6 +568,55 @@ mod tests {
     }
 
     #[test]
+    fn cluster_modes_are_checked() {
+        let secret = ("TETHER_TOKEN_SECRET".to_owned(), "s".repeat(32));
+        let load = |pairs: &[(&str, &str)], with_secret: bool| {
+            let mut env: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            if with_secret {
+                env.push(secret.clone());
+            }
+            Config::load(None, env).map_err(|e| e.to_string())
+        };
+        let sts = [
+            ("TETHER_CLUSTER_MODE", "statefulset"),
+            ("TETHER_CLUSTER_INSTANCE", "tether-2"),
+            ("TETHER_CLUSTER_REPLICAS", "3"),
+            ("TETHER_CLUSTER_PEER_ADDRESS", "{instance}.tether-headless.ns.svc.cluster.local:8081"),
+        ];
+        let c = load(&sts, true).unwrap();
+        assert_eq!((c.cluster.mode, c.cluster.replicas), (ClusterMode::Statefulset, 3));
+        assert!(load(&sts, false).unwrap_err().contains("needs token.secret"));
+        let mut bad = sts;
+        bad[1].1 = "tether-3";
+        assert!(load(&bad, true).unwrap_err().contains("beyond cluster.replicas"));
+        bad[1].1 = "tether";
+        assert!(load(&bad, true).unwrap_err().contains("pod name"));
+        let mut bad = sts;
+        bad[3].1 = "tether-headless:8081";
+        assert!(load(&bad, true).unwrap_err().contains("{instance}"));
+
+        let peers = r#"{ t0 = "10.0.0.1:8081", t1 = "10.0.0.2:8081" }"#;
+        let st =
+            [("TETHER_CLUSTER_MODE", "static"), ("TETHER_CLUSTER_INSTANCE", "t1"), ("TETHER_CLUSTER_PEERS", peers)];
+        let c = load(&st, true).unwrap();
+        assert_eq!(c.cluster.peers["t0"], "10.0.0.1:8081");
+        let mut bad = st;
+        bad[1].1 = "t9";
+        assert!(load(&bad, true).unwrap_err().contains("one of cluster.peers"));
+        bad = st;
+        bad[2].1 = r#"{ t1 = "nohost" }"#;
+        assert!(load(&bad, true).unwrap_err().contains("host:port"));
+
+        let sealed = [("TETHER_CLUSTER_MODE", "sealed"), ("TETHER_CLUSTER_ADVERTISE", "10.1.2.3:8081")];
+        assert!(load(&sealed, true).is_ok());
+        let mut bad = sealed;
+        bad[1].1 = "0.0.0.0:8081";
+        assert!(load(&bad, true).unwrap_err().contains("advertise"));
+        assert!(load(&[("TETHER_CLUSTER_NAME", "")], false).unwrap_err().contains("cluster.name"));
+        assert!(load(&[("TETHER_CLUSTER_MODE", "mesh")], true).is_err());
+    }
+
+    #[test]
     fn env_overrides_and_unknown_keys() {
         let env = [
             ("TETHER_JOURNAL_SYNC".to_owned(), "always".to_owned()),

@@ -162,7 +162,9 @@ impl Haproxy {
         }
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
-        let mut child = tokio::process::Command::new("haproxy")
+        // /usr/sbin is not on every user's PATH.
+        let bin = if std::path::Path::new("/usr/sbin/haproxy").exists() { "/usr/sbin/haproxy" } else { "haproxy" };
+        let mut child = tokio::process::Command::new(bin)
             .arg("-f")
             .arg(&path)
             .arg("-db")
