@@ -23,7 +23,9 @@ async fn a_resume_at_any_replica_is_served_by_the_owner() {
     let cluster = Cluster::start(&backend.url(), 3, &[]).await;
     let (mut ws, token, conn) = attach(&mut backend, &cluster.url(0, "/feed?room=1")).await;
     conn.stream(1, 10);
+    // The client processes 1..=4; receiving 5..=10 proves they are journaled.
     expect_stream(&mut ws, 1, 4).await;
+    expect_stream(&mut ws, 5, 10).await;
     drop_abruptly(ws);
 
     let mut ws = resume(&cluster.url(1, "/feed?room=1"), &token, 4).await;
@@ -56,12 +58,24 @@ async fn a_resume_at_any_replica_is_served_by_the_owner() {
     assert_eq!(metric(&m0, r#"tether_resumes_total{outcome="resumed",reason="none"}"#), 2.0);
     assert_eq!(metric(&m0, FORWARDED_OK), 0.0);
     // One log line per forward, with both instance ids and no token.
-    let logs = cluster.logs();
-    let forwards: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["fields"]["message"] == "forwarded resume")
-        .collect();
+    let forwards_in = |logs: &[String]| -> Vec<Value> {
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "forwarded resume")
+            .collect()
+    };
+    // Log lines reach the test through a pipe: await them.
+    let logs = within("two forward log lines", async {
+        loop {
+            let logs = cluster.logs();
+            if forwards_in(&logs).len() >= 2 {
+                return logs;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let forwards = forwards_in(&logs);
     assert_eq!(forwards.len(), 2, "{forwards:?}");
     assert!(forwards.iter().all(|v| v["fields"]["to"] == "t0" && v["fields"]["result"] == "ok"));
     assert!(forwards.iter().any(|v| v["fields"]["from"] == "t1"));

@@ -5,18 +5,19 @@
 //! keys (in the file or in a `TETHER_<SECTION>_*` variable) are an error: a typo
 //! must not silently fall back to a default.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod upstream;
 mod validate;
 
+pub(crate) use cluster::ordinal;
+pub use cluster::{ClusterConfig, ClusterMode};
 pub use upstream::{BadUpstream, UpstreamUrl};
-pub(crate) use validate::ordinal;
 
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
 const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log", "cluster"];
@@ -392,75 +393,6 @@ impl Default for LogConfig {
     }
 }
 
-/// How replicas find the owner of a session (docs/SCALING.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterMode {
-    /// One instance: every token is this instance's (no forwarding).
-    #[default]
-    Off,
-    /// A StatefulSet: peers are `<sts>-0 .. <sts>-(replicas-1)`, dialed at
-    /// `peer_address`.
-    Statefulset,
-    /// A fixed `peers` table of names and addresses.
-    Static,
-    /// Pods without stable names: the owner's address is sealed inside the
-    /// token; membership comes from `members_dns`.
-    Sealed,
-}
-
-/// `[cluster]`: forwarding resumes to the replica that owns the session.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// `off`, `statefulset`, `static` or `sealed`.
-    pub mode: ClusterMode,
-    /// Covered by every token and peer signature, so one cluster refuses
-    /// another's tokens even if they share a secret.
-    pub name: String,
-    /// This replica's name (`statefulset`: the pod name; `static`: a key of
-    /// `peers`).
-    pub instance: String,
-    /// The peer port: forwarded resumes are accepted only here.
-    pub peer_listen: SocketAddr,
-    /// `statefulset`: a peer's address, `{instance}` replaced by its name.
-    pub peer_address: String,
-    /// `statefulset`: the replica count; higher ordinals are gone.
-    pub replicas: u32,
-    /// `static`: every instance's peer address, by name.
-    pub peers: BTreeMap<String, String>,
-    /// `sealed`: this replica's own peer address (`ip:port`), sealed into
-    /// its tokens.
-    pub advertise: String,
-    /// `sealed`: the DNS name whose addresses are the live replicas; empty:
-    /// no membership check.
-    pub members_dns: String,
-    /// Connecting to the owner plus its response head.
-    #[serde(with = "humantime_serde")]
-    pub forward_timeout: Duration,
-    /// Oldest (or most future-dated) peer signature accepted.
-    #[serde(with = "humantime_serde")]
-    pub peer_auth_max_age: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            mode: ClusterMode::Off,
-            name: "tether".into(),
-            instance: String::new(),
-            peer_listen: "0.0.0.0:8081".parse().expect("static address"),
-            peer_address: String::new(),
-            replicas: 0,
-            peers: BTreeMap::new(),
-            advertise: String::new(),
-            members_dns: String::new(),
-            forward_timeout: Duration::from_secs(2),
-            peer_auth_max_age: Duration::from_secs(30),
-        }
-    }
-}
-
 impl std::str::FromStr for LogFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -565,55 +497,6 @@ mod tests {
             toml::to_string(&defaults).unwrap(),
             "config/tether.toml must document exactly the defaults"
         );
-    }
-
-    #[test]
-    fn cluster_modes_are_checked() {
-        let secret = ("TETHER_TOKEN_SECRET".to_owned(), "s".repeat(32));
-        let load = |pairs: &[(&str, &str)], with_secret: bool| {
-            let mut env: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-            if with_secret {
-                env.push(secret.clone());
-            }
-            Config::load(None, env).map_err(|e| e.to_string())
-        };
-        let sts = [
-            ("TETHER_CLUSTER_MODE", "statefulset"),
-            ("TETHER_CLUSTER_INSTANCE", "tether-2"),
-            ("TETHER_CLUSTER_REPLICAS", "3"),
-            ("TETHER_CLUSTER_PEER_ADDRESS", "{instance}.tether-headless.ns.svc.cluster.local:8081"),
-        ];
-        let c = load(&sts, true).unwrap();
-        assert_eq!((c.cluster.mode, c.cluster.replicas), (ClusterMode::Statefulset, 3));
-        assert!(load(&sts, false).unwrap_err().contains("needs token.secret"));
-        let mut bad = sts;
-        bad[1].1 = "tether-3";
-        assert!(load(&bad, true).unwrap_err().contains("beyond cluster.replicas"));
-        bad[1].1 = "tether";
-        assert!(load(&bad, true).unwrap_err().contains("pod name"));
-        let mut bad = sts;
-        bad[3].1 = "tether-headless:8081";
-        assert!(load(&bad, true).unwrap_err().contains("{instance}"));
-
-        let peers = r#"{ t0 = "10.0.0.1:8081", t1 = "10.0.0.2:8081" }"#;
-        let st =
-            [("TETHER_CLUSTER_MODE", "static"), ("TETHER_CLUSTER_INSTANCE", "t1"), ("TETHER_CLUSTER_PEERS", peers)];
-        let c = load(&st, true).unwrap();
-        assert_eq!(c.cluster.peers["t0"], "10.0.0.1:8081");
-        let mut bad = st;
-        bad[1].1 = "t9";
-        assert!(load(&bad, true).unwrap_err().contains("one of cluster.peers"));
-        bad = st;
-        bad[2].1 = r#"{ t1 = "nohost" }"#;
-        assert!(load(&bad, true).unwrap_err().contains("host:port"));
-
-        let sealed = [("TETHER_CLUSTER_MODE", "sealed"), ("TETHER_CLUSTER_ADVERTISE", "10.1.2.3:8081")];
-        assert!(load(&sealed, true).is_ok());
-        let mut bad = sealed;
-        bad[1].1 = "0.0.0.0:8081";
-        assert!(load(&bad, true).unwrap_err().contains("advertise"));
-        assert!(load(&[("TETHER_CLUSTER_NAME", "")], false).unwrap_err().contains("cluster.name"));
-        assert!(load(&[("TETHER_CLUSTER_MODE", "mesh")], true).is_err());
     }
 
     #[test]

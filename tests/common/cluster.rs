@@ -5,20 +5,79 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{drop_abruptly, http_get, metric, within, TetherProcess, Ws, WAIT};
+use super::{drop_abruptly, http_get, metric, within, BackendConn, TetherProcess, Ws, SECRET, WAIT};
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TetherProcess {
+    /// [`TetherProcess::start`] on fixed data and admin addresses (a
+    /// restarted replica keeps its ports, as a pod keeps its name).
+    pub async fn start_on(
+        upstream: &str,
+        dir: &Path,
+        listen: &str,
+        admin: &str,
+        extra_env: &[(&str, &str)],
+    ) -> TetherProcess {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(["--listen", listen, "--admin-listen", admin, "--upstream", upstream])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--log-format", "json", "--log-level", "info"])
+            .env("TETHER_TOKEN_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tether");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (data_addr, admin_addr) = within("tether to start", async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                if v["fields"]["message"] == "tether is serving" {
+                    let data = v["fields"]["data_addr"].as_str().unwrap().parse().unwrap();
+                    let admin = v["fields"]["admin_addr"].as_str().unwrap().parse().unwrap();
+                    return (data, admin);
+                }
+            }
+            panic!("tether exited before serving");
+        })
+        .await;
+        // Keep draining stderr so the child never blocks on a full pipe.
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        TetherProcess { child, data_addr, admin_addr, logs }
+    }
+}
+
+impl super::Backend {
+    /// The next connection, with no deadline; `None` once the backend stopped.
+    pub async fn try_next_conn(&mut self) -> Option<BackendConn> {
+        self.conns.recv().await
+    }
 }
 
 /// One replica: its fixed addresses, its journal, and its process while up.

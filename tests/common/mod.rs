@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use serde_json::Value;
 use tether::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -153,11 +152,6 @@ impl Backend {
     /// The next connection tether opens to the backend.
     pub async fn next_conn(&mut self) -> BackendConn {
         within("a backend connection", self.conns.recv()).await.expect("backend stopped")
-    }
-
-    /// The next connection, with no deadline; `None` once the backend stopped.
-    pub async fn try_next_conn(&mut self) -> Option<BackendConn> {
-        self.conns.recv().await
     }
 
     /// Connections accepted so far.
@@ -308,53 +302,6 @@ impl TetherProcess {
     /// "tether is serving" log line, which carries the bound addresses.
     pub async fn start(upstream: &str, dir: &Path, extra_env: &[(&str, &str)]) -> TetherProcess {
         TetherProcess::start_on(upstream, dir, "127.0.0.1:0", "127.0.0.1:0", extra_env).await
-    }
-
-    /// [`TetherProcess::start`] on fixed data and admin addresses (a
-    /// restarted replica keeps its ports, as a pod keeps its name).
-    pub async fn start_on(
-        upstream: &str,
-        dir: &Path,
-        listen: &str,
-        admin: &str,
-        extra_env: &[(&str, &str)],
-    ) -> TetherProcess {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(["--listen", listen, "--admin-listen", admin, "--upstream", upstream])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--log-format", "json", "--log-level", "info"])
-            .env("TETHER_TOKEN_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tether");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (data_addr, admin_addr) = within("tether to start", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-                if v["fields"]["message"] == "tether is serving" {
-                    let data = v["fields"]["data_addr"].as_str().unwrap().parse().unwrap();
-                    let admin = v["fields"]["admin_addr"].as_str().unwrap().parse().unwrap();
-                    return (data, admin);
-                }
-            }
-            panic!("tether exited before serving");
-        })
-        .await;
-        // Keep draining stderr so the child never blocks on a full pipe.
-        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        TetherProcess { child, data_addr, admin_addr, logs }
     }
 
     /// Waits until a log line's message is `message` and returns all lines.
