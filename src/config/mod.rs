@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod upstream;
 mod validate;
 
+pub(crate) use cluster::ordinal;
+pub use cluster::{ClusterConfig, ClusterMode};
 pub use upstream::{BadUpstream, UpstreamUrl};
 
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
-const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log"];
+const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log", "cluster"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +58,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Several replicas: who owns a session, and how to reach it.
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`: where tether listens and where the backend is.

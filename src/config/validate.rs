@@ -29,7 +29,7 @@ impl Config {
         if self.stamp.json_field.is_empty() {
             return bad("stamp.json_field must not be empty");
         }
-        Ok(())
+        self.check_cluster()
     }
 
     /// Every duration is positive (a zero timeout would fire at once, a zero
@@ -49,6 +49,8 @@ impl Config {
             ("journal.sync_interval", j.sync_interval),
             ("journal.retention", j.retention),
             ("journal.max_frame_age", j.max_frame_age),
+            ("cluster.forward_timeout", self.cluster.forward_timeout),
+            ("cluster.peer_auth_max_age", self.cluster.peer_auth_max_age),
         ];
         for (key, d) in all {
             if d.is_zero() || d > MAX_DURATION {
