@@ -274,8 +274,16 @@ def toml_of(docs: list[tuple[str, dict[str, Any]]], cm_name: str | None = None) 
     dump = os.environ.get("CHECK_HELM_DUMP_DIR")
     if dump:
         # scripts/test feeds every rendered file to `tether config`, so tether
-        # itself confirms it accepts what the chart renders.
-        Path(dump, f"rendered-{len(list(Path(dump).glob('*.toml')))}.toml").write_text(text)
+        # itself confirms it accepts what the chart renders. tether checks
+        # that [tls] files exist: the chart's Secret mounts (/etc/tether-tls/...)
+        # become empty files under the dump directory, same names.
+        mounted = set(re.findall(r'"(/etc/tether-tls/[^"]+)"', text))
+        for path in mounted:
+            local = Path(dump, "tls-files", path.removeprefix("/etc/tether-tls/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.touch()
+        dumped = text.replace('"/etc/tether-tls/', f'"{Path(dump, "tls-files")}/')
+        Path(dump, f"rendered-{len(list(Path(dump).glob('*.toml')))}.toml").write_text(dumped)
     return tomllib.loads(text)
 
 
@@ -376,10 +384,19 @@ def check_tether_toml(label: str, cfg: dict[str, Any], values: dict[str, Any], u
     got_keys = {(s, k) for s, t in cfg.items() for k in t}
     R.check(f"{label}: keys are those of config/tether.toml (minus token.secret)", got_keys == want_keys,
             f"unknown to tether: {sorted(got_keys - want_keys)}, missing: {sorted(want_keys - got_keys)}")
+    # [tls] paths the chart sets from tls.* Secrets (check_tls asserts them).
+    tls = values.get("tls") or {}
+    from_secrets = {("tls", k) for k in (["cert_file", "key_file"] if tls.get("secretName") else [])
+                    + (["upstream_ca_file"] if tls.get("upstreamCASecret") else [])
+                    + (["upstream_client_cert_file", "upstream_client_key_file"]
+                       if tls.get("upstreamClientSecret") else [])}
+    for (s, k) in sorted(from_secrets):
+        R.check(f"{label}: tls.{k} is under /etc/tether-tls/", str(cfg.get(s, {}).get(k, "")).startswith(
+            "/etc/tether-tls/"), f"got {cfg.get(s, {}).get(k)!r}")
     # Every value the chart did not set on purpose follows values.config.
     for (s, k) in sorted(got_keys & want_keys):
         if (s, k) in {("server", "listen"), ("server", "admin_listen"), ("server", "upstream"),
-                      ("journal", "data_dir")}:
+                      ("journal", "data_dir")} | from_secrets:
             continue
         want = values["config"].get(s, {}).get(k)
         if cfg[s][k] != want:
@@ -728,6 +745,93 @@ def check_monitoring(defaults: dict[str, Any]) -> None:
          [f"{defaults['ports']['data']}/tcp", f"{defaults['ports']['admin']}/tcp"])
 
 
+TLS_MOUNTS = {
+    # volume: (Secret value, mount path, {file: Secret key})
+    "tether-tls": ("secretName", "/etc/tether-tls/server", {"tls.crt": "tls.crt", "tls.key": "tls.key"}),
+    "tether-upstream-ca": ("upstreamCASecret", "/etc/tether-tls/upstream-ca", {"ca.crt": None}),
+    "tether-upstream-client": ("upstreamClientSecret", "/etc/tether-tls/upstream-client",
+                               {"tls.crt": "tls.crt", "tls.key": "tls.key"}),
+}
+
+
+def check_tls_pod(label: str, pod: dict[str, Any], cfg: dict[str, Any], tls: dict[str, Any]) -> None:
+    """The TLS Secret volumes, their mounts and the [tls] paths agree with each other and with tls.*."""
+    c = container(pod)
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    for vol, (value, path, files) in TLS_MOUNTS.items():
+        secret = tls.get(value) or ""
+        if not secret:
+            R.check(f"{label}: no volume {vol} without tls.{value}", vol not in vols and vol not in mounts)
+            continue
+        want_items = [{"key": k or tls.get("upstreamCAKey", "ca.crt"), "path": f} for f, k in files.items()]
+        R.eq(f"{label}: volume {vol}", vols.get(vol),
+             {"name": vol, "secret": {"secretName": secret, "defaultMode": tls.get("defaultMode", 288),
+                                      "items": want_items}})
+        R.eq(f"{label}: {vol} mounted read-only at {path}, no subPath", mounts.get(vol),
+             {"name": vol, "mountPath": path, "readOnly": True})
+    want = {}
+    if tls.get("secretName"):
+        want |= {"cert_file": "/etc/tether-tls/server/tls.crt", "key_file": "/etc/tether-tls/server/tls.key"}
+    if tls.get("upstreamCASecret"):
+        want |= {"upstream_ca_file": "/etc/tether-tls/upstream-ca/ca.crt"}
+    if tls.get("upstreamClientSecret"):
+        want |= {"upstream_client_cert_file": "/etc/tether-tls/upstream-client/tls.crt",
+                 "upstream_client_key_file": "/etc/tether-tls/upstream-client/tls.key"}
+    got = {k: v for k, v in cfg.get("tls", {}).items() if k != "reload_interval" and v}
+    R.eq(f"{label}: [tls] file paths", got, want)
+
+
+def check_tls(defaults: dict[str, Any]) -> None:
+    """ci/tls-values.yaml (both sides), the data port alone, and the sidecar."""
+    label = "tls"
+    override = load_values(CHART / "ci" / "tls-values.yaml")
+    values = merged(defaults, override)
+    rendered = render(CHART, override)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tether_container(label, pod, values, docs)
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, values, "wss://chat-backend.chat.svc:9443")
+    check_tls_pod(label, pod, cfg, values["tls"])
+    R.check(f"{label}: the pod's fsGroup can read the 0440 files", pod["securityContext"].get("fsGroup") == 65532)
+    text = notes(rendered)
+    R.check(f"{label}: NOTES tell clients to use wss://", "wss://127.0.0.1:8080/" in text, text[:400])
+
+    label = "tls data port only"
+    v = {"tls": {"secretName": "edge-cert"}}
+    docs = documents(render(CHART, v))
+    validate_all(label, docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, merged(defaults, v), defaults["config"]["server"]["upstream"])
+    check_tls_pod(label, pod, cfg, merged(defaults, v)["tls"])
+    R.eq(f"{label}: reload_interval follows values.config", cfg["tls"]["reload_interval"], "5s")
+
+    label = "tls upstream CA under another key"
+    v = {"config": {"server": {"upstream": "wss://b:443"}}, "tls": {"upstreamCASecret": "bundle",
+                                                                   "upstreamCAKey": "root.pem"}}
+    docs = documents(render(CHART, v))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tls_pod(label, pod, toml_of(docs), merged(defaults, v)["tls"])
+
+    label = "tls sidecar"
+    override = merged(load_values(CHART / "ci" / "sidecar-values.yaml"), {"tls": {"secretName": "edge-cert"}})
+    docs = documents(render(CHART, override))
+    validate_all(label, docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    cfg = toml_of(docs)
+    check_tls_pod(label, pod, cfg, merged(defaults, override)["tls"])
+    R.eq(f"{label}: the backend container gets no TLS mounts",
+         [m["name"] for c in pod["containers"] if c["name"] != "tether" for m in c.get("volumeMounts", [])], [])
+
+    # Default values: no TLS volume, empty [tls] paths.
+    docs = documents(render(CHART))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tls_pod("default", pod, toml_of(docs), defaults["tls"])
+
+
 def check_rejections() -> None:
     """Values that would make tether refuse to start, or break resumes, must not render."""
     cases = [
@@ -736,7 +840,13 @@ def check_rejections() -> None:
         ("derived key config.journal.data_dir", {"config": {"journal": {"data_dir": "/x"}}}, "set by the chart"),
         ("derived key config.token.secret", {"config": {"token": {"secret": "y" * 40}}}, "set by the chart"),
         ("config value that is a map", {"config": {"log": {"level": {"a": 1}}}}, "must be a string"),
-        ("wss:// upstream", {"config": {"server": {"upstream": "wss://b:1"}}}, "ws:// URL"),
+        ("http:// upstream", {"config": {"server": {"upstream": "http://b:1"}}}, "ws:// or wss:// URL"),
+        ("config.tls.cert_file and tls.secretName",
+         {"tls": {"secretName": "c"}, "config": {"tls": {"cert_file": "/x.crt", "key_file": "/x.key"}}},
+         "config.tls.cert_file is set by the chart"),
+        ("tls.upstreamCASecret with a ws:// upstream", {"tls": {"upstreamCASecret": "ca"}}, "for a wss:// upstream"),
+        ("tls.upstreamClientSecret in sidecar mode (ws://127.0.0.1 upstream)",
+         {"mode": "sidecar", "tls": {"upstreamClientSecret": "cli"}}, "for a wss:// upstream"),
         ("replicas 2 without affinity", {"replicaCount": 2}, "does not forward resumes"),
         ("terminationGracePeriodSeconds too short", {"lifecycle": {"terminationGracePeriodSeconds": 25}},
          "must exceed"),
@@ -838,6 +948,7 @@ def main() -> int:
         ("servicemonitor values", lambda: check_servicemonitor(defaults)),
         ("variants", lambda: check_variants(defaults)),
         ("monitoring", lambda: check_monitoring(defaults)),
+        ("tls", lambda: check_tls(defaults)),
         ("rejections", check_rejections),
         ("parent chart", check_parent_chart),
     ):

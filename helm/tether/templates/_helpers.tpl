@@ -209,6 +209,7 @@ derived:
       "server.admin_listen" (printf "%s:%d" .Values.listenHost (int .Values.ports.admin))
       "server.upstream" (include "tether.upstream" .)
       "journal.data_dir" (include "tether.dataDir" .) }}
+{{- $tlsPaths := fromYaml (include "tether.tlsPaths" .) | default dict }}
 # tether.toml rendered by the tether Helm chart from its values (config.*).
 # token.secret comes from the environment (TETHER_TOKEN_SECRET).
 {{- range $section := $spec.sections }}
@@ -224,7 +225,9 @@ upstream = {{ get $derived "server.upstream" | toJson }}
 data_dir = {{ get $derived "journal.data_dir" | toJson }}
 {{- end }}
 {{- range $key := get $spec.keys $section }}
-{{- if and (ne (printf "%s.%s" $section $key) "server.upstream") (hasKey $table $key) (not (kindIs "invalid" (get $table $key))) }}
+{{- if and (eq $section "tls") (hasKey $tlsPaths $key) }}
+{{ $key }} = {{ get $tlsPaths $key | toJson }}
+{{- else if and (ne (printf "%s.%s" $section $key) "server.upstream") (hasKey $table $key) (not (kindIs "invalid" (get $table $key))) }}
 {{ $key }} = {{ get $table $key | toJson }}
 {{- end }}
 {{- end }}
@@ -330,6 +333,9 @@ The tether container (a list item). Used by the StatefulSet and, as
       mountPath: {{ .Values.persistence.mountPath }}
     - name: tether-tmp
       mountPath: /tmp
+    {{- with include "tether.tlsMounts" . | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/* The sidecar container: the same container, upstream ws://127.0.0.1:<sidecar.backendPort>. */}}
@@ -348,6 +354,9 @@ The tether container (a list item). Used by the StatefulSet and, as
 - name: tether-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- with include "tether.tlsVolumes" . | trim }}
+{{ . }}
+{{- end }}
 {{- end }}
 
 {{/* The volumes to add to a pod that carries the sidecar (a list). */}}
@@ -433,15 +442,109 @@ annotations:
 {{- end }}
 {{- end }}
 
+{{/*
+TLS material from Secrets (values tls.*), mounted read-only under
+/etc/tether-tls, and the [tls] keys of tether.toml that point at it: a map
+(YAML) of [tls] key -> file, holding only the keys a Secret is set for.
+*/}}
+{{- define "tether.tlsPaths" -}}
+{{- $t := .Values.tls | default dict }}
+{{- if $t.secretName }}
+cert_file: /etc/tether-tls/server/tls.crt
+key_file: /etc/tether-tls/server/tls.key
+{{- end }}
+{{- if $t.upstreamCASecret }}
+upstream_ca_file: /etc/tether-tls/upstream-ca/ca.crt
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+upstream_client_cert_file: /etc/tether-tls/upstream-client/tls.crt
+upstream_client_key_file: /etc/tether-tls/upstream-client/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secret volumes (list items for volumes:); empty without tls.* Secrets. */}}
+{{- define "tether.tlsVolumes" -}}
+{{- $t := .Values.tls | default dict }}
+{{- $mode := int ($t.defaultMode | default 288) }}
+{{- if $t.secretName }}
+- name: tether-tls
+  secret:
+    secretName: {{ $t.secretName }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- if $t.upstreamCASecret }}
+- name: tether-upstream-ca
+  secret:
+    secretName: {{ $t.upstreamCASecret }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: {{ $t.upstreamCAKey | default "ca.crt" }}
+        path: ca.crt
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+- name: tether-upstream-client
+  secret:
+    secretName: {{ $t.upstreamClientSecret }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+
+{{/* Their mounts in the tether container (list items for volumeMounts:). No subPath: a rotated Secret reaches the files. */}}
+{{- define "tether.tlsMounts" -}}
+{{- $t := .Values.tls | default dict }}
+{{- if $t.secretName }}
+- name: tether-tls
+  mountPath: /etc/tether-tls/server
+  readOnly: true
+{{- end }}
+{{- if $t.upstreamCASecret }}
+- name: tether-upstream-ca
+  mountPath: /etc/tether-tls/upstream-ca
+  readOnly: true
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+- name: tether-upstream-client
+  mountPath: /etc/tether-tls/upstream-client
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* A [tls] path comes from a Secret (tls.*) or from config.tls.*, not both; upstream TLS needs a wss:// upstream. */}}
+{{- define "tether.validateTLS" -}}
+{{- $paths := fromYaml (include "tether.tlsPaths" .) | default dict }}
+{{- $given := (.Values.config | default dict).tls | default dict }}
+{{- range $key := keys $paths | sortAlpha }}
+{{- if get $given $key }}
+{{- fail (printf "config.tls.%s is set by the chart from a tls.* Secret; set one or the other, not both" $key) }}
+{{- end }}
+{{- end }}
+{{- $t := .Values.tls | default dict }}
+{{- if and (or $t.upstreamCASecret $t.upstreamClientSecret) (not (hasPrefix "wss://" (include "tether.upstream" .))) }}
+{{- fail (printf "tls.upstreamCASecret and tls.upstreamClientSecret are for a wss:// upstream; the upstream is %s" (include "tether.upstream" .)) }}
+{{- end }}
+{{- end }}
+
 {{/* Checks on values that apply in every mode. */}}
 {{- define "tether.validate" -}}
 {{- if not (has .Values.mode (list "standalone" "sidecar")) }}
 {{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
 {{- end }}
 {{- include "tether.validateConfig" . }}
-{{- if and (eq .Values.mode "standalone") (not (hasPrefix "ws://" (toString .Values.config.server.upstream))) }}
-{{- fail "config.server.upstream must be a ws:// URL (tether has no wss:// upstreams)" }}
+{{- $up := toString .Values.config.server.upstream }}
+{{- if and (eq .Values.mode "standalone") (not (or (hasPrefix "ws://" $up) (hasPrefix "wss://" $up))) }}
+{{- fail (printf "config.server.upstream must be a ws:// or wss:// URL, not %q" $up) }}
 {{- end }}
+{{- include "tether.validateTLS" . }}
 {{- with .Values.tokenSecret.value }}
 {{- if lt (len .) 32 }}
 {{- fail "tokenSecret.value must be at least 32 characters" }}
