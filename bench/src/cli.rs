@@ -24,6 +24,8 @@ pub enum Command {
     Smoke(Opts),
     /// One stream trial, for profiling (prints tether's pid).
     One(OneOpts),
+    /// Scale-out: 3 replicas in cluster mode behind HAProxy (forwarded resume latency, throughput, reconnect storm).
+    Cluster(crate::cluster::ClusterOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

@@ -12,6 +12,7 @@
 mod backend;
 mod cli;
 mod client;
+mod cluster;
 mod procs;
 mod report;
 mod special;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Full(o) => Plan::full().apply(&o).and_then(|p| harness(p, &o)),
         Command::Smoke(o) => Plan::smoke().apply(&o).and_then(|p| harness(p, &o)),
         Command::One(o) => one(o),
+        Command::Cluster(o) => cluster::main(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
