@@ -13,6 +13,7 @@ pub mod config;
 pub mod server;
 
 mod admin;
+mod cluster;
 mod journal;
 mod metrics;
 mod net;

@@ -43,6 +43,10 @@ pub(crate) enum Fsync {
     Drain,
 }
 
+/// The `reason` values of `tether_peer_refused_total`.
+pub(crate) const PEER_REFUSED_REASONS: [&str; 6] =
+    ["missing", "malformed", "bad_signature", "stale", "not_owner", "wrong_port"];
+
 /// Every metric, registered in one registry. Labels never carry session ids.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -86,6 +90,11 @@ pub(crate) struct Metrics {
     pub(crate) replay_seconds: Histogram,
     /// Admin connections closed at once because the cap was reached.
     pub(crate) admin_rejected: IntCounter,
+    forwarded_resumes: IntCounterVec,
+    /// Seconds from sending a resume to its owner until the owner's
+    /// response head arrived.
+    pub(crate) forward_seconds: Histogram,
+    peer_refused: IntCounterVec,
 }
 
 /// Builds families and registers each in one registry as it is made.
@@ -232,6 +241,21 @@ impl Metrics {
                 "tether_admin_connections_rejected_total",
                 "Admin-port connections closed at once because 64 were already open.",
             ),
+            forwarded_resumes: f.counters(
+                "tether_forwarded_resumes_total",
+                "Resumes for a session another replica owns, by result (ok, refused, unavailable, gone).",
+                &["result"],
+            ),
+            forward_seconds: f.histogram(
+                "tether_forward_seconds",
+                "Time from sending a resume to its owner until the owner's response head arrived.",
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
+            ),
+            peer_refused: f.counters(
+                "tether_peer_refused_total",
+                "Requests refused because they did not prove they come from a replica of this cluster, by reason.",
+                &["reason"],
+            ),
             registry: f.0,
         };
         m.precreate();
@@ -283,6 +307,24 @@ impl Metrics {
         ] {
             self.client_disconnects.with_label_values(&[kind]);
         }
+        for result in ["ok", "refused", "unavailable", "gone"] {
+            self.forwarded_resumes.with_label_values(&[result]);
+        }
+        // The reasons of `cluster::PeerRefused` (a unit test there checks
+        // the two lists agree).
+        for reason in PEER_REFUSED_REASONS {
+            self.peer_refused.with_label_values(&[reason]);
+        }
+    }
+
+    /// Counts a resume for a session another replica owns.
+    pub(crate) fn forwarded(&self, result: &str) {
+        self.forwarded_resumes.with_label_values(&[result]).inc();
+    }
+
+    /// Counts a request refused for not proving it comes from a peer.
+    pub(crate) fn peer_refused(&self, reason: &str) {
+        self.peer_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts a WAL fsync.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
+use crate::cluster::Cluster;
 use crate::config::{file, BadUpstream, Config, UpstreamUrl};
 use crate::journal::{Journal, Opened, RecoveredSession};
 use crate::metrics::Metrics;
@@ -126,7 +127,8 @@ async fn serve(
 ) -> Result<(SocketAddr, SocketAddr, Arc<Admin>), StartError> {
     let secret_generated = stored_secret.is_some();
     let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
-    let tokens = TokenKey::new(secret, &config.token.identity_headers)?;
+    let cluster = Arc::new(Cluster::new(&config.cluster, &secret, config.limits.max_header_bytes, rt.metrics.clone()));
+    let tokens = TokenKey::new(secret, &config.token.identity_headers)?.for_cluster(&config.cluster.name);
     let target = UpstreamUrl::parse(&config.server.upstream)?;
     let shared = Arc::new(Shared { journal: journal.clone(), rt: rt.clone(), config: config.clone() });
     let restored = recovered.len();
@@ -135,6 +137,10 @@ async fn serve(
 
     let (data, data_addr) = bind(config.server.listen).await?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
+    let peers = match cluster.enabled() {
+        true => Some(bind(config.cluster.peer_listen).await?),
+        false => None,
+    };
     let upstream_tls = match target.tls {
         true => Some(tokio_rustls::TlsConnector::from(
             tls::client_config(&config.tls).await.map_err(|e| StartError::Tls(e.to_string()))?,
@@ -166,6 +172,7 @@ async fn serve(
         secret_generated,
         epoch: journal.epoch(),
         tls: acceptor,
+        cluster: cluster.clone(),
     };
     let ctx = Arc::new(Context::new(config.clone(), parts));
     let admin = Arc::new(Admin {
@@ -176,6 +183,10 @@ async fn serve(
         shutdown: rt.shutdown.clone(),
     });
 
+    let peer_addr = peers.as_ref().map(|(_, a)| a.to_string()).unwrap_or_default();
+    if let Some((listener, _)) = peers {
+        tokio::spawn(proxy::serve_peers(listener, ctx.clone()));
+    }
     tokio::spawn(proxy::serve(data, ctx));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
     tokio::spawn(sessions.janitor());
@@ -185,7 +196,15 @@ async fn serve(
     }
     admin.set_ready(true);
     let data_tls = config.tls.enabled();
-    tracing::info!(%data_addr, %admin_addr, upstream = %config.server.upstream, tls = data_tls, "tether is serving");
+    tracing::info!(
+        %data_addr,
+        %admin_addr,
+        peer_addr,
+        instance = cluster.id(),
+        upstream = %config.server.upstream,
+        tls = data_tls,
+        "tether is serving"
+    );
     Ok((data_addr, admin_addr, admin))
 }
 

@@ -135,7 +135,7 @@ proptest! {
     fn token_round_trip(epoch in any::<u64>(), id in any::<[u8; 16]>(), auth in visible()) {
         let key = key();
         let identity = key.identity(&headers(&[("authorization", &auth)]));
-        let token = key.mint(epoch, &SessionId(id), &identity);
+        let token = key.mint(epoch, &SessionId(id), None, &identity);
         prop_assert_eq!(token.len(), 55);
         let raw = RawToken::parse(&token).unwrap();
         prop_assert_eq!((raw.epoch, raw.session), (epoch, SessionId(id)));
@@ -151,7 +151,7 @@ proptest! {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let key = key();
         let identity = key.identity(&HeaderMap::new());
-        let token = key.mint(epoch, &SessionId(id), &identity);
+        let token = key.mint(epoch, &SessionId(id), None, &identity);
         let mut bytes = b64.decode(&token).unwrap();
         let i = at % bytes.len();
         bytes[i] = bytes[i].wrapping_add(delta);

@@ -1,4 +1,12 @@
-//! Resume tokens: `base64url(version ‖ epoch ‖ session id ‖ HMAC-SHA256/128)`.
+//! Resume tokens, docs/PROTOCOL.md §8:
+//!
+//! - v1 `base64url(0x01 ‖ epoch ‖ session id ‖ HMAC-SHA256/128)`: one
+//!   instance (`cluster.mode = "off"`), and still accepted in a cluster as
+//!   owned by the instance that reads it;
+//! - v2 `base64url(0x02 ‖ epoch ‖ session id ‖ len ‖ owner ‖ HMAC/128)`: the
+//!   owner (an instance name, or a sealed address) and the cluster name are
+//!   under the MAC, so a client can neither move a token to another owner
+//!   nor take it to another cluster that happens to share the secret.
 //!
 //! The MAC also covers a fingerprint of the configured identity headers, so a
 //! token presented by someone with another `Authorization` fails to verify.
@@ -14,9 +22,12 @@ use super::SessionId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const VERSION: u8 = 1;
+const V1: u8 = 1;
+const V2: u8 = 2;
 const MAC_LEN: usize = 16;
-const TOKEN_LEN: usize = 1 + 8 + 16 + MAC_LEN;
+const V1_LEN: usize = 1 + 8 + 16 + MAC_LEN;
+/// Longest owner field: its length is one byte.
+pub(crate) const MAX_OWNER_LEN: usize = 255;
 
 /// A token that decoded but is not yet verified.
 #[derive(Clone, PartialEq, Eq)]
@@ -25,6 +36,9 @@ pub(crate) struct RawToken {
     pub(crate) epoch: u64,
     /// The session it names.
     pub(crate) session: SessionId,
+    /// v2: the owner field (opaque here; `cluster` reads it). v1: `None`,
+    /// owned by whichever instance reads it.
+    pub(crate) owner: Option<Vec<u8>>,
     mac: [u8; MAC_LEN],
 }
 
@@ -49,13 +63,21 @@ impl RawToken {
     /// Decodes a token string without verifying it.
     pub(crate) fn parse(s: &str) -> Result<RawToken, MalformedToken> {
         let bytes = URL_SAFE_NO_PAD.decode(s.trim()).map_err(|_| MalformedToken::Encoding)?;
-        if bytes.len() != TOKEN_LEN || bytes[0] != VERSION {
-            return Err(MalformedToken::Shape);
-        }
+        let owner = match bytes.first() {
+            Some(&V1) if bytes.len() == V1_LEN => None,
+            Some(&V2) if bytes.len() > V1_LEN => {
+                let n = usize::from(bytes[25]);
+                if n == 0 || bytes.len() != V1_LEN + 1 + n {
+                    return Err(MalformedToken::Shape);
+                }
+                Some(bytes[26..26 + n].to_vec())
+            }
+            _ => return Err(MalformedToken::Shape),
+        };
         let epoch = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
         let session = SessionId(bytes[9..25].try_into().expect("16 bytes"));
-        let mac = bytes[25..].try_into().expect("mac bytes");
-        Ok(RawToken { epoch, session, mac })
+        let mac = bytes[bytes.len() - MAC_LEN..].try_into().expect("mac bytes");
+        Ok(RawToken { epoch, session, owner, mac })
     }
 }
 
@@ -69,6 +91,8 @@ pub struct BadIdentityHeader(String);
 pub(crate) struct TokenKey {
     secret: Vec<u8>,
     identity_headers: Vec<http::HeaderName>,
+    /// `cluster.name`, under every v2 MAC.
+    cluster: String,
 }
 
 impl TokenKey {
@@ -78,7 +102,13 @@ impl TokenKey {
             .iter()
             .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| BadIdentityHeader(h.clone())))
             .collect::<Result<_, _>>()?;
-        Ok(TokenKey { secret, identity_headers })
+        Ok(TokenKey { secret, identity_headers, cluster: "tether".into() })
+    }
+
+    /// The same key for the cluster `name` (v2 tokens of another cluster
+    /// then fail to verify).
+    pub(crate) fn for_cluster(self, name: &str) -> TokenKey {
+        TokenKey { cluster: name.to_owned(), ..self }
     }
 
     /// Hashes the identity headers of a request (absent and empty differ).
@@ -97,29 +127,49 @@ impl TokenKey {
         h.finalize().into()
     }
 
-    fn mac(&self, epoch: u64, session: &SessionId, identity: &[u8; 32]) -> HmacSha256 {
+    fn mac(&self, epoch: u64, session: &SessionId, owner: Option<&[u8]>, identity: &[u8; 32]) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        mac.update(b"tether-token-v1");
+        match owner {
+            None => mac.update(b"tether-token-v1"),
+            Some(_) => {
+                mac.update(b"tether-token-v2");
+                // Length-prefixed, so the cluster name and what follows
+                // cannot be shifted into each other.
+                mac.update(&[self.cluster.len() as u8]);
+                mac.update(self.cluster.as_bytes());
+            }
+        }
         mac.update(&epoch.to_be_bytes());
         mac.update(&session.0);
+        if let Some(owner) = owner {
+            mac.update(&[owner.len() as u8]);
+            mac.update(owner);
+        }
         mac.update(identity);
         mac
     }
 
-    /// Mints the token for a session, bound to `identity`.
-    pub(crate) fn mint(&self, epoch: u64, session: &SessionId, identity: &[u8; 32]) -> String {
-        let tag = self.mac(epoch, session, identity).finalize().into_bytes();
-        let mut bytes = Vec::with_capacity(TOKEN_LEN);
-        bytes.push(VERSION);
+    /// Mints the token for a session, bound to `identity`: v1 without an
+    /// owner, v2 naming `owner` (1 to [`MAX_OWNER_LEN`] bytes).
+    pub(crate) fn mint(&self, epoch: u64, session: &SessionId, owner: Option<&[u8]>, identity: &[u8; 32]) -> String {
+        let owner = owner.filter(|o| !o.is_empty() && o.len() <= MAX_OWNER_LEN);
+        let tag = self.mac(epoch, session, owner, identity).finalize().into_bytes();
+        let mut bytes = Vec::with_capacity(V1_LEN + 1 + owner.map_or(0, <[u8]>::len));
+        bytes.push(if owner.is_some() { V2 } else { V1 });
         bytes.extend_from_slice(&epoch.to_be_bytes());
         bytes.extend_from_slice(&session.0);
+        if let Some(owner) = owner {
+            bytes.push(owner.len() as u8);
+            bytes.extend_from_slice(owner);
+        }
         bytes.extend_from_slice(&tag[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// Constant-time check of the token's MAC against `identity`.
     pub(crate) fn verify(&self, token: &RawToken, identity: &[u8; 32]) -> bool {
-        self.mac(token.epoch, &token.session, identity).verify_truncated_left(&token.mac).is_ok()
+        let owner = token.owner.as_deref();
+        self.mac(token.epoch, &token.session, owner, identity).verify_truncated_left(&token.mac).is_ok()
     }
 }
 
@@ -135,9 +185,9 @@ mod tests {
         let mut bob = HeaderMap::new();
         bob.insert("authorization", "Bearer bob".parse().unwrap());
         let id = SessionId::generate();
-        let t = key.mint(42, &id, &key.identity(&alice));
+        let t = key.mint(42, &id, None, &key.identity(&alice));
         let raw = RawToken::parse(&t).unwrap();
-        assert_eq!((raw.epoch, raw.session), (42, id));
+        assert_eq!((raw.epoch, raw.session, raw.owner.clone()), (42, id, None));
         assert!(key.verify(&raw, &key.identity(&alice)));
         assert!(!key.verify(&raw, &key.identity(&bob)));
         assert!(!key.verify(&raw, &key.identity(&HeaderMap::new())));
@@ -146,5 +196,27 @@ mod tests {
         assert_eq!(RawToken::parse("!!"), Err(MalformedToken::Encoding));
         assert_eq!(RawToken::parse("AAAA"), Err(MalformedToken::Shape));
         assert!(!format!("{raw:?}").contains(&t));
+    }
+
+    #[test]
+    fn v2_owner_and_cluster_are_under_the_mac() {
+        let key = TokenKey::new(vec![7; 32], &[]).unwrap().for_cluster("prod");
+        let none = key.identity(&HeaderMap::new());
+        let id = SessionId::generate();
+        let t = key.mint(9, &id, Some(b"tether-1"), &none);
+        let raw = RawToken::parse(&t).unwrap();
+        assert_eq!(raw.owner.as_deref(), Some(&b"tether-1"[..]));
+        assert!(key.verify(&raw, &none));
+        let moved = RawToken { owner: Some(b"tether-2".to_vec()), ..raw.clone() };
+        assert!(!key.verify(&moved, &none), "the owner cannot be changed");
+        let other = TokenKey::new(vec![7; 32], &[]).unwrap().for_cluster("staging");
+        assert!(!other.verify(&raw, &none), "another cluster with the same secret refuses it");
+        // A v1 token still verifies, whatever the cluster.
+        let v1 = RawToken::parse(&key.mint(9, &id, None, &none)).unwrap();
+        assert!(other.verify(&v1, &none) && v1.owner.is_none());
+        // A zero-length owner field is not a token.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        bytes[25] = 0;
+        assert_eq!(RawToken::parse(&URL_SAFE_NO_PAD.encode(&bytes)), Err(MalformedToken::Shape));
     }
 }

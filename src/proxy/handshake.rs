@@ -1,8 +1,11 @@
 //! One upgrade request, in named phases:
 //!
 //! 1. [`admit`]: is it a WebSocket upgrade tether can serve, and what do
-//!    its resume credentials resolve to ([`Plan`])?
-//! 2. [`bind`]: open the backend connection if the session needs one and
+//!    its resume credentials resolve to ([`Plan`])? On the peer port, it
+//!    must also prove it was forwarded by a replica (`Tether-Peer`).
+//! 2. either [`forward`]: another replica owns the session, so the whole
+//!    connection goes to it (its answer is relayed, then bytes are spliced);
+//!    or [`bind`]: open the backend connection if the session needs one and
 //!    attach the session ([`Bound`]);
 //! 3. [`respond`]: the 101, with the token and the outcome;
 //! 4. [`spawn_pump`]: once hyper hands over the upgraded socket, the pump
@@ -10,7 +13,7 @@
 //!
 //! Every refusal happens before the 101.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,7 +28,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::pump::{Greeting, Pump};
 use super::refusal::Refusal;
-use super::Context;
+use super::{Context, Port};
+use crate::cluster::peer_auth::now_secs;
+use crate::cluster::{forward, Located, OwnerAnswer, Peer, PeerRefused, PEER_HEADER};
 use crate::net::{has_token, LazyRead};
 use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
@@ -40,6 +45,8 @@ enum Plan {
     New { gap: Option<GapReport> },
     /// An existing session, starting at `start`.
     Resume { session: Arc<Session>, start: u64, gap: Option<GapReport> },
+    /// A session another replica owns: forward the connection to it.
+    Forward { owner: Peer, token: String },
 }
 
 /// An upgrade request tether will serve.
@@ -66,8 +73,13 @@ struct Bound {
 }
 
 /// Answers one request on the data port.
-pub(super) async fn handle(mut req: Request<Incoming>, peer: SocketAddr, ctx: Arc<Context>) -> Response<Full<Bytes>> {
-    match upgrade(&mut req, peer, &ctx).await {
+pub(super) async fn handle(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    port: Port,
+    ctx: Arc<Context>,
+) -> Response<Full<Bytes>> {
+    match upgrade(&mut req, peer, port, &ctx).await {
         Ok(resp) => resp,
         Err(refusal) => refusal.into_response(&ctx.rt.metrics),
     }
@@ -75,12 +87,18 @@ pub(super) async fn handle(mut req: Request<Incoming>, peer: SocketAddr, ctx: Ar
 
 async fn upgrade(
     req: &mut Request<Incoming>,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
+    port: Port,
     ctx: &Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    let admitted = admit(req, ctx)?;
-    let bound = bind(admitted.plan, admitted.offset, req, peer, ctx).await?;
-    let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, &admitted.identity);
+    let admitted = admit(req, &mut peer, port, ctx).await?;
+    let plan = match admitted.plan {
+        Plan::Forward { owner, token } => return forward(req, peer, &owner, &token, ctx).await,
+        plan => plan,
+    };
+    let bound = bind(plan, admitted.offset, req, peer, ctx).await?;
+    let owner = ctx.cluster.owner_field(&bound.session.id);
+    let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, owner.as_deref(), &admitted.identity);
     let reason = bound.gap.as_ref().map_or("none", |g| g.reason.as_str());
     ctx.rt.metrics.resume(bound.outcome.as_str(), reason);
     tracing::info!(session = %bound.session.id, outcome = bound.outcome.as_str(), reason, "client attached");
@@ -89,8 +107,14 @@ async fn upgrade(
     Ok(resp)
 }
 
-/// Phase 1: checks the request and resolves its credentials.
-fn admit(req: &Request<Incoming>, ctx: &Context) -> Result<Admitted, Refusal> {
+/// Phase 1: checks the request and resolves its credentials. A forwarded
+/// request's `peer` becomes the client's address as its forwarder saw it.
+async fn admit(
+    req: &mut Request<Incoming>,
+    peer: &mut SocketAddr,
+    port: Port,
+    ctx: &Context,
+) -> Result<Admitted, Refusal> {
     if ctx.sessions.journal_failure().is_some() {
         return Err(journal_failed(ctx));
     }
@@ -103,10 +127,13 @@ fn admit(req: &Request<Incoming>, ctx: &Context) -> Result<Admitted, Refusal> {
     }
     let creds = credentials::parse(req.headers(), req.uri().query())
         .map_err(|e| Refusal::bad_request(credential_error(&e), e.to_string()))?;
+    if port == Port::Peer || req.headers().contains_key(PEER_HEADER) {
+        *peer = check_peer(req, port, creds.as_ref(), ctx)?;
+    }
     let identity = ctx.tokens.identity(req.headers());
     let (offset, plan) = match &creds {
         None => (0, Plan::New { gap: None }),
-        Some(c) => (c.offset, resolve(c, &identity, ctx)?),
+        Some(c) => (c.offset, resolve(c, &identity, port, ctx).await?),
     };
     Ok(Admitted { key, identity, offset, plan })
 }
@@ -124,6 +151,7 @@ async fn bind(
     let (session, start, gap) = match plan {
         Plan::New { gap } => return start_session(dial(req, peer, ctx).await?, gap, ctx).await,
         Plan::Resume { session, start, gap } => (session, start, gap),
+        Plan::Forward { .. } => unreachable!("upgrade forwards before it binds"),
     };
     let expired = || Some(lost_session(GapReason::Expired, offset));
     let (attachment, backend) = match session.attach() {
@@ -304,8 +332,9 @@ fn check_upgrade(req: &Request<Incoming>, ctx: &Context) -> Result<String, Refus
     Ok(key.to_owned())
 }
 
-/// Authenticates the token and decides where the resume starts.
-fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, Refusal> {
+/// Authenticates the token and decides where the resume starts: here, or
+/// at the replica that owns it.
+async fn resolve(c: &Credentials, identity: &[u8; 32], port: Port, ctx: &Context) -> Result<Plan, Refusal> {
     let raw = RawToken::parse(&c.token).map_err(|e| Refusal::bad_request("malformed_token", e.to_string()))?;
     let forged = || {
         Refusal::new(
@@ -315,6 +344,27 @@ fn resolve(c: &Credentials, identity: &[u8; 32], ctx: &Context) -> Result<Plan, 
         )
     };
     let fresh = |reason| Plan::New { gap: Some(lost_session(reason, c.offset)) };
+    if raw.owner.is_some() && ctx.cluster.enabled() {
+        // The owner field is only believed once the MAC says tether wrote it.
+        if !ctx.tokens.verify(&raw, identity) {
+            return Err(forged());
+        }
+        match ctx.cluster.locate(raw.owner.as_deref(), &raw.session).await {
+            Located::Local => {}
+            Located::Peer(_) if port == Port::Peer => return Err(refuse_peer(PeerRefused::NotOwner, ctx)),
+            Located::Peer(owner) => return Ok(Plan::Forward { owner, token: c.token.clone() }),
+            Located::Gone(why) => {
+                ctx.rt.metrics.forwarded("gone");
+                tracing::info!(session = %raw.session, instance = ctx.cluster.id(), why, "the session's owner is gone");
+                return Ok(fresh(GapReason::JournalLost));
+            }
+            Located::Unknown(why) => {
+                ctx.rt.metrics.forwarded("unavailable");
+                tracing::warn!(session = %raw.session, instance = ctx.cluster.id(), why, "cannot locate the session's owner");
+                return Err(owner_unavailable(ctx));
+            }
+        }
+    }
     if raw.epoch != ctx.epoch {
         // With a generated secret the old journal took its key with it, so a
         // token from another epoch cannot be verified: it can only mean the
@@ -387,6 +437,101 @@ fn journal_failed(ctx: &Context) -> Refusal {
         "tether cannot write its journal and is restarting; retry",
         ctx.config.server.retry_after_secs,
     )
+}
+
+fn owner_unavailable(ctx: &Context) -> Refusal {
+    Refusal::owner_unavailable(
+        "the replica that owns this session is unreachable, slow or restarting; retry",
+        ctx.config.server.retry_after_secs,
+    )
+}
+
+/// Counts and refuses a request that did not prove it comes from a peer.
+fn refuse_peer(e: PeerRefused, ctx: &Context) -> Refusal {
+    ctx.rt.metrics.peer_refused(e.reason());
+    Refusal::from(e)
+}
+
+/// A request on the peer port must carry a `Tether-Peer` signature over its
+/// token and `X-Forwarded-For` (and one on the data port is refused, so the
+/// peer path stays where a NetworkPolicy can fence it). Returns the client's
+/// address, the last `X-Forwarded-For` entry, and puts back the header as
+/// the client sent it, so the backend sees what it would have seen had the
+/// client come straight to this replica.
+fn check_peer(
+    req: &mut Request<Incoming>,
+    port: Port,
+    creds: Option<&Credentials>,
+    ctx: &Context,
+) -> Result<SocketAddr, Refusal> {
+    if port == Port::Data {
+        return Err(refuse_peer(PeerRefused::WrongPort, ctx));
+    }
+    let h = req.headers();
+    let xff = h.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let token = creds.map_or("", |c| c.token.as_str());
+    let from = ctx
+        .cluster
+        .auth
+        .verify(h.get(PEER_HEADER), ctx.cluster.id(), now_secs(), token, &xff)
+        .map_err(|e| refuse_peer(e, ctx))?;
+    let (rest, last) = match xff.rsplit_once(',') {
+        Some((rest, last)) => (Some(rest.trim()), last.trim()),
+        None => (None, xff.trim()),
+    };
+    let client: IpAddr = match (creds, last.parse()) {
+        (Some(_), Ok(ip)) => ip,
+        _ => return Err(refuse_peer(PeerRefused::Malformed, ctx)),
+    };
+    let h = req.headers_mut();
+    h.remove(PEER_HEADER);
+    match rest.and_then(|r| HeaderValue::from_str(r).ok()) {
+        Some(v) => h.insert("x-forwarded-for", v),
+        None => h.remove("x-forwarded-for"),
+    };
+    tracing::debug!(from, to = ctx.cluster.id(), "forwarded resume from a peer");
+    Ok(SocketAddr::new(client, 0))
+}
+
+/// Phase 2 when another replica owns the session: the whole connection
+/// goes to it. Its refusal is relayed as it is; its 101 too, and then the
+/// two sockets are spliced byte for byte (the owner stamps, journals and
+/// replays; this replica parses nothing more).
+async fn forward(
+    req: &mut Request<Incoming>,
+    peer: SocketAddr,
+    owner: &Peer,
+    token: &str,
+    ctx: &Arc<Context>,
+) -> Result<Response<Full<Bytes>>, Refusal> {
+    let c = &ctx.cluster;
+    let headers = c.forwarder.headers(&c.auth, owner, req.headers(), peer, token);
+    let answer = c.forwarder.open(owner, req.uri(), &headers).await.map_err(|_| owner_unavailable(ctx))?;
+    match answer {
+        OwnerAnswer::Refused { status, headers, body } => Ok(relay(status, &headers, body)),
+        OwnerAnswer::Switched { headers, owner, early } => {
+            let on_upgrade = hyper::upgrade::on(req);
+            let stop = ctx.rt.shutdown.clone();
+            ctx.rt.tasks.spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => forward::splice(TokioIo::new(upgraded), owner, early, stop).await,
+                    Err(e) => tracing::debug!(error = %e, "client upgrade failed on a forwarded resume"),
+                }
+            });
+            Ok(relay(StatusCode::SWITCHING_PROTOCOLS, &headers, Bytes::new()))
+        }
+    }
+}
+
+/// The owner's response, status, headers and body, as this replica's.
+fn relay(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::builder().status(status);
+    for (name, value) in headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            resp = resp.header(name, value);
+        }
+    }
+    resp.body(Full::new(body)).expect("the owner's head parsed as a valid response")
 }
 
 fn gone() -> Refusal {

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::net;
 use crate::protocol::stamp::Stamper;
@@ -45,6 +46,17 @@ pub(crate) struct Context {
     ws_config: WebSocketConfig,
     /// TLS on the data port, if configured.
     tls: Option<TlsAcceptor>,
+    /// Who owns which session, and the hop to the owner.
+    cluster: Arc<Cluster>,
+}
+
+/// The listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Port {
+    /// `server.listen`: clients.
+    Data,
+    /// `cluster.peer_listen`: resumes forwarded by other replicas only.
+    Peer,
 }
 
 /// What [`Context::new`] needs besides the configuration.
@@ -63,12 +75,14 @@ pub(crate) struct Parts {
     pub(crate) epoch: u64,
     /// TLS on the data port, if configured.
     pub(crate) tls: Option<TlsAcceptor>,
+    /// The cluster this instance is part of (mode `off`: only itself).
+    pub(crate) cluster: Arc<Cluster>,
 }
 
 impl Context {
     /// The context for `config` and the opened parts.
     pub(crate) fn new(config: Arc<Config>, parts: Parts) -> Context {
-        let Parts { rt, sessions, upstream, tokens, secret_generated, epoch, tls } = parts;
+        let Parts { rt, sessions, upstream, tokens, secret_generated, epoch, tls, cluster } = parts;
         Context {
             stamper: Stamper::new(config.stamp.mode, &config.stamp.json_field),
             ws_config: upstream.ws_config,
@@ -80,6 +94,7 @@ impl Context {
             secret_generated,
             epoch,
             tls,
+            cluster,
         }
     }
 }
@@ -104,11 +119,11 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             match ctx.tls.clone() {
-                None => serve_http(TokioIo::new(tcp), peer, ctx).await,
+                None => serve_http(TokioIo::new(tcp), peer, Port::Data, ctx).await,
                 Some(acceptor) => {
                     let timeout = ctx.config.server.handshake_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, ctx).await,
+                        Ok(Ok(tls)) => serve_http(TokioIo::new(tls), peer, Port::Data, ctx).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "client TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "client TLS handshake timed out"),
                     }
@@ -119,8 +134,19 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     .await;
 }
 
+/// Accepts forwarded resumes from other replicas on `listener` (the peer
+/// port, plain TCP) until shutdown: the owner's side of a hop.
+pub(crate) async fn serve_peers(listener: TcpListener, ctx: Arc<Context>) {
+    let shutdown = ctx.rt.shutdown.clone();
+    net::accept_until(listener, shutdown.cancelled_owned(), |tcp, peer| {
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_http(TokioIo::new(tcp), peer, Port::Peer, ctx.clone()));
+    })
+    .await;
+}
+
 /// One client's HTTP/1 connection, plain or over TLS.
-async fn serve_http<I>(io: TokioIo<I>, peer: std::net::SocketAddr, ctx: Arc<Context>)
+async fn serve_http<I>(io: TokioIo<I>, peer: std::net::SocketAddr, port: Port, ctx: Arc<Context>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -128,7 +154,7 @@ where
     let header_timeout = ctx.config.server.handshake_timeout;
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(handshake::handle(req, peer, ctx).await) }
+        async move { Ok::<_, std::convert::Infallible>(handshake::handle(req, peer, port, ctx).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

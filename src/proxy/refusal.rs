@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::cluster::PeerRefused;
 use crate::metrics::Metrics;
 use crate::upstream::{ConnectError, DialError};
 
@@ -62,6 +63,25 @@ impl Refusal {
             resp = resp.header(name, value);
         }
         resp.body(Full::new(Bytes::from(body))).expect("valid response")
+    }
+}
+
+impl Refusal {
+    /// 503 `owner_unavailable`: the replica that owns the session cannot
+    /// serve it now (unreachable, slow, draining); it comes back.
+    pub(crate) fn owner_unavailable(detail: impl Into<String>, retry_after: u32) -> Refusal {
+        Refusal::unavailable("owner_unavailable", detail, retry_after)
+    }
+}
+
+impl From<PeerRefused> for Refusal {
+    /// 421 `not_owner` for a second hop (the request reached the wrong
+    /// instance), 403 `peer_refused` for anything that is not a proven peer.
+    fn from(e: PeerRefused) -> Refusal {
+        match e {
+            PeerRefused::NotOwner => Refusal::new(StatusCode::MISDIRECTED_REQUEST, "not_owner", e.to_string()),
+            _ => Refusal::new(StatusCode::FORBIDDEN, "peer_refused", e.to_string()),
+        }
     }
 }
 
