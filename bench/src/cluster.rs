@@ -78,6 +78,10 @@ pub struct ClusterOpts {
     /// after the last one is back.
     #[arg(long, default_value_t = 5.0)]
     pub storm_secs: f64,
+    /// Before each round, wait up to this many seconds for a quiet machine
+    /// (other processes under 10 % of the CPUs for 3 s); 0: do not wait.
+    #[arg(long, default_value_t = 0)]
+    pub wait_quiet: u64,
     /// The HAProxy binary.
     #[arg(long, default_value = "haproxy")]
     pub haproxy: PathBuf,
@@ -207,10 +211,8 @@ impl Rig {
     fn start(l: &Launcher, o: &ClusterOpts, nofile: u64, tag: &str) -> anyhow::Result<Rig> {
         let backend = l.backend()?;
         let peer_ports = free_ports(REPLICAS)?;
-        let peers = (0..REPLICAS)
-            .map(|i| format!("t{i} = \"127.0.0.1:{}\"", peer_ports[i]))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let peers =
+            (0..REPLICAS).map(|i| format!("t{i} = \"127.0.0.1:{}\"", peer_ports[i])).collect::<Vec<_>>().join(", ");
         let mut nodes = Vec::new();
         for (i, port) in peer_ports.iter().enumerate() {
             let env = [
@@ -626,10 +628,8 @@ async fn storm(rig: &Rig, o: &ClusterOpts) -> anyhow::Result<StormRun> {
         .await;
     let opened: Vec<(Ws, String)> = opened.into_iter().collect::<anyhow::Result<_>>()?;
     let open_secs = (now_ns() - t_open) as f64 / 1e9;
-    let handles: Vec<_> = opened
-        .into_iter()
-        .map(|(ws, token)| tokio::spawn(storm_client(ws, token, url.clone(), ctl.clone())))
-        .collect();
+    let handles: Vec<_> =
+        opened.into_iter().map(|(ws, token)| tokio::spawn(storm_client(ws, token, url.clone(), ctl.clone()))).collect();
     let per_replica = rig.sessions_per_replica().await;
     eprintln!("[storm] {n} sessions open in {open_secs:.1} s; streaming {} s", o.storm_secs);
     tokio::time::sleep(Duration::from_secs_f64(o.storm_secs)).await;
@@ -807,10 +807,14 @@ impl ClusterResults {
             let _ = writeln!(
                 out,
                 "| added by forwarding | {} | {} | |",
-                micros(m(|x| x.fwd_p50_us) - m(|x| x.owner_p50_us)),
-                micros(m(|x| x.fwd_p99_us) - m(|x| x.owner_p99_us))
+                signed_us(m(|x| x.fwd_p50_us) - m(|x| x.owner_p50_us)),
+                signed_us(m(|x| x.fwd_p99_us) - m(|x| x.owner_p99_us))
             );
-            let _ = writeln!(out, "\nOther processes used {} % of the CPUs during the rounds (median).", fixed(m(|x| x.foreign_pct), 0));
+            let _ = writeln!(
+                out,
+                "\nOther processes used {} % of the CPUs during the rounds (median).",
+                fixed(m(|x| x.foreign_pct), 0)
+            );
         }
         if !self.throughput.is_empty() {
             let t = &self.throughput;
@@ -905,12 +909,21 @@ impl ClusterResults {
     }
 }
 
+/// A difference in µs with its sign (`+254`, `−1,203`).
+fn signed_us(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    format!("{}{}", if x < 0.0 { "−" } else { "+" }, thousands(x.abs()))
+}
+
 // ---------------------------------------------------------------- main
 
 /// Runs `tether-bench cluster`; Ok(false) if anything was lost.
 pub fn main(o: ClusterOpts) -> anyhow::Result<bool> {
     let nofile = sys::raise_nofile();
-    let root = o.data_root.clone().unwrap_or_else(|| PathBuf::from(format!("/var/tmp/tether-bench-{}", std::process::id())));
+    let root =
+        o.data_root.clone().unwrap_or_else(|| PathBuf::from(format!("/var/tmp/tether-bench-{}", std::process::id())));
     let launcher = Launcher::new(o.tether_bin.clone(), root)?.with_env(o.tether_env.clone());
     let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -926,8 +939,14 @@ pub fn main(o: ClusterOpts) -> anyhow::Result<bool> {
         "- Machine: {nproc} CPUs shared by the backend, {REPLICAS} tether processes, HAProxy and the clients; load average at the end {}",
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    println!("- tether under test: {}; cluster mode `static`, journal sync=none, prefix stamps", launcher.tether_description());
-    println!("- Balancer: {} (`balance roundrobin`, HTTP mode, no stickiness), open-files limit {nofile}", o.haproxy.display());
+    println!(
+        "- tether under test: {}; cluster mode `static`, journal sync=none, prefix stamps",
+        launcher.tether_description()
+    );
+    println!(
+        "- Balancer: {} (`balance roundrobin`, HTTP mode, no stickiness), open-files limit {nofile}",
+        o.haproxy.display()
+    );
     print!("{}", res.markdown());
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_vec_pretty(&res)?)?;
@@ -939,8 +958,15 @@ pub fn main(o: ClusterOpts) -> anyhow::Result<bool> {
 
 async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
     let mut res = ClusterResults::default();
+    let quiet = || async {
+        if o.wait_quiet > 0 {
+            let waited = sys::wait_for_quiet(10.0, Duration::from_secs(o.wait_quiet)).await;
+            eprintln!("(waited {waited} s for a quiet machine)");
+        }
+    };
     if o.has("latency") {
         for run in 0..o.runs {
+            quiet().await;
             let r = async {
                 let rig = Rig::start(l, o, nofile, &format!("lat{run}"))?;
                 latency_round(&rig, o.resume_secs, o.workers, run).await
@@ -969,6 +995,7 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
     if o.has("throughput") {
         for run in 0..o.runs {
             for forwarded in [false, true] {
+                quiet().await;
                 let r = async {
                     let rig = Rig::start(l, o, nofile, &format!("tput{run}{forwarded}"))?;
                     tput_trial(&rig, o, forwarded, run).await
@@ -997,6 +1024,7 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
         }
     }
     if o.has("storm") {
+        quiet().await;
         let r = async {
             let rig = Rig::start(l, o, nofile, "storm")?;
             storm(&rig, o).await
