@@ -909,6 +909,16 @@ impl ClusterResults {
     }
 }
 
+/// A latency in µs as `micros` writes it, with its unit.
+fn with_unit(x: f64) -> String {
+    let s = micros(x);
+    if s.ends_with("ms") || s == "–" {
+        s
+    } else {
+        format!("{s} µs")
+    }
+}
+
 /// A difference in µs with its sign (`+254`, `−1,203`).
 fn signed_us(x: f64) -> String {
     if !x.is_finite() {
@@ -975,14 +985,14 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
             match r {
                 Ok(r) => {
                     eprintln!(
-                        "[latency round {}/{}] owner p50 {} p99 {} µs ({}), forwarded p50 {} p99 {} µs ({}){}",
+                        "[latency round {}/{}] owner p50 {} p99 {} ({}), forwarded p50 {} p99 {} ({}){}",
                         run + 1,
                         o.runs,
-                        micros(r.owner_p50_us),
-                        micros(r.owner_p99_us),
+                        with_unit(r.owner_p50_us),
+                        with_unit(r.owner_p99_us),
                         r.owner_samples,
-                        micros(r.fwd_p50_us),
-                        micros(r.fwd_p99_us),
+                        with_unit(r.fwd_p50_us),
+                        with_unit(r.fwd_p99_us),
                         r.fwd_samples,
                         r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
                     );
