@@ -842,14 +842,19 @@ impl ClusterResults {
             );
             let per_round: Vec<String> = (0..t.iter().map(|x| x.run + 1).max().unwrap_or(0))
                 .filter_map(|run| {
-                    let d = t.iter().find(|x| x.run == run && !x.forwarded)?.rate;
-                    let f = t.iter().find(|x| x.run == run && x.forwarded)?.rate;
-                    Some(ratio(f / d))
+                    let d = t.iter().find(|x| x.run == run && !x.forwarded)?;
+                    let f = t.iter().find(|x| x.run == run && x.forwarded)?;
+                    Some(format!(
+                        "{} (others used {} % / {} % of the CPUs)",
+                        ratio(f.rate / d.rate),
+                        fixed(d.foreign_pct, 0),
+                        fixed(f.foreign_pct, 0)
+                    ))
                 })
                 .collect();
             let _ = writeln!(
                 out,
-                "\nForwarded ÷ direct per round: {}. Other processes used {} % of the CPUs during the trials (median).",
+                "\nForwarded ÷ direct per round: {}. Median share of the CPUs other processes used during a trial: {} %.",
                 per_round.join(", "),
                 fixed(median(t.iter().map(|x| x.foreign_pct)), 0)
             );
@@ -1014,7 +1019,7 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
                 match r {
                     Ok(r) => {
                         eprintln!(
-                            "[throughput {} B × {}, round {}/{}] {}: {} msg/s, tether {} µs/msg, {} missing, {} dup{}",
+                            "[throughput {} B × {}, round {}/{}] {}: {} msg/s, tether {} µs/msg, {} missing, {} dup, others {} % CPU{}",
                             o.size,
                             o.conns,
                             run + 1,
@@ -1024,6 +1029,7 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
                             fixed(r.tether_cpu_us, 2),
                             r.gaps,
                             r.dups,
+                            fixed(r.foreign_pct, 0),
                             r.error.as_deref().map(|e| format!(" ERROR {e}")).unwrap_or_default()
                         );
                         res.throughput.push(r);
