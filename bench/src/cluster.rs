@@ -152,18 +152,8 @@ impl Haproxy {
         let port = free_ports(1)?[0];
         // HAProxy needs about two descriptors per connection.
         let maxconn = (nofile.saturating_sub(200) / 2).clamp(256, 100_000);
-        let mut cfg = format!(
-            "global\n    maxconn {maxconn}\n    nbthread 1\n\n\
-             defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
-             timeout tunnel 1h\n    timeout http-request 10s\n\n\
-             frontend ws\n    bind 127.0.0.1:{port}\n    maxconn {maxconn}\n    default_backend tether\n\n\
-             backend tether\n    balance roundrobin\n"
-        );
-        for (i, s) in servers.iter().enumerate() {
-            cfg.push_str(&format!("    server t{i} {s} maxconn {maxconn}\n"));
-        }
         let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, cfg)?;
+        std::fs::write(&path, haproxy_config(port, maxconn, servers))?;
         let mut cmd = Command::new(bin);
         cmd.arg("-db").arg("-f").arg(&path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
         die_with_parent(&mut cmd);
@@ -185,6 +175,23 @@ impl Haproxy {
         }
         Ok(Haproxy { proc, addr, dir })
     }
+}
+
+/// HAProxy's configuration: one frontend on loopback `port`, round robin
+/// over `servers` with no stickiness, one thread (the machine has 2 CPUs),
+/// WebSocket tunnels kept for an hour.
+fn haproxy_config(port: u16, maxconn: u64, servers: &[SocketAddr]) -> String {
+    let mut cfg = format!(
+        "global\n    maxconn {maxconn}\n    nbthread 1\n\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\n    \
+         timeout tunnel 1h\n    timeout http-request 10s\n\n\
+         frontend ws\n    bind 127.0.0.1:{port}\n    maxconn {maxconn}\n    default_backend tether\n\n\
+         backend tether\n    balance roundrobin\n"
+    );
+    for (i, s) in servers.iter().enumerate() {
+        cfg.push_str(&format!("    server t{i} {s} maxconn {maxconn}\n"));
+    }
+    cfg
 }
 
 fn die_with_parent(cmd: &mut Command) {
@@ -1065,4 +1072,35 @@ async fn run(o: &ClusterOpts, l: &Launcher, nofile: u64) -> ClusterResults {
         }
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_balances_round_robin_without_stickiness() {
+        let servers: Vec<SocketAddr> =
+            ["127.0.0.1:7001", "127.0.0.1:7002"].iter().map(|s| s.parse().unwrap()).collect();
+        let cfg = haproxy_config(9000, 500, &servers);
+        let backend = cfg.split("\nbackend tether\n").nth(1).unwrap();
+        assert_eq!(
+            backend,
+            "    balance roundrobin\n    server t0 127.0.0.1:7001 maxconn 500\n    server t1 127.0.0.1:7002 maxconn 500\n"
+        );
+        assert!(cfg.contains("    bind 127.0.0.1:9000\n"));
+        assert!(cfg.contains("    timeout tunnel 1h\n"));
+        for sticky in ["stick", "cookie", "balance source", "hash-type"] {
+            assert!(!cfg.contains(sticky), "{sticky} in {cfg}");
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(signed_us(405.2), "+405");
+        assert_eq!(signed_us(-2237.1), "−2,237");
+        assert_eq!(signed_us(f64::NAN), "–");
+        assert_eq!(with_unit(603.0), "603 µs");
+        assert_eq!(with_unit(13_300.0), "13.3 ms");
+    }
 }
