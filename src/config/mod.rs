@@ -5,18 +5,19 @@
 //! keys (in the file or in a `TETHER_<SECTION>_*` variable) are an error: a typo
 //! must not silently fall back to a default.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod cluster;
 mod upstream;
 mod validate;
 
+pub(crate) use cluster::ordinal;
+pub use cluster::{ClusterConfig, ClusterMode};
 pub use upstream::{BadUpstream, UpstreamUrl};
-pub(crate) use validate::ordinal;
 
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
 const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log", "cluster"];
@@ -389,75 +390,6 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Human, level: "info".into() }
-    }
-}
-
-/// How replicas find the owner of a session (docs/SCALING.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClusterMode {
-    /// One instance: every token is this instance's (no forwarding).
-    #[default]
-    Off,
-    /// A StatefulSet: peers are `<sts>-0 .. <sts>-(replicas-1)`, dialed at
-    /// `peer_address`.
-    Statefulset,
-    /// A fixed `peers` table of names and addresses.
-    Static,
-    /// Pods without stable names: the owner's address is sealed inside the
-    /// token; membership comes from `members_dns`.
-    Sealed,
-}
-
-/// `[cluster]`: forwarding resumes to the replica that owns the session.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// `off`, `statefulset`, `static` or `sealed`.
-    pub mode: ClusterMode,
-    /// Covered by every token and peer signature, so one cluster refuses
-    /// another's tokens even if they share a secret.
-    pub name: String,
-    /// This replica's name (`statefulset`: the pod name; `static`: a key of
-    /// `peers`).
-    pub instance: String,
-    /// The peer port: forwarded resumes are accepted only here.
-    pub peer_listen: SocketAddr,
-    /// `statefulset`: a peer's address, `{instance}` replaced by its name.
-    pub peer_address: String,
-    /// `statefulset`: the replica count; higher ordinals are gone.
-    pub replicas: u32,
-    /// `static`: every instance's peer address, by name.
-    pub peers: BTreeMap<String, String>,
-    /// `sealed`: this replica's own peer address (`ip:port`), sealed into
-    /// its tokens.
-    pub advertise: String,
-    /// `sealed`: the DNS name whose addresses are the live replicas; empty:
-    /// no membership check.
-    pub members_dns: String,
-    /// Connecting to the owner plus its response head.
-    #[serde(with = "humantime_serde")]
-    pub forward_timeout: Duration,
-    /// Oldest (or most future-dated) peer signature accepted.
-    #[serde(with = "humantime_serde")]
-    pub peer_auth_max_age: Duration,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            mode: ClusterMode::Off,
-            name: "tether".into(),
-            instance: String::new(),
-            peer_listen: "0.0.0.0:8081".parse().expect("static address"),
-            peer_address: String::new(),
-            replicas: 0,
-            peers: BTreeMap::new(),
-            advertise: String::new(),
-            members_dns: String::new(),
-            forward_timeout: Duration::from_secs(2),
-            peer_auth_max_age: Duration::from_secs(30),
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ClusterMode, Config, ConfigError, UpstreamUrl};
+use super::{Config, ConfigError, UpstreamUrl};
 
 impl Config {
     /// Rejects values that parse but cannot work.
@@ -30,84 +30,6 @@ impl Config {
             return bad("stamp.json_field must not be empty");
         }
         self.check_cluster()
-    }
-
-    /// `[cluster]`: each mode has what it needs, so a replica never starts
-    /// with a peer set it cannot resolve.
-    fn check_cluster(&self) -> Result<(), ConfigError> {
-        let c = &self.cluster;
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        if c.name.is_empty() || c.name.len() > 64 {
-            return bad(format!("cluster.name must be 1 to 64 characters, not {:?}", c.name));
-        }
-        if c.mode == ClusterMode::Off {
-            return Ok(());
-        }
-        let mode = format!("cluster.mode = {:?}", c.mode).to_lowercase();
-        if self.token.secret.is_empty() {
-            return bad(format!(
-                "{mode} needs token.secret (TETHER_TOKEN_SECRET), shared by every replica: a generated secret \
-                 lives in one replica's journal and no other replica could verify its tokens"
-            ));
-        }
-        if c.peer_listen == self.server.listen && c.peer_listen.port() != 0 {
-            return bad(format!("cluster.peer_listen must differ from server.listen ({})", c.peer_listen));
-        }
-        match c.mode {
-            ClusterMode::Off => Ok(()),
-            ClusterMode::Statefulset => {
-                let Some(ordinal) = ordinal(&c.instance) else {
-                    return bad(format!(
-                        "{mode} needs cluster.instance = the pod name (<statefulset>-<ordinal>), not {:?}",
-                        c.instance
-                    ));
-                };
-                if c.replicas == 0 || c.replicas > 10_000 {
-                    return bad(format!("{mode} needs cluster.replicas between 1 and 10000, not {}", c.replicas));
-                }
-                if ordinal >= c.replicas {
-                    return bad(format!(
-                        "cluster.instance {:?} has an ordinal beyond cluster.replicas = {}",
-                        c.instance, c.replicas
-                    ));
-                }
-                if !c.peer_address.contains("{instance}")
-                    || host_port(&c.peer_address.replace("{instance}", "x")).is_none()
-                {
-                    return bad(format!(
-                        "{mode} needs cluster.peer_address = \"{{instance}}.<headless service>:<port>\", not {:?}",
-                        c.peer_address
-                    ));
-                }
-                Ok(())
-            }
-            ClusterMode::Static => {
-                if !c.peers.contains_key(&c.instance) {
-                    return bad(format!(
-                        "{mode} needs cluster.instance to be one of cluster.peers, not {:?}",
-                        c.instance
-                    ));
-                }
-                for (name, addr) in &c.peers {
-                    if !valid_name(name) {
-                        return bad(format!(
-                            "cluster.peers: {name:?} is not a valid instance name (1 to 63 of a-z A-Z 0-9 . _ -)"
-                        ));
-                    }
-                    if host_port(addr).is_none() {
-                        return bad(format!("cluster.peers.{name} must be host:port, not {addr:?}"));
-                    }
-                }
-                Ok(())
-            }
-            ClusterMode::Sealed => match c.advertise.parse::<std::net::SocketAddr>() {
-                Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => Ok(()),
-                _ => bad(format!(
-                    "{mode} needs cluster.advertise = this pod's ip:port for peers (e.g. $(POD_IP):8081), not {:?}",
-                    c.advertise
-                )),
-            },
-        }
     }
 
     /// Every duration is positive (a zero timeout would fire at once, a zero
@@ -171,26 +93,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// The ordinal of a StatefulSet pod name (`tether-2` → 2), if the name is
-/// valid.
-pub(crate) fn ordinal(instance: &str) -> Option<u32> {
-    let (base, n) = instance.rsplit_once('-')?;
-    let valid = valid_name(instance) && !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
-    valid.then(|| n.parse().ok()).flatten()
-}
-
-/// Instance names travel in tokens and headers: short, and plain.
-pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// `host:port` with a non-empty host and a port in 1..=65535.
-fn host_port(addr: &str) -> Option<(&str, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    (!host.is_empty() && !host.contains('/')).then_some((host, port))
 }
 
 /// The longest duration any key accepts.

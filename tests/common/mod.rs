@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use serde_json::Value;
 use tether::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -25,6 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod cluster;
 
 /// Upper bound for any single awaited event; a test that hits it failed.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -300,42 +301,7 @@ impl TetherProcess {
     /// Starts the `tether` binary with `args` and waits for its
     /// "tether is serving" log line, which carries the bound addresses.
     pub async fn start(upstream: &str, dir: &Path, extra_env: &[(&str, &str)]) -> TetherProcess {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--log-format", "json", "--log-level", "info"])
-            .env("TETHER_TOKEN_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tether");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (data_addr, admin_addr) = within("tether to start", async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
-                if v["fields"]["message"] == "tether is serving" {
-                    let data = v["fields"]["data_addr"].as_str().unwrap().parse().unwrap();
-                    let admin = v["fields"]["admin_addr"].as_str().unwrap().parse().unwrap();
-                    return (data, admin);
-                }
-            }
-            panic!("tether exited before serving");
-        })
-        .await;
-        // Keep draining stderr so the child never blocks on a full pipe.
-        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        TetherProcess { child, data_addr, admin_addr, logs }
+        TetherProcess::start_on(upstream, dir, "127.0.0.1:0", "127.0.0.1:0", extra_env).await
     }
 
     /// Waits until a log line's message is `message` and returns all lines.
