@@ -936,6 +936,15 @@ def check_cluster(defaults: dict[str, Any]) -> None:
     sums = [one(documents(render(CHART, merged(override, {"replicaCount": n}))),
                 "StatefulSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for n in (3, 4)]
     R.check("cluster: replicaCount 3 -> 4 changes checksum/config (the pods learn the new count)", sums[0] != sums[1])
+    # cluster.replicas fixed at the planned maximum: scaling changes nothing in tether.toml.
+    fixed_max = [one(documents(render(CHART, merged(override, {"replicaCount": n, "cluster": {"replicas": 6}}))),
+                     "StatefulSet") for n in (3, 4)]
+    R.eq("cluster.replicas 6: StatefulSet replicas follow replicaCount",
+         [x["spec"]["replicas"] for x in fixed_max], [3, 4])
+    R.check("cluster.replicas 6: replicaCount 3 -> 4 leaves checksum/config alone",
+            len({x["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for x in fixed_max}) == 1)
+    cfg = toml_of(documents(render(CHART, merged(override, {"cluster": {"replicas": 6}}))))
+    R.eq("cluster.replicas 6: [cluster] replicas", cfg["cluster"]["replicas"], 6)
 
 
 def cms_text(docs: list[tuple[str, dict[str, Any]]]) -> str:
@@ -1102,6 +1111,8 @@ def check_rejections() -> None:
         ("replicas 2 with cluster.enabled false", {"replicaCount": 2, "cluster": {"enabled": False},
                                                    "tokenSecret": {"existingSecret": "t"}}, "cluster.enabled false"),
         ("cluster.enabled yes", {"cluster": {"enabled": "yes"}}, "must be auto, true or false"),
+        ("cluster.replicas below replicaCount", {"replicaCount": 3, "cluster": {"replicas": 2},
+                                                 "tokenSecret": {"existingSecret": "t"}}, "must be at least replicaCount"),
         ("extraEnv TETHER_CLUSTER_INSTANCE in cluster mode",
          {"replicaCount": 3, "tokenSecret": {"existingSecret": "t"},
           "extraEnv": [{"name": "TETHER_CLUSTER_INSTANCE", "value": "x"}]}, "which the chart sets in cluster mode"),

@@ -503,6 +503,18 @@ on when the chart runs more than one tether pod.
 {{- default (printf "%s.%s" (include "tether.fullname" .) .Release.Namespace) $c.name }}
 {{- end }}
 
+{{/* [cluster] replicas (statefulset mode): cluster.replicas, or replicaCount. */}}
+{{- define "tether.clusterReplicas" -}}
+{{- $c := .Values.cluster | default dict }}
+{{- if kindIs "invalid" $c.replicas }}
+{{- int .Values.replicaCount }}
+{{- else if lt (int $c.replicas) (int .Values.replicaCount) }}
+{{- fail (printf "cluster.replicas (%d) must be at least replicaCount (%d): the pods above it would count as scaled down" (int $c.replicas) (int .Values.replicaCount)) }}
+{{- else }}
+{{- int $c.replicas }}
+{{- end }}
+{{- end }}
+
 {{/* <headless>.<namespace>.svc.<clusterDomain> */}}
 {{- define "tether.headlessFQDN" -}}
 {{- $c := .Values.cluster | default dict }}
@@ -519,7 +531,7 @@ instance: ""
 peer_listen: {{ printf "%s:%d" .Values.listenHost $peer | quote }}
 {{- if eq $mode "statefulset" }}
 peer_address: {{ printf "{instance}.%s:%d" (include "tether.headlessFQDN" .) $peer | quote }}
-replicas: {{ int .Values.replicaCount }}
+replicas: {{ include "tether.clusterReplicas" . }}
 {{- else }}
 peer_address: ""
 replicas: 0
