@@ -846,6 +846,9 @@ def check_cluster(defaults: dict[str, Any]) -> None:
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]
     R.eq(f"{label}: replicas", sts["spec"]["replicas"], 3)
     c = check_tether_container(label, pod, values, docs)
+    tsc = pod.get("topologySpreadConstraints") or [{}]
+    R.check(f"{label}: the example's topologySpreadConstraints select the pods (release {RELEASE})",
+            selects(tsc[0].get("labelSelector", {}).get("matchLabels", {}), pod_labels))
 
     # The plain Service, no affinity, data port only; the headless Service names the peers.
     svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
