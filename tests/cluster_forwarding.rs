@@ -261,3 +261,72 @@ async fn cluster_mode_without_a_secret_does_not_start() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs token.secret"), "{stderr}");
 }
+
+/// `Tether-Peer` as docs/PROTOCOL.md §15 builds it, signed with [`SECRET`].
+fn peer_signature(cluster: &str, from: &str, to: &str, ts: u64, token: &str, xff: &str) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(format!("tether-cluster:{cluster}").as_bytes()), SECRET.as_bytes())
+        .expand(b"peer-auth-v1", &mut key)
+        .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(b"tether-peer-v1");
+    for part in [cluster, from, to] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    mac.update(&ts.to_be_bytes());
+    for part in [token, xff] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("from={from}; to={to}; ts={ts}; sig={sig}")
+}
+
+/// A correctly signed request is still refused when it is old (`stale`), or
+/// when it reaches a replica that does not own the session: a forwarded
+/// resume is never forwarded again (`421 not_owner`). A fresh one for the
+/// owner is served.
+#[tokio::test]
+async fn signed_requests_are_refused_when_stale_or_at_a_second_hop() {
+    let mut backend = Backend::start().await;
+    let cluster = Cluster::start(&backend.url(), 3, &[]).await;
+    let (mut ws, token, conn) = attach(&mut backend, &cluster.url(0, "/")).await;
+    conn.stream(1, 2);
+    expect_stream(&mut ws, 1, 2).await;
+    drop_abruptly(ws);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let creds = |sig: &str| {
+        vec![
+            ("tether-session".to_owned(), token.clone()),
+            ("tether-offset".to_owned(), "1".to_owned()),
+            ("x-forwarded-for".to_owned(), "10.1.1.1".to_owned()),
+            ("tether-peer".to_owned(), sig.to_owned()),
+        ]
+    };
+    let send = |url: String, h: Vec<(String, String)>| async move {
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        connect(&url, &h).await
+    };
+    let peer = |i: usize| format!("ws://{}/", cluster.nodes[i].peer);
+
+    // t2 pretends to forward to t1, which does not own the session.
+    let hop = peer_signature("tether", "t2", "t1", now, &token, "10.1.1.1");
+    let r = send(peer(1), creds(&hop)).await.unwrap_err();
+    assert_eq!((r.status, r.body["error"].as_str()), (421, Some("not_owner")), "{:?}", r.body);
+    let stale = peer_signature("tether", "t1", "t0", now - 3600, &token, "10.1.1.1");
+    let r = send(peer(0), creds(&stale)).await.unwrap_err();
+    assert_eq!((r.status, r.body["error"].as_str()), (403, Some("peer_refused")));
+    assert!(r.body["detail"].as_str().unwrap().contains("too old"), "{:?}", r.body);
+    assert_eq!(metric(&cluster.metrics(1).await, r#"tether_peer_refused_total{reason="not_owner"}"#), 1.0);
+    assert_eq!(metric(&cluster.metrics(0).await, r#"tether_peer_refused_total{reason="stale"}"#), 1.0);
+
+    let fresh = peer_signature("tether", "t1", "t0", now, &token, "10.1.1.1");
+    let (mut ws, _) = send(peer(0), creds(&fresh)).await.expect("a peer's request is served");
+    let (w, _) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "resumed", "{w}");
+    expect_stream(&mut ws, 2, 2).await;
+    cluster.stop().await;
+}

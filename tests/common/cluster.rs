@@ -19,9 +19,26 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{drop_abruptly, http_get, metric, within, BackendConn, TetherProcess, Ws, SECRET, WAIT};
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, for replicas that must come
+/// back on the same port. It is taken below Linux's ephemeral range
+/// (32768 and up), where the OS hands out ports for `:0` listeners and
+/// outgoing connections, so a concurrent test cannot take it meanwhile.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
+    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let mut x = STATE.load(Ordering::SeqCst);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        STATE.store(x, Ordering::SeqCst);
+        let port = 12_000 + (x % 20_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TetherProcess {
@@ -50,15 +67,20 @@ impl TetherProcess {
         let mut child = cmd.spawn().expect("spawn tether");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (data_addr, admin_addr) = within("tether to start", async {
+            let mut seen = Vec::new();
             while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    seen.push(line);
+                    continue;
+                };
                 if v["fields"]["message"] == "tether is serving" {
                     let data = v["fields"]["data_addr"].as_str().unwrap().parse().unwrap();
                     let admin = v["fields"]["admin_addr"].as_str().unwrap().parse().unwrap();
                     return (data, admin);
                 }
+                seen.push(line);
             }
-            panic!("tether exited before serving");
+            panic!("tether exited before serving: {seen:?}");
         })
         .await;
         // Keep draining stderr so the child never blocks on a full pipe.
