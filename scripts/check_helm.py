@@ -266,16 +266,89 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def toml_of(docs: list[tuple[str, dict[str, Any]]], cm_name: str | None = None) -> dict[str, Any]:
+def pod_env(docs: list[tuple[str, dict[str, Any]]], cm_name: str) -> dict[str, str]:
+    """The TETHER_* environment of the first pod (ordinal 0) that mounts the
+    ConfigMap cm_name, resolved as the kubelet would: literal values with
+    $(VAR) expanded, the downward API (pod name, pod IP 10.0.0.10) and
+    secretKeyRefs (the rendered Secret, or a stand-in for an existing one)."""
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    for d in by_kind(docs, "StatefulSet") + by_kind(docs, "Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        cms = [(v.get("configMap") or {}).get("name") for v in pod.get("volumes", [])]
+        if cm_name not in cms or not any(c["name"] == "tether" for c in pod["containers"]):
+            continue
+        name = d["metadata"]["name"] + ("-0" if d["kind"] == "StatefulSet" else "-5d9c7b8f4-x2x7q")
+        env: dict[str, str] = {}
+        for e in container(pod).get("env", []):
+            src = e.get("valueFrom") or {}
+            if "value" in e:
+                value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), str(e["value"]))
+            elif "fieldRef" in src:
+                value = {"metadata.name": name, "status.podIP": "10.0.0.10"}[src["fieldRef"]["fieldPath"]]
+            elif "secretKeyRef" in src:
+                ref = src["secretKeyRef"]
+                raw = ((secrets.get(ref["name"]) or {}).get("data") or {}).get(ref["key"])
+                value = base64.b64decode(raw).decode() if raw else "stand-in-for-an-existing-secret-0123456789"
+            else:
+                raise AssertionError(f"env {e['name']}: unknown source {src}")
+            env[e["name"]] = value
+        return env
+    return {}
+
+
+def overlay_env(text: str, env: dict[str, str]) -> str:
+    """tether.toml text with TETHER_<SECTION>_<KEY> variables applied, as
+    tether applies them (a value that parses as a TOML value is one, else a
+    string): each replaces the key's line in its section or is appended to it."""
+    sections = re.findall(r"^\[([a-z_.]+)\]$", text, re.M)
+    lines = text.splitlines()
+    for name, raw in env.items():
+        rest = name.removeprefix("TETHER_").lower()
+        if rest == name.lower() or "_" not in rest:
+            continue
+        section, key = rest.split("_", 1)
+        if section not in sections:
+            continue
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+            literal = raw
+        except tomllib.TOMLDecodeError:
+            value, literal = raw, json.dumps(raw)
+        del value
+        start = lines.index(f"[{section}]")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+        for i in range(start + 1, end):
+            if re.match(rf"{key}\s*=", lines[i]):
+                lines[i] = f"{key} = {literal}"
+                break
+        else:
+            lines.insert(start + 1, f"{key} = {literal}")
+    return "\n".join(lines) + "\n"
+
+
+def toml_of(docs: list[tuple[str, dict[str, Any]]], cm_name: str | None = None, dump: bool = True) -> dict[str, Any]:
+    """The parsed tether.toml; also written to CHECK_HELM_DUMP_DIR (unless
+    dump is false: a render whose pod is someone else's, so no environment)."""
     cms = [d for d in by_kind(docs, "ConfigMap") if cm_name is None or d["metadata"]["name"] == cm_name]
     if len(cms) != 1:
         raise AssertionError(f"expected one ConfigMap{' ' + cm_name if cm_name else ''}, found {len(cms)}")
     text = cms[0]["data"]["tether.toml"]
-    dump = os.environ.get("CHECK_HELM_DUMP_DIR")
-    if dump:
+    dump_dir = os.environ.get("CHECK_HELM_DUMP_DIR") if dump else None
+    if dump_dir:
+        # What the first pod runs with: the file plus its TETHER_* variables
+        # (token secret, cluster instance or advertised address).
+        text_env = overlay_env(text, pod_env(docs, cms[0]["metadata"]["name"]))
         # scripts/test feeds every rendered file to `tether config`, so tether
-        # itself confirms it accepts what the chart renders.
-        Path(dump, f"rendered-{len(list(Path(dump).glob('*.toml')))}.toml").write_text(text)
+        # itself confirms it accepts what the chart renders. tether checks
+        # that [tls] files exist: the chart's Secret mounts (/etc/tether-tls/...)
+        # become empty files under the dump directory, same names.
+        mounted = set(re.findall(r'"(/etc/tether-tls/[^"]+)"', text_env))
+        for path in mounted:
+            local = Path(dump_dir, "tls-files", path.removeprefix("/etc/tether-tls/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.touch()
+        dumped = text_env.replace('"/etc/tether-tls/', f'"{Path(dump_dir, "tls-files")}/')
+        Path(dump_dir, f"rendered-{len(list(Path(dump_dir).glob('*.toml')))}.toml").write_text(dumped)
     return tomllib.loads(text)
 
 
@@ -376,10 +449,19 @@ def check_tether_toml(label: str, cfg: dict[str, Any], values: dict[str, Any], u
     got_keys = {(s, k) for s, t in cfg.items() for k in t}
     R.check(f"{label}: keys are those of config/tether.toml (minus token.secret)", got_keys == want_keys,
             f"unknown to tether: {sorted(got_keys - want_keys)}, missing: {sorted(want_keys - got_keys)}")
+    # [tls] paths the chart sets from tls.* Secrets (check_tls asserts them).
+    tls = values.get("tls") or {}
+    from_secrets = {("tls", k) for k in (["cert_file", "key_file"] if tls.get("secretName") else [])
+                    + (["upstream_ca_file"] if tls.get("upstreamCASecret") else [])
+                    + (["upstream_client_cert_file", "upstream_client_key_file"]
+                       if tls.get("upstreamClientSecret") else [])}
+    for (s, k) in sorted(from_secrets):
+        R.check(f"{label}: tls.{k} is under /etc/tether-tls/", str(cfg.get(s, {}).get(k, "")).startswith(
+            "/etc/tether-tls/"), f"got {cfg.get(s, {}).get(k)!r}")
     # Every value the chart did not set on purpose follows values.config.
     for (s, k) in sorted(got_keys & want_keys):
         if (s, k) in {("server", "listen"), ("server", "admin_listen"), ("server", "upstream"),
-                      ("journal", "data_dir")}:
+                      ("journal", "data_dir")} | from_secrets | {("cluster", k) for k in CLUSTER_DERIVED}:
             continue
         want = values["config"].get(s, {}).get(k)
         if cfg[s][k] != want:
@@ -387,6 +469,19 @@ def check_tether_toml(label: str, cfg: dict[str, Any], values: dict[str, Any], u
             break
     else:
         R.check(f"{label}: every other key follows values.config", True)
+
+
+# The [cluster] keys the chart sets (check_cluster asserts them).
+CLUSTER_DERIVED = ["mode", "name", "instance", "peer_listen", "peer_address", "replicas", "peers", "advertise",
+                   "members_dns"]
+
+
+def cluster_section(mode: str = "off", name: str = "tether", peer_address: str = "", replicas: int = 0,
+                    members_dns: str = "", peer_listen: str = "0.0.0.0:8081") -> dict[str, Any]:
+    """The [cluster] section the chart must render (with the default forward_timeout, peer_auth_max_age)."""
+    return {"mode": mode, "name": name, "instance": "", "peer_listen": peer_listen, "peer_address": peer_address,
+            "replicas": replicas, "peers": {}, "advertise": "", "members_dns": members_dns,
+            "forward_timeout": "2s", "peer_auth_max_age": "30s"}
 
 
 # --- scenarios --------------------------------------------------------------
@@ -420,7 +515,10 @@ def check_key_list() -> None:
             listed | derived == want and not listed & derived,
             f"unknown to tether: {sorted((listed | derived) - want)}, missing: {sorted(want - listed - derived)}, "
             f"both listed and derived: {sorted(listed & derived)}")
-    R.eq("derived keys", sorted(derived), ["journal.data_dir", "server.admin_listen", "server.listen", "token.secret"])
+    R.eq("derived keys", sorted(derived), ["cluster.advertise", "cluster.instance", "cluster.members_dns", "cluster.mode",
+                                           "cluster.name", "cluster.peer_address", "cluster.peer_listen", "cluster.peers",
+                                           "cluster.replicas", "journal.data_dir", "server.admin_listen",
+                                           "server.listen", "token.secret"])
 
 
 def lint_all(defaults: dict[str, Any]) -> None:
@@ -512,7 +610,11 @@ def check_default(defaults: dict[str, Any]) -> None:
     R.eq(f"{label}: PDB maxUnavailable", pdb["spec"].get("maxUnavailable"), 1)
 
     text = notes(rendered)
-    R.check(f"{label}: NOTES say resumes are not forwarded", "does NOT forward resumes" in text)
+    R.check(f"{label}: NOTES say cluster mode is off", "Cluster mode is off" in text, text[-400:])
+    R.eq(f"{label}: [cluster] off", cfg.get("cluster"), cluster_section())
+    R.eq(f"{label}: env is the token secret only", [e["name"] for e in c["env"]], ["TETHER_TOKEN_SECRET"])
+    R.eq(f"{label}: no peer port on the pod", sorted(p["name"] for p in c["ports"]), ["tether-admin", "tether-data"])
+    R.check(f"{label}: no NetworkPolicy by default", not by_kind(docs, "NetworkPolicy"))
     R.check(f"{label}: NOTES warn about the placeholder upstream", "placeholder" in text)
 
 
@@ -612,7 +714,8 @@ def check_variants(defaults: dict[str, Any]) -> None:
 
     # Several replicas with ClientIP affinity.
     label = "replicas 3 + ClientIP"
-    docs = documents(render(CHART, {"replicaCount": 3, "service": {"sessionAffinity": "ClientIP"}}))
+    docs = documents(render(CHART, {"replicaCount": 3, "service": {"sessionAffinity": "ClientIP"},
+                                    "tokenSecret": {"existingSecret": "t"}}))
     validate_all(label, docs)
     R.eq(f"{label}: replicas", one(docs, "StatefulSet")["spec"]["replicas"], 3)
     client = [s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"][0]
@@ -728,6 +831,264 @@ def check_monitoring(defaults: dict[str, Any]) -> None:
          [f"{defaults['ports']['data']}/tcp", f"{defaults['ports']['admin']}/tcp"])
 
 
+def check_cluster(defaults: dict[str, Any]) -> None:
+    """ci/cluster-values.yaml: 3 replicas in statefulset cluster mode, a NetworkPolicy; and variants."""
+    label = "cluster"
+    override = load_values(CHART / "ci" / "cluster-values.yaml")
+    values = merged(defaults, override)
+    rendered = render(CHART, override)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    R.eq(f"{label}: kinds", sorted(d["kind"] for _, d in docs),
+         ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Service", "Service", "StatefulSet"])
+    sts = one(docs, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    R.eq(f"{label}: replicas", sts["spec"]["replicas"], 3)
+    c = check_tether_container(label, pod, values, docs)
+    tsc = pod.get("topologySpreadConstraints") or [{}]
+    R.check(f"{label}: the example's topologySpreadConstraints select the pods (release {RELEASE})",
+            selects(tsc[0].get("labelSelector", {}).get("matchLabels", {}), pod_labels))
+
+    # The plain Service, no affinity, data port only; the headless Service names the peers.
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    client = svcs.get(RELEASE, {}).get("spec", {})
+    R.eq(f"{label}: client Service has no session affinity", client.get("sessionAffinity"), "None")
+    R.eq(f"{label}: client Service ports", [(p["name"], p["port"]) for p in client.get("ports", [])],
+         [("tether-data", 8080)])
+    headless = svcs.get(sts["spec"]["serviceName"], {}).get("spec", {})
+    R.eq(f"{label}: StatefulSet serviceName", sts["spec"]["serviceName"], f"{RELEASE}-headless")
+    R.eq(f"{label}: headless clusterIP", headless.get("clusterIP"), "None")
+    R.check(f"{label}: headless Service publishes not-ready pods (a restarting owner keeps its name)",
+            headless.get("publishNotReadyAddresses") is True)
+    R.eq(f"{label}: headless Service ports", [(p["name"], p["port"], p["targetPort"]) for p in headless.get("ports", [])],
+         [("tether-data", 8080, "tether-data"), ("tether-admin", 9090, "tether-admin"),
+          ("tether-peer", 8081, "tether-peer")])
+    R.check(f"{label}: headless Service selects the pods", selects(headless.get("selector", {}), pod_labels))
+    R.eq(f"{label}: container ports", [(p["name"], p["containerPort"]) for p in c["ports"]],
+         [("tether-data", 8080), ("tether-admin", 9090), ("tether-peer", 8081)])
+
+    # Env: the shared secret and the instance from the pod name.
+    R.eq(f"{label}: env", c["env"], [
+        {"name": "TETHER_TOKEN_SECRET", "valueFrom": {"secretKeyRef": {"name": "tether-token", "key": "token-secret"}}},
+        {"name": "TETHER_CLUSTER_INSTANCE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ])
+    R.check(f"{label}: no Secret rendered: every replica reads tokenSecret.existingSecret", not by_kind(docs, "Secret"))
+
+    # [cluster] in tether.toml.
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, values, "ws://chat-backend.chat.svc:9000")
+    fqdn = f"{RELEASE}-headless.{NAMESPACE}.svc.cluster.local"
+    want = cluster_section("statefulset", "chat-tether", "{instance}." + fqdn + ":8081", 3)
+    R.eq(f"{label}: [cluster]", cfg.get("cluster"), want)
+    # Pod N is <sts>-N and Kubernetes names it <sts>-N.<serviceName>.<ns>.svc.<domain>: the template
+    # must give exactly that, on the headless Service's peer port.
+    addr = cfg["cluster"]["peer_address"].replace("{instance}", f"{sts['metadata']['name']}-2")
+    R.eq(f"{label}: peer address of pod 2 is its headless-Service DNS name and peer port", addr,
+         f"{sts['metadata']['name']}-2.{sts['spec']['serviceName']}.{NAMESPACE}.svc.cluster.local:"
+         f"{next(p['port'] for p in headless['ports'] if p['name'] == 'tether-peer')}")
+    R.eq(f"{label}: pod 0 runs as instance {RELEASE}-0 (file + env)",
+         tomllib.loads(overlay_env(cms_text(docs), pod_env(docs, RELEASE)))["cluster"]["instance"], f"{RELEASE}-0")
+
+    # The NetworkPolicy.
+    np_ = one(docs, "NetworkPolicy")["spec"]
+    R.check(f"{label}: NetworkPolicy selects the tether pods", selects(np_["podSelector"]["matchLabels"], pod_labels))
+    R.eq(f"{label}: NetworkPolicy policyTypes", np_["policyTypes"], ["Ingress"])
+    R.eq(f"{label}: NetworkPolicy ingress", np_["ingress"], [
+        {"ports": [{"port": "tether-data", "protocol": "TCP"}], "from": override["networkPolicy"]["dataFrom"]},
+        {"ports": [{"port": "tether-admin", "protocol": "TCP"}], "from": override["networkPolicy"]["adminFrom"]},
+        {"ports": [{"port": "tether-peer", "protocol": "TCP"}],
+         "from": [{"podSelector": {"matchLabels": np_["podSelector"]["matchLabels"]}}]},
+    ])
+    peer_rules = [r for r in np_["ingress"] if any(p["port"] == "tether-peer" for p in r["ports"])]
+    R.check(f"{label}: only tether pods of this release reach the peer port",
+            len(peer_rules) == 1 and all(selects(f["podSelector"]["matchLabels"], pod_labels) and len(f) == 1
+                                         for f in peer_rules[0]["from"]))
+    text = notes(rendered)
+    R.check(f"{label}: NOTES name the peers", f"Peers: {RELEASE}-0 .. {RELEASE}-2 at <pod>.{fqdn}:8081" in text,
+            text[-500:])
+
+    # NetworkPolicy with no sources: data and admin from anyone, peer still tether pods only.
+    label = "cluster, open NetworkPolicy"
+    docs = documents(render(CHART, merged(override, {"networkPolicy": {"dataFrom": [], "adminFrom": []}})))
+    validate_all(label, docs)
+    rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    R.eq(f"{label}: data and admin rules have no from (anyone)", [("from" in r) for r in rules], [False, False, True])
+    # Cluster off: no peer rule.
+    docs = documents(render(CHART, {"networkPolicy": {"enabled": True}}))
+    R.eq("NetworkPolicy, cluster off: no peer rule",
+         [p["port"] for r in one(docs, "NetworkPolicy")["spec"]["ingress"] for p in r["ports"]],
+         ["tether-data", "tether-admin"])
+
+    # One replica forced into cluster mode; another name, domain, peer port.
+    label = "cluster.enabled true, 1 replica"
+    v = {"cluster": {"enabled": True, "clusterDomain": "corp.internal"}, "ports": {"peer": 7000},
+         "tokenSecret": {"value": "v" * 40}}
+    docs = documents(render(CHART, v))
+    validate_all(label, docs)
+    cfg = toml_of(docs)
+    R.eq(f"{label}: [cluster]", cfg.get("cluster"),
+         cluster_section("statefulset", f"{RELEASE}.{NAMESPACE}",
+                         f"{{instance}}.{RELEASE}-headless.{NAMESPACE}.svc.corp.internal:7000", 1,
+                         peer_listen="0.0.0.0:7000"))
+    R.eq(f"{label}: the Secret the chart renders is the one every replica reads",
+         container(one(docs, "StatefulSet")["spec"]["template"]["spec"])["env"][0]["valueFrom"]["secretKeyRef"],
+         {"name": RELEASE, "key": "token-secret"})
+
+    # Scaling changes [cluster] replicas, so the pods roll and each knows the new count.
+    sums = [one(documents(render(CHART, merged(override, {"replicaCount": n}))),
+                "StatefulSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for n in (3, 4)]
+    R.check("cluster: replicaCount 3 -> 4 changes checksum/config (the pods learn the new count)", sums[0] != sums[1])
+    # cluster.replicas fixed at the planned maximum: scaling changes nothing in tether.toml.
+    fixed_max = [one(documents(render(CHART, merged(override, {"replicaCount": n, "cluster": {"replicas": 6}}))),
+                     "StatefulSet") for n in (3, 4)]
+    R.eq("cluster.replicas 6: StatefulSet replicas follow replicaCount",
+         [x["spec"]["replicas"] for x in fixed_max], [3, 4])
+    R.check("cluster.replicas 6: replicaCount 3 -> 4 leaves checksum/config alone",
+            len({x["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for x in fixed_max}) == 1)
+    cfg = toml_of(documents(render(CHART, merged(override, {"cluster": {"replicas": 6}}))))
+    R.eq("cluster.replicas 6: [cluster] replicas", cfg["cluster"]["replicas"], 6)
+
+
+def cms_text(docs: list[tuple[str, dict[str, Any]]]) -> str:
+    return next(d for d in by_kind(docs, "ConfigMap") if "tether.toml" in d.get("data", {}))["data"]["tether.toml"]
+
+
+def check_sealed(defaults: dict[str, Any]) -> None:
+    """Sidecar next to a Deployment, 3 replicas: sealed mode."""
+    label = "sealed"
+    override = merged(load_values(CHART / "ci" / "sidecar-values.yaml"), {"sidecar": {"deployment": {"replicas": 3}}})
+    values = merged(defaults, override)
+    rendered = render(CHART, override)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    R.eq(f"{label}: replicas", dep["spec"]["replicas"], 3)
+    c = check_tether_container(label, pod, values, docs)
+    R.eq(f"{label}: env (POD_IP before the variable that expands it)", c["env"], [
+        {"name": "TETHER_TOKEN_SECRET",
+         "valueFrom": {"secretKeyRef": {"name": "chat-tether-token", "key": "token-secret"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "TETHER_CLUSTER_ADVERTISE", "value": "$(POD_IP):8081"},
+    ])
+    R.eq(f"{label}: peer container port", [(p["name"], p["containerPort"]) for p in c["ports"]][-1:],
+         [("tether-peer", 8081)])
+    cfg = toml_of(docs)
+    fqdn = f"{RELEASE}-headless.{NAMESPACE}.svc.cluster.local"
+    R.eq(f"{label}: [cluster]", cfg.get("cluster"), cluster_section("sealed", f"{RELEASE}.{NAMESPACE}",
+                                                                    members_dns=fqdn))
+    R.eq(f"{label}: the pod advertises its IP and peer port (file + env)",
+         tomllib.loads(overlay_env(cms_text(docs), pod_env(docs, RELEASE)))["cluster"]["advertise"], "10.0.0.10:8081")
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    headless = svcs.get(f"{RELEASE}-headless", {}).get("spec", {})
+    R.check(f"{label}: members_dns is a headless Service over the Deployment's pods, not-ready pods included",
+            headless.get("clusterIP") == "None" and headless.get("publishNotReadyAddresses") is True
+            and selects(headless.get("selector", {}), dep["spec"]["template"]["metadata"]["labels"]))
+    R.check(f"{label}: headless Service has the peer port",
+            ("tether-peer", 8081) in [(p["name"], p["port"]) for p in headless.get("ports", [])])
+
+    # IPv6: the advertised address needs brackets.
+    docs = documents(render(CHART, merged(override, {"listenHost": "[::]"})))
+    env = container(one(docs, "Deployment")["spec"]["template"]["spec"])["env"]
+    R.eq("sealed, listenHost [::]: TETHER_CLUSTER_ADVERTISE", env[-1], {"name": "TETHER_CLUSTER_ADVERTISE",
+                                                                        "value": "[$(POD_IP)]:8081"})
+    # Own Deployment (podSelector, no chart Deployment), cluster.enabled true; and without pod labels.
+    for sel, want in (({"app": "chat"}, fqdn), ({}, "")):
+        v = {"mode": "sidecar", "cluster": {"enabled": True}, "sidecar": {"podSelector": sel},
+             "tokenSecret": {"existingSecret": "t"}}
+        # No pod here (it is yours, with tether.sidecar.container): nothing to feed to `tether config`.
+        cfg = toml_of(documents(render(CHART, v)), dump=False)
+        R.eq(f"sealed, own Deployment, podSelector {sel}: members_dns", cfg["cluster"]["members_dns"], want)
+
+
+TLS_MOUNTS = {
+    # volume: (Secret value, mount path, {file: Secret key})
+    "tether-tls": ("secretName", "/etc/tether-tls/server", {"tls.crt": "tls.crt", "tls.key": "tls.key"}),
+    "tether-upstream-ca": ("upstreamCASecret", "/etc/tether-tls/upstream-ca", {"ca.crt": None}),
+    "tether-upstream-client": ("upstreamClientSecret", "/etc/tether-tls/upstream-client",
+                               {"tls.crt": "tls.crt", "tls.key": "tls.key"}),
+}
+
+
+def check_tls_pod(label: str, pod: dict[str, Any], cfg: dict[str, Any], tls: dict[str, Any]) -> None:
+    """The TLS Secret volumes, their mounts and the [tls] paths agree with each other and with tls.*."""
+    c = container(pod)
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+    for vol, (value, path, files) in TLS_MOUNTS.items():
+        secret = tls.get(value) or ""
+        if not secret:
+            R.check(f"{label}: no volume {vol} without tls.{value}", vol not in vols and vol not in mounts)
+            continue
+        want_items = [{"key": k or tls.get("upstreamCAKey", "ca.crt"), "path": f} for f, k in files.items()]
+        R.eq(f"{label}: volume {vol}", vols.get(vol),
+             {"name": vol, "secret": {"secretName": secret, "defaultMode": tls.get("defaultMode", 288),
+                                      "items": want_items}})
+        R.eq(f"{label}: {vol} mounted read-only at {path}, no subPath", mounts.get(vol),
+             {"name": vol, "mountPath": path, "readOnly": True})
+    want = {}
+    if tls.get("secretName"):
+        want |= {"cert_file": "/etc/tether-tls/server/tls.crt", "key_file": "/etc/tether-tls/server/tls.key"}
+    if tls.get("upstreamCASecret"):
+        want |= {"upstream_ca_file": "/etc/tether-tls/upstream-ca/ca.crt"}
+    if tls.get("upstreamClientSecret"):
+        want |= {"upstream_client_cert_file": "/etc/tether-tls/upstream-client/tls.crt",
+                 "upstream_client_key_file": "/etc/tether-tls/upstream-client/tls.key"}
+    got = {k: v for k, v in cfg.get("tls", {}).items() if k != "reload_interval" and v}
+    R.eq(f"{label}: [tls] file paths", got, want)
+
+
+def check_tls(defaults: dict[str, Any]) -> None:
+    """ci/tls-values.yaml (both sides), the data port alone, and the sidecar."""
+    label = "tls"
+    override = load_values(CHART / "ci" / "tls-values.yaml")
+    values = merged(defaults, override)
+    rendered = render(CHART, override)
+    docs = documents(rendered)
+    validate_all(label, docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tether_container(label, pod, values, docs)
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, values, "wss://chat-backend.chat.svc:9443")
+    check_tls_pod(label, pod, cfg, values["tls"])
+    R.check(f"{label}: the pod's fsGroup can read the 0440 files", pod["securityContext"].get("fsGroup") == 65532)
+    text = notes(rendered)
+    R.check(f"{label}: NOTES tell clients to use wss://", "wss://127.0.0.1:8080/" in text, text[:400])
+
+    label = "tls data port only"
+    v = {"tls": {"secretName": "edge-cert"}}
+    docs = documents(render(CHART, v))
+    validate_all(label, docs)
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    cfg = toml_of(docs)
+    check_tether_toml(label, cfg, merged(defaults, v), defaults["config"]["server"]["upstream"])
+    check_tls_pod(label, pod, cfg, merged(defaults, v)["tls"])
+    R.eq(f"{label}: reload_interval follows values.config", cfg["tls"]["reload_interval"], "5s")
+
+    label = "tls upstream CA under another key"
+    v = {"config": {"server": {"upstream": "wss://b:443"}}, "tls": {"upstreamCASecret": "bundle",
+                                                                   "upstreamCAKey": "root.pem"}}
+    docs = documents(render(CHART, v))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tls_pod(label, pod, toml_of(docs), merged(defaults, v)["tls"])
+
+    label = "tls sidecar"
+    override = merged(load_values(CHART / "ci" / "sidecar-values.yaml"), {"tls": {"secretName": "edge-cert"}})
+    docs = documents(render(CHART, override))
+    validate_all(label, docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    cfg = toml_of(docs)
+    check_tls_pod(label, pod, cfg, merged(defaults, override)["tls"])
+    R.eq(f"{label}: the backend container gets no TLS mounts",
+         [m["name"] for c in pod["containers"] if c["name"] != "tether" for m in c.get("volumeMounts", [])], [])
+
+    # Default values: no TLS volume, empty [tls] paths.
+    docs = documents(render(CHART))
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    check_tls_pod("default", pod, toml_of(docs), defaults["tls"])
+
+
 def check_rejections() -> None:
     """Values that would make tether refuse to start, or break resumes, must not render."""
     cases = [
@@ -736,8 +1097,30 @@ def check_rejections() -> None:
         ("derived key config.journal.data_dir", {"config": {"journal": {"data_dir": "/x"}}}, "set by the chart"),
         ("derived key config.token.secret", {"config": {"token": {"secret": "y" * 40}}}, "set by the chart"),
         ("config value that is a map", {"config": {"log": {"level": {"a": 1}}}}, "must be a string"),
-        ("wss:// upstream", {"config": {"server": {"upstream": "wss://b:1"}}}, "ws:// URL"),
-        ("replicas 2 without affinity", {"replicaCount": 2}, "does not forward resumes"),
+        ("http:// upstream", {"config": {"server": {"upstream": "http://b:1"}}}, "ws:// or wss:// URL"),
+        ("config.tls.cert_file and tls.secretName",
+         {"tls": {"secretName": "c"}, "config": {"tls": {"cert_file": "/x.crt", "key_file": "/x.key"}}},
+         "config.tls.cert_file is set by the chart"),
+        ("tls.upstreamCASecret with a ws:// upstream", {"tls": {"upstreamCASecret": "ca"}}, "for a wss:// upstream"),
+        ("tls.upstreamClientSecret in sidecar mode (ws://127.0.0.1 upstream)",
+         {"mode": "sidecar", "tls": {"upstreamClientSecret": "cli"}}, "for a wss:// upstream"),
+        ("replicas 2 with a generated token secret", {"replicaCount": 2}, "needs a token secret that every replica"),
+        ("cluster.enabled true with a generated token secret", {"cluster": {"enabled": True}},
+         "needs a token secret that every replica"),
+        ("sidecar Deployment, 2 replicas, generated token secret",
+         {"mode": "sidecar", "sidecar": {"deployment": {"enabled": True, "replicas": 2,
+                                                         "backend": {"name": "b", "image": "b"}}}},
+         "needs a token secret that every replica"),
+        ("replicas 2 with cluster.enabled false", {"replicaCount": 2, "cluster": {"enabled": False},
+                                                   "tokenSecret": {"existingSecret": "t"}}, "cluster.enabled false"),
+        ("cluster.enabled yes", {"cluster": {"enabled": "yes"}}, "must be auto, true or false"),
+        ("cluster.replicas below replicaCount", {"replicaCount": 3, "cluster": {"replicas": 2},
+                                                 "tokenSecret": {"existingSecret": "t"}}, "must be at least replicaCount"),
+        ("extraEnv TETHER_CLUSTER_INSTANCE in cluster mode",
+         {"replicaCount": 3, "tokenSecret": {"existingSecret": "t"},
+          "extraEnv": [{"name": "TETHER_CLUSTER_INSTANCE", "value": "x"}]}, "which the chart sets in cluster mode"),
+        ("networkPolicy in sidecar mode without pod labels", {"mode": "sidecar", "networkPolicy": {"enabled": True}},
+         "needs the pods' labels"),
         ("terminationGracePeriodSeconds too short", {"lifecycle": {"terminationGracePeriodSeconds": 25}},
          "must exceed"),
         ("short tokenSecret.value", {"tokenSecret": {"value": "short"}}, "at least 32"),
@@ -761,11 +1144,11 @@ def check_rejections() -> None:
             R.check(f"rejects {label}", False, "rendered without error")
         except helm.HelmError as e:
             R.check(f"rejects {label}", needle in str(e), f"error does not mention {needle!r}: {e}")
-    # The escape hatch for external routing.
-    R.run("allowReplicasWithoutAffinity", lambda: R.eq(
-        "allowReplicasWithoutAffinity renders 2 replicas",
-        one(documents(render(CHART, {"replicaCount": 2, "allowReplicasWithoutAffinity": True})),
-            "StatefulSet")["spec"]["replicas"], 2))
+    # The guard that refused replicas without affinity is gone, with its escape hatch.
+    chart_text = "".join(p.read_text() for p in sorted((CHART / "templates").iterdir())) + \
+        (CHART / "values.yaml").read_text() + (CHART / "README.md").read_text()
+    for gone in ("allowReplicasWithoutAffinity", "validateReplicas", "does NOT forward", "not forward resumes"):
+        R.check(f"the chart no longer mentions {gone!r}", gone not in chart_text)
 
 
 def readme_snippets() -> dict[str, str]:
@@ -838,6 +1221,9 @@ def main() -> int:
         ("servicemonitor values", lambda: check_servicemonitor(defaults)),
         ("variants", lambda: check_variants(defaults)),
         ("monitoring", lambda: check_monitoring(defaults)),
+        ("tls", lambda: check_tls(defaults)),
+        ("cluster", lambda: check_cluster(defaults)),
+        ("sealed", lambda: check_sealed(defaults)),
         ("rejections", check_rejections),
         ("parent chart", check_parent_chart),
     ):

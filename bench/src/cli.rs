@@ -26,6 +26,8 @@ pub enum Command {
     One(OneOpts),
     /// TLS on both sides ÷ plain, interleaved rounds; Markdown on stdout.
     Tls(crate::tls::TlsOpts),
+    /// Scale-out: 3 replicas in cluster mode behind HAProxy (forwarded resume latency, throughput, reconnect storm).
+    Cluster(crate::cluster::ClusterOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

@@ -12,6 +12,7 @@
 mod backend;
 mod cli;
 mod client;
+mod cluster;
 mod procs;
 mod relay;
 mod report;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         Command::Smoke(o) => Plan::smoke().apply(&o).and_then(|p| harness(p, &o)),
         Command::One(o) => one(o),
         Command::Tls(o) => tls_matrix(o),
+        Command::Cluster(o) => cluster::main(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

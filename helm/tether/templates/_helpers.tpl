@@ -151,7 +151,7 @@ unknown keys, and scripts/check-helm compares the rendered file with it.
 through the environment, never the ConfigMap.
 */}}
 {{- define "tether.configKeys" -}}
-sections: [server, tls, limits, session, token, stamp, journal, log]
+sections: [server, tls, limits, session, token, stamp, journal, log, cluster]
 keys:
   server: [upstream, backend_connect_timeout, handshake_timeout, allowed_origins, retry_after_secs, shutdown_grace]
   tls: [cert_file, key_file, reload_interval, upstream_ca_file, upstream_client_cert_file, upstream_client_key_file]
@@ -161,11 +161,21 @@ keys:
   stamp: [mode, json_field]
   journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch]
   log: [format, level]
+  cluster: [forward_timeout, peer_auth_max_age]
 derived:
   server.listen: "listenHost and ports.data"
   server.admin_listen: "listenHost and ports.admin"
   journal.data_dir: "persistence.mountPath (the journal is <mountPath>/journal)"
   token.secret: "tokenSecret (it is passed as TETHER_TOKEN_SECRET from a Secret)"
+  cluster.mode: "cluster.enabled, mode and the replica count"
+  cluster.name: "cluster.name (default <fullname>.<namespace>)"
+  cluster.instance: "the pod name (TETHER_CLUSTER_INSTANCE, downward API)"
+  cluster.peer_listen: "listenHost and ports.peer"
+  cluster.peer_address: "the headless Service and ports.peer"
+  cluster.replicas: "replicaCount"
+  cluster.peers: "nothing: the chart uses statefulset or sealed mode, not static"
+  cluster.advertise: "the pod IP (TETHER_CLUSTER_ADVERTISE, downward API) and ports.peer"
+  cluster.members_dns: "the headless Service"
 {{- end }}
 
 {{/* Fails on a config section or key tether does not know. */}}
@@ -209,6 +219,7 @@ derived:
       "server.admin_listen" (printf "%s:%d" .Values.listenHost (int .Values.ports.admin))
       "server.upstream" (include "tether.upstream" .)
       "journal.data_dir" (include "tether.dataDir" .) }}
+{{- $tlsPaths := fromYaml (include "tether.tlsPaths" .) | default dict }}
 # tether.toml rendered by the tether Helm chart from its values (config.*).
 # token.secret comes from the environment (TETHER_TOKEN_SECRET).
 {{- range $section := $spec.sections }}
@@ -223,8 +234,16 @@ upstream = {{ get $derived "server.upstream" | toJson }}
 {{- if eq $section "journal" }}
 data_dir = {{ get $derived "journal.data_dir" | toJson }}
 {{- end }}
+{{- if eq $section "cluster" }}
+{{- $c := fromYaml (include "tether.clusterDerived" $) }}
+{{- range $key := list "mode" "name" "instance" "peer_listen" "peer_address" "replicas" "peers" "advertise" "members_dns" }}
+{{ $key }} = {{ get $c $key | toJson }}
+{{- end }}
+{{- end }}
 {{- range $key := get $spec.keys $section }}
-{{- if and (ne (printf "%s.%s" $section $key) "server.upstream") (hasKey $table $key) (not (kindIs "invalid" (get $table $key))) }}
+{{- if and (eq $section "tls") (hasKey $tlsPaths $key) }}
+{{ $key }} = {{ get $tlsPaths $key | toJson }}
+{{- else if and (ne (printf "%s.%s" $section $key) "server.upstream") (hasKey $table $key) (not (kindIs "invalid" (get $table $key))) }}
 {{ $key }} = {{ get $table $key | toJson }}
 {{- end }}
 {{- end }}
@@ -259,6 +278,7 @@ The tether container (a list item). Used by the StatefulSet and, as
 "tether.sidecar.container", next to a backend container.
 */}}
 {{- define "tether.container" -}}
+{{- $cluster := include "tether.clusterMode" . -}}
 - name: tether
   image: {{ include "tether.image" . | quote }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -279,12 +299,32 @@ The tether container (a list item). Used by the StatefulSet and, as
     - name: tether-admin
       containerPort: {{ int .Values.ports.admin }}
       protocol: TCP
+    {{- if ne $cluster "off" }}
+    - name: tether-peer
+      containerPort: {{ int .Values.ports.peer }}
+      protocol: TCP
+    {{- end }}
   env:
     - name: TETHER_TOKEN_SECRET
       valueFrom:
         secretKeyRef:
           name: {{ include "tether.secretName" . }}
           key: {{ .Values.tokenSecret.key }}
+    {{- if eq $cluster "statefulset" }}
+    # This replica's name in the cluster: the pod name, <fullname>-<ordinal>.
+    - name: TETHER_CLUSTER_INSTANCE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- else if eq $cluster "sealed" }}
+    # This pod's peer address, sealed into the tokens it mints.
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    - name: TETHER_CLUSTER_ADVERTISE
+      value: {{ printf (ternary "[$(POD_IP)]:%d" "$(POD_IP):%d" (hasPrefix "[" .Values.listenHost)) (int .Values.ports.peer) | quote }}
+    {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -330,6 +370,9 @@ The tether container (a list item). Used by the StatefulSet and, as
       mountPath: {{ .Values.persistence.mountPath }}
     - name: tether-tmp
       mountPath: /tmp
+    {{- with include "tether.tlsMounts" . | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/* The sidecar container: the same container, upstream ws://127.0.0.1:<sidecar.backendPort>. */}}
@@ -348,6 +391,9 @@ The tether container (a list item). Used by the StatefulSet and, as
 - name: tether-tmp
   emptyDir:
     sizeLimit: 64Mi
+{{- with include "tether.tlsVolumes" . | trim }}
+{{ . }}
+{{- end }}
 {{- end }}
 
 {{/* The volumes to add to a pod that carries the sidecar (a list). */}}
@@ -424,12 +470,184 @@ annotations:
   {{- end }}
 {{- end }}
 
-{{/* More than one pod with no affinity sends resumes to the wrong pod. */}}
-{{- define "tether.validateReplicas" -}}
-{{- $replicas := int .replicas }}
-{{- $top := .top }}
-{{- if and (gt $replicas 1) (ne $top.Values.service.sessionAffinity "ClientIP") (not $top.Values.allowReplicasWithoutAffinity) }}
-{{- fail (printf "%d replicas without session affinity: tether does not forward resumes between replicas yet, so a resume must reach the pod that owns the session. Use 1 replica, or service.sessionAffinity: ClientIP, or set allowReplicasWithoutAffinity: true if your ingress routes resumes to the owning pod (consistent hash on the session token)." $replicas) }}
+{{/*
+Scale-out (issue 9): how this release's replicas find a session's owner, as
+tether's [cluster] mode: "statefulset" (standalone: peers are
+<fullname>-<ordinal>, dialed through the headless Service), "sealed" (sidecar:
+the owner's pod IP is sealed in the token, membership from the headless
+Service's DNS records) or "off" (one instance). cluster.enabled auto turns it
+on when the chart runs more than one tether pod.
+*/}}
+{{- define "tether.clusterMode" -}}
+{{- $c := .Values.cluster | default dict }}
+{{- $enabled := $c.enabled }}
+{{- if kindIs "invalid" $enabled }}{{ $enabled = "auto" }}{{ end }}
+{{- $on := false }}
+{{- if eq (toString $enabled) "auto" }}
+{{- if eq .Values.mode "standalone" }}
+{{- $on = gt (int .Values.replicaCount) 1 }}
+{{- else if .Values.sidecar.deployment.enabled }}
+{{- $on = gt (int .Values.sidecar.deployment.replicas) 1 }}
+{{- end }}
+{{- else if kindIs "bool" $enabled }}
+{{- $on = $enabled }}
+{{- else }}
+{{- fail (printf "cluster.enabled must be auto, true or false, not %q" (toString $enabled)) }}
+{{- end }}
+{{- if not $on }}off{{ else if eq .Values.mode "standalone" }}statefulset{{ else }}sealed{{ end }}
+{{- end }}
+
+{{/* [cluster] name: covered by every token's MAC, so tokens of another release are refused. */}}
+{{- define "tether.clusterName" -}}
+{{- $c := .Values.cluster | default dict }}
+{{- default (printf "%s.%s" (include "tether.fullname" .) .Release.Namespace) $c.name }}
+{{- end }}
+
+{{/* [cluster] replicas (statefulset mode): cluster.replicas, or replicaCount. */}}
+{{- define "tether.clusterReplicas" -}}
+{{- $c := .Values.cluster | default dict }}
+{{- if kindIs "invalid" $c.replicas }}
+{{- int .Values.replicaCount }}
+{{- else if lt (int $c.replicas) (int .Values.replicaCount) }}
+{{- fail (printf "cluster.replicas (%d) must be at least replicaCount (%d): the pods above it would count as scaled down" (int $c.replicas) (int .Values.replicaCount)) }}
+{{- else }}
+{{- int $c.replicas }}
+{{- end }}
+{{- end }}
+
+{{/* <headless>.<namespace>.svc.<clusterDomain> */}}
+{{- define "tether.headlessFQDN" -}}
+{{- $c := .Values.cluster | default dict }}
+{{- printf "%s.%s.svc.%s" (include "tether.headlessName" .) .Release.Namespace ($c.clusterDomain | default "cluster.local") }}
+{{- end }}
+
+{{/* The [cluster] keys the chart sets (YAML map), per mode. Per-pod values (instance, advertise) come from the environment. */}}
+{{- define "tether.clusterDerived" -}}
+{{- $mode := include "tether.clusterMode" . }}
+{{- $peer := int .Values.ports.peer }}
+mode: {{ $mode | quote }}
+name: {{ ternary "tether" (include "tether.clusterName" .) (eq $mode "off") | quote }}
+instance: ""
+peer_listen: {{ printf "%s:%d" .Values.listenHost $peer | quote }}
+{{- if eq $mode "statefulset" }}
+peer_address: {{ printf "{instance}.%s:%d" (include "tether.headlessFQDN" .) $peer | quote }}
+replicas: {{ include "tether.clusterReplicas" . }}
+{{- else }}
+peer_address: ""
+replicas: 0
+{{- end }}
+peers: {}
+advertise: ""
+members_dns: {{ ternary (include "tether.headlessFQDN" .) "" (and (eq $mode "sealed") (not (empty (include "tether.serviceSelector" .)))) | quote }}
+{{- end }}
+
+{{/* Cluster mode needs one token secret that every replica reads, and more than one replica needs cluster mode. */}}
+{{- define "tether.validateCluster" -}}
+{{- $mode := include "tether.clusterMode" . }}
+{{- $replicas := ternary (int .Values.replicaCount) (int .Values.sidecar.deployment.replicas) (eq .Values.mode "standalone") }}
+{{- $chartPods := or (eq .Values.mode "standalone") .Values.sidecar.deployment.enabled }}
+{{- if and (eq $mode "off") $chartPods (gt $replicas 1) }}
+{{- fail (printf "%d replicas with cluster.enabled false: a resume that reaches another replica than the session's owner would get a new session (gap journal_lost). Leave cluster.enabled at auto (or true) so that replicas forward resumes to the owner." $replicas) }}
+{{- end }}
+{{- if and (ne $mode "off") (not (or .Values.tokenSecret.existingSecret .Values.tokenSecret.value)) }}
+{{- fail "cluster mode (more than one replica, or cluster.enabled true) needs a token secret that every replica shares and that stays the same across renders: set tokenSecret.existingSecret (or tokenSecret.value). A generated one is re-generated by every `helm template` render, and replicas started before and after would refuse each other's tokens." }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if and (ne $mode "off") (or (hasPrefix "TETHER_CLUSTER_" (toString .name)) (eq (toString .name) "TETHER_TOKEN_SECRET")) }}
+{{- fail (printf "extraEnv sets %s, which the chart sets in cluster mode (see cluster.* and tokenSecret)" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+TLS material from Secrets (values tls.*), mounted read-only under
+/etc/tether-tls, and the [tls] keys of tether.toml that point at it: a map
+(YAML) of [tls] key -> file, holding only the keys a Secret is set for.
+*/}}
+{{- define "tether.tlsPaths" -}}
+{{- $t := .Values.tls | default dict }}
+{{- if $t.secretName }}
+cert_file: /etc/tether-tls/server/tls.crt
+key_file: /etc/tether-tls/server/tls.key
+{{- end }}
+{{- if $t.upstreamCASecret }}
+upstream_ca_file: /etc/tether-tls/upstream-ca/ca.crt
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+upstream_client_cert_file: /etc/tether-tls/upstream-client/tls.crt
+upstream_client_key_file: /etc/tether-tls/upstream-client/tls.key
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secret volumes (list items for volumes:); empty without tls.* Secrets. */}}
+{{- define "tether.tlsVolumes" -}}
+{{- $t := .Values.tls | default dict }}
+{{- $mode := int ($t.defaultMode | default 288) }}
+{{- if $t.secretName }}
+- name: tether-tls
+  secret:
+    secretName: {{ $t.secretName }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- if $t.upstreamCASecret }}
+- name: tether-upstream-ca
+  secret:
+    secretName: {{ $t.upstreamCASecret }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: {{ $t.upstreamCAKey | default "ca.crt" }}
+        path: ca.crt
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+- name: tether-upstream-client
+  secret:
+    secretName: {{ $t.upstreamClientSecret }}
+    defaultMode: {{ $mode }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+
+{{/* Their mounts in the tether container (list items for volumeMounts:). No subPath: a rotated Secret reaches the files. */}}
+{{- define "tether.tlsMounts" -}}
+{{- $t := .Values.tls | default dict }}
+{{- if $t.secretName }}
+- name: tether-tls
+  mountPath: /etc/tether-tls/server
+  readOnly: true
+{{- end }}
+{{- if $t.upstreamCASecret }}
+- name: tether-upstream-ca
+  mountPath: /etc/tether-tls/upstream-ca
+  readOnly: true
+{{- end }}
+{{- if $t.upstreamClientSecret }}
+- name: tether-upstream-client
+  mountPath: /etc/tether-tls/upstream-client
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* A [tls] path comes from a Secret (tls.*) or from config.tls.*, not both; upstream TLS needs a wss:// upstream. */}}
+{{- define "tether.validateTLS" -}}
+{{- $paths := fromYaml (include "tether.tlsPaths" .) | default dict }}
+{{- $given := (.Values.config | default dict).tls | default dict }}
+{{- range $key := keys $paths | sortAlpha }}
+{{- if get $given $key }}
+{{- fail (printf "config.tls.%s is set by the chart from a tls.* Secret; set one or the other, not both" $key) }}
+{{- end }}
+{{- end }}
+{{- $t := .Values.tls | default dict }}
+{{- if and (or $t.upstreamCASecret $t.upstreamClientSecret) (not (hasPrefix "wss://" (include "tether.upstream" .))) }}
+{{- fail (printf "tls.upstreamCASecret and tls.upstreamClientSecret are for a wss:// upstream; the upstream is %s" (include "tether.upstream" .)) }}
 {{- end }}
 {{- end }}
 
@@ -439,9 +657,12 @@ annotations:
 {{- fail (printf "mode must be standalone or sidecar, not %q" .Values.mode) }}
 {{- end }}
 {{- include "tether.validateConfig" . }}
-{{- if and (eq .Values.mode "standalone") (not (hasPrefix "ws://" (toString .Values.config.server.upstream))) }}
-{{- fail "config.server.upstream must be a ws:// URL (tether has no wss:// upstreams)" }}
+{{- $up := toString .Values.config.server.upstream }}
+{{- if and (eq .Values.mode "standalone") (not (or (hasPrefix "ws://" $up) (hasPrefix "wss://" $up))) }}
+{{- fail (printf "config.server.upstream must be a ws:// or wss:// URL, not %q" $up) }}
 {{- end }}
+{{- include "tether.validateTLS" . }}
+{{- include "tether.validateCluster" . }}
 {{- with .Values.tokenSecret.value }}
 {{- if lt (len .) 32 }}
 {{- fail "tokenSecret.value must be at least 32 characters" }}
