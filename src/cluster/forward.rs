@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::peer_auth::{now_secs, PeerAuth, PEER_HEADER};
 use super::Peer;
 use crate::metrics::Metrics;
+use crate::net::request_head;
 
 /// Most headers read in the owner's response.
 const MAX_RESPONSE_HEADERS: usize = 128;
@@ -143,7 +144,9 @@ impl Forwarder {
         let unreachable = |e| ForwardError::Unreachable(peer.addr.clone(), e);
         let mut tcp = TcpStream::connect(&peer.addr).await.map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
-        tcp.write_all(&request_head(uri, headers)).await.map_err(unreachable)?;
+        tcp.write_all(&request_head(uri.path_and_query().map_or("/", |p| p.as_str()), headers))
+            .await
+            .map_err(unreachable)?;
         let broken = |m: String| ForwardError::Protocol(peer.addr.clone(), m);
         let mut buf = Vec::with_capacity(4096);
         let (status, head_len, headers) = loop {
@@ -203,23 +206,6 @@ fn comes_back(body: &[u8]) -> bool {
     let error =
         serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
     matches!(error.as_deref(), Some("draining" | "journal_failed"))
-}
-
-/// `GET <path?query> HTTP/1.1` and the headers.
-fn request_head(uri: &Uri, headers: &HeaderMap) -> Vec<u8> {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = Vec::with_capacity(256 + headers.len() * 48);
-    out.extend_from_slice(b"GET ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The whole rest of a forwarded connection: the owner's early bytes to the

@@ -53,9 +53,27 @@ pub(crate) fn has_token(headers: &HeaderMap, name: impl AsHeaderName, token: &st
         .any(|v| v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
+/// An HTTP/1.1 `GET <target>` request head with `headers`, as tether writes
+/// it to a backend (the upgrade) and to an owning replica (a forward).
+pub(crate) fn request_head(target: &str, headers: &HeaderMap) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256 + headers.len() * 48);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
 #[cfg(test)]
 mod tests {
-    use http::header::{HeaderValue, CONNECTION};
+    use http::header::{HeaderValue, CONNECTION, HOST};
+    use http::HeaderMap;
 
     #[test]
     fn token_lists() {
@@ -65,5 +83,13 @@ mod tests {
         assert!(super::has_token(&h, CONNECTION, "upgrade"));
         assert!(super::has_token(&h, CONNECTION, "X-Hop"));
         assert!(!super::has_token(&h, CONNECTION, "up"));
+    }
+
+    #[test]
+    fn writes_the_request_head() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("backend:9000"));
+        let head = super::request_head("/feed?x=1", &h);
+        assert_eq!(head, b"GET /feed?x=1 HTTP/1.1\r\nhost: backend:9000\r\n\r\n");
     }
 }

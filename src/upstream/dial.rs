@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::Connected;
-use crate::net::{has_token, LazyRead};
+use crate::net::{has_token, request_head, LazyRead};
 use crate::tls::MaybeTls;
 
 /// The backend's answer to the upgrade, without a body.
@@ -66,21 +66,6 @@ pub(super) async fn handshake(
     part.extend_from_slice(&rest);
     let socket = WebSocketStream::from_partially_read(LazyRead::new(tcp), part, Role::Client, Some(config)).await;
     Ok(Connected { socket, headers: response.into_parts().0.headers })
-}
-
-fn request_head(path: &str, headers: &HeaderMap) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(path.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// Reads until the end of the response head; returns the head and the bytes
@@ -186,13 +171,5 @@ mod tests {
         assert!(verify(&response(&no_upgrade), key, &offered).is_err());
         let refused = Response::builder().status(403).body(()).unwrap();
         assert!(matches!(verify(&refused, key, &offered), Err(DialError::Refused(403))));
-    }
-
-    #[test]
-    fn writes_the_request_head() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("backend:9000"));
-        let head = request_head("/feed?x=1", &h);
-        assert_eq!(head, b"GET /feed?x=1 HTTP/1.1\r\nhost: backend:9000\r\n\r\n");
     }
 }
