@@ -93,12 +93,22 @@ impl Spec {
 
 /// Runs the backend until killed: binds `listen`, prints `listening <addr>`.
 pub fn run(listen: &str) -> anyhow::Result<()> {
+    let pad: Arc<str> = padding().into();
+    let ticker = Arc::new(Ticker::start());
+    serve_forever(listen, move |tcp| serve(tcp, pad.clone(), ticker.clone()))
+}
+
+/// Binds `listen` on a 2-worker runtime, prints `listening <addr>` (what the
+/// launcher waits for) and spawns `handle` for every connection, until killed.
+pub fn serve_forever<F, Fut>(listen: &str, mut handle: F) -> anyhow::Result<()>
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
         let listener = TcpListener::bind(listen).await?;
         println!("listening {}", listener.local_addr()?);
-        let pad: Arc<str> = padding().into();
-        let ticker = Arc::new(Ticker::start());
         loop {
             let (tcp, _) = match listener.accept().await {
                 Ok(a) => a,
@@ -108,7 +118,7 @@ pub fn run(listen: &str) -> anyhow::Result<()> {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(serve(tcp, pad.clone(), ticker.clone()));
+            tokio::spawn(handle(tcp));
         }
     })
 }

@@ -11,10 +11,8 @@
 //! 16 KiB reads per system call (tether reads 16 KiB per call through its
 //! `LazyRead`), TCP_NODELAY on both sides, and a 2-worker tokio runtime.
 
-use std::time::Duration;
-
 use futures_util::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -32,23 +30,8 @@ fn ws_config() -> WebSocketConfig {
 /// Runs the relay until killed: binds `listen`, prints `listening <addr>`,
 /// and relays every connection to `upstream` (a `ws://host:port` URL).
 pub fn run(listen: &str, upstream: &str) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let upstream = upstream.trim_end_matches('/').to_owned();
-    rt.block_on(async {
-        let listener = TcpListener::bind(listen).await?;
-        println!("listening {}", listener.local_addr()?);
-        loop {
-            let (tcp, _) = match listener.accept().await {
-                Ok(a) => a,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(relay(tcp, upstream.clone()));
-        }
-    })
+    crate::backend::serve_forever(listen, move |tcp| relay(tcp, upstream.clone()))
 }
 
 // tungstenite's handshake callback signature fixes the error type.
