@@ -95,6 +95,9 @@ fn route(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
             match (ready, admin.journal.is_healthy()) {
                 (true, true) => text(StatusCode::OK, "ready\n"),
                 (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n"),
+                (true, false) if admin.journal.is_disk_full() => {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the journal's disk is full; waiting for space\n")
+                }
                 (true, false) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: journal writes are failing\n"),
             }
         }

@@ -77,6 +77,10 @@ pub(crate) struct Metrics {
     pub(crate) journal_write_errors: IntCounter,
     /// Trims written to the journal: one RocksDB range delete each.
     pub(crate) journal_trims: IntCounter,
+    /// 1 while journal writes wait for disk space, else 0.
+    pub(crate) journal_disk_full: IntGauge,
+    /// Journal files deleted whole to free space while the disk was full.
+    pub(crate) journal_reclaimed_files: IntCounter,
     fsyncs: [IntCounter; 3],
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub(crate) journal_disk_bytes: IntGauge,
@@ -197,11 +201,19 @@ impl Metrics {
             ),
             journal_write_errors: f.counter(
                 "tether_journal_write_errors_total",
-                "Failed journal writes and fsyncs; transient ones are retried, others fail the journal.",
+                "Failed journal writes and fsyncs; transient ones and a full disk are retried, others fail the journal.",
             ),
             journal_trims: f.counter(
                 "tether_journal_trims_total",
                 "Retention trims written to the journal, one range delete each.",
+            ),
+            journal_disk_full: f.gauge(
+                "tether_journal_disk_full",
+                "1 while journal writes wait for free disk space (nothing new is delivered), else 0.",
+            ),
+            journal_reclaimed_files: f.counter(
+                "tether_journal_reclaimed_files_total",
+                "Journal SST files deleted whole by retention while the disk was full.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f

@@ -256,6 +256,7 @@ impl Running {
     /// session stays resumable (`restarted`) after the next start.
     pub async fn drain(self) -> Result<(), JournalError> {
         self.admin.set_ready(false);
+        self.journal.give_up_when_disk_full();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {

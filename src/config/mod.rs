@@ -348,6 +348,10 @@ pub struct JournalConfig {
     pub disk_budget_bytes: u64,
     /// Most operations the writer commits in one RocksDB write.
     pub max_batch: usize,
+    /// RocksDB memtable size per column family. After a full disk, writes
+    /// resume once this much space is free again, so it should be well
+    /// under the volume's size.
+    pub memtable_bytes: usize,
 }
 
 impl Default for JournalConfig {
@@ -362,6 +366,7 @@ impl Default for JournalConfig {
             max_frame_age: Duration::from_secs(3600),
             disk_budget_bytes: 1 << 30,
             max_batch: 1024,
+            memtable_bytes: 16 << 20,
         }
     }
 }

@@ -67,7 +67,7 @@ impl Config {
     /// process can allocate (an absurd value must be an error, not an abort).
     fn check_sizes(&self) -> Result<(), ConfigError> {
         let (l, j) = (&self.limits, &self.journal);
-        let all: [(&str, usize, usize, usize); 10] = [
+        let all: [(&str, usize, usize, usize); 11] = [
             ("limits.max_message_bytes", l.max_message_bytes, 1, 1 << 30),
             ("limits.max_frame_bytes", l.max_frame_bytes, 1, 1 << 30),
             ("limits.max_header_bytes", l.max_header_bytes, 8192, 1 << 20),
@@ -78,6 +78,7 @@ impl Config {
             ("limits.max_retained_sessions", l.max_retained_sessions, 1, 10_000_000),
             ("limits.replay_batch_bytes", l.replay_batch_bytes, 1, 64 << 20),
             ("journal.max_batch", j.max_batch, 1, 65_536),
+            ("journal.memtable_bytes", j.memtable_bytes, 1 << 20, 1 << 30),
         ];
         for (key, v, min, max) in all {
             if v < min || v > max {

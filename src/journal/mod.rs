@@ -13,21 +13,21 @@
 //! blocking pool. No RocksDB call runs on an async worker.
 
 mod chunk;
+mod recover;
+mod space;
 mod writer;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{Payload, SessionId};
-use chunk::chunk_key;
 
 const CF_FRAMES: &str = "frames";
 const CF_SESSIONS: &str = "sessions";
@@ -161,15 +161,25 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Frame bytes this operation writes.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Op::Append { chunk, .. } => chunk.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// A cheap handle to the journal.
 #[derive(Clone)]
 pub(crate) struct Journal {
     db: Arc<DB>,
     tx: mpsc::Sender<Op>,
     epoch: u64,
-    healthy: Arc<AtomicBool>,
-    /// Set once, by the writer, when the journal has failed for good.
-    failed: Arc<watch::Sender<Option<Arc<str>>>>,
+    /// Shared with the writer: how its writes are going.
+    health: writer::Health,
+    metrics: Arc<Metrics>,
 }
 
 /// What `open` hands back besides the journal.
@@ -195,9 +205,9 @@ impl Journal {
     ) -> Result<Opened, JournalError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| JournalError::Io { path: config.data_dir.clone(), source })?;
-        let db = Arc::new(open_db(&config.data_dir)?);
+        let db = Arc::new(open_db(config)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
-        check_layout(&db, &config.data_dir)?;
+        recover::check_layout(&db, &config.data_dir)?;
         let epoch = match db.get_cf(meta, b"epoch")? {
             Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("epoch".into()))?),
             None => {
@@ -225,12 +235,11 @@ impl Journal {
         } else {
             None
         };
-        let recovered = recover(&db)?;
+        let recovered = recover::recover(&db)?;
         let (tx, rx) = mpsc::channel(config.max_batch * 4);
         let health = writer::Health::new();
-        let (healthy, failed) = (health.healthy.clone(), health.failed.clone());
-        let writer = writer::spawn(db.clone(), rx, config.clone(), health, metrics);
-        Ok(Opened { journal: Journal { db, tx, epoch, healthy, failed }, stored_secret, recovered, writer })
+        let writer = writer::spawn(db.clone(), rx, config.clone(), health.clone(), metrics.clone());
+        Ok(Opened { journal: Journal { db, tx, epoch, health, metrics }, stored_secret, recovered, writer })
     }
 
     /// The epoch created with this database; tokens carry it.
@@ -238,21 +247,32 @@ impl Journal {
         self.epoch
     }
 
-    /// False while the writer is retrying a write that failed transiently,
-    /// and once the journal has failed.
+    /// False while the writer is retrying a failed write (transient, or a
+    /// full disk), and once the journal has failed.
     pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && self.failure().is_none()
+        self.health.healthy.load(Ordering::Relaxed) && self.failure().is_none()
+    }
+
+    /// True while journal writes wait for free disk space.
+    pub(crate) fn is_disk_full(&self) -> bool {
+        self.health.disk_full.load(Ordering::Relaxed)
+    }
+
+    /// A drain has begun: a full disk is no longer waited out, so the drain
+    /// ends (and tether exits non-zero) instead of waiting for space.
+    pub(crate) fn give_up_when_disk_full(&self) {
+        self.health.give_up.store(true, Ordering::Relaxed);
     }
 
     /// Why the journal failed for good, if it did: no write will succeed in
     /// this process any more (see `writer::is_transient`).
     pub(crate) fn failure(&self) -> Option<Arc<str>> {
-        self.failed.borrow().clone()
+        self.health.failed.borrow().clone()
     }
 
     /// Resolves once the journal has failed for good, with the reason.
     pub(crate) async fn failed(&self) -> Arc<str> {
-        let mut rx = self.failed.subscribe();
+        let mut rx = self.health.failed.subscribe();
         let reason = rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
         match reason {
             Some(reason) => reason,
@@ -283,13 +303,64 @@ impl Journal {
     }
 
     /// Deletes frames up to and including `upto`, storing `meta` with them.
+    /// While the disk is full, the journal files that hold nothing but
+    /// those frames are deleted first (see `reclaim`).
     pub(crate) async fn trim(&self, session: SessionId, upto: u64, meta: SessionMeta) -> Result<(), JournalError> {
+        if self.is_disk_full() {
+            self.reclaim(session, upto).await;
+        }
         self.send(Op::Trim { session, upto, meta }).await
     }
 
-    /// Deletes a session and all its frames.
+    /// Deletes a session and all its frames. While the disk is full, the
+    /// journal files that hold only this session's frames are deleted at
+    /// once (that needs no write, and lets RocksDB resume writes), and the
+    /// purge itself is queued in the background, so the janitor can go on
+    /// to the next session meanwhile; the queue is first come, first
+    /// served, so the purge still lands after the session's last write.
     pub(crate) async fn purge(&self, session: SessionId) -> Result<(), JournalError> {
-        self.send(Op::Purge { session }).await
+        if !self.is_disk_full() {
+            return self.send(Op::Purge { session }).await;
+        }
+        self.reclaim(session, u64::MAX - 1).await;
+        let journal = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = journal.send(Op::Purge { session }).await {
+                tracing::warn!(%session, error = %e, "session purge not written");
+            }
+        });
+        Ok(())
+    }
+
+    /// Deletes the SST files that hold nothing but `session`'s frames up to
+    /// `upto`, on the blocking pool. Only a MANIFEST record is written, so it
+    /// works while the disk is full. The trim or purge record is queued
+    /// after it; should a restart come first, `recover` sees the hole and
+    /// counts the frames before it as trimmed, so they are reported, never
+    /// replayed in part.
+    async fn reclaim(&self, session: SessionId, upto: u64) {
+        let db = self.db.clone();
+        let deleted = tokio::task::spawn_blocking(move || {
+            let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+            let before = db.live_files().map(|f| f.len())?;
+            // Inclusive of `to` (RocksDB's `include_end`): a chunk keyed at
+            // or before `upto` holds nothing past it (no chunk straddles a
+            // trim), and the chunk keyed `upto + 1` is kept.
+            let (from, to) = (chunk::chunk_key(&session, 0), chunk::chunk_key(&session, upto));
+            db.delete_file_in_range_cf(frames, from, to)?;
+            Ok::<_, rocksdb::Error>(before.saturating_sub(db.live_files()?.len()))
+        })
+        .await;
+        match deleted {
+            Ok(Ok(n)) => {
+                self.metrics.journal_reclaimed_files.inc_by(n as u64);
+                tracing::info!(%session, upto, files = n, "disk full: deleted journal files of trimmed frames");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%session, error = %e, "disk full: could not delete the purged session's files")
+            }
+            Err(_) => {}
+        }
     }
 
     /// Writes and fsyncs everything queued, then stops the writer thread so
@@ -340,28 +411,39 @@ impl Journal {
     }
 }
 
-fn open_db(dir: &Path) -> Result<DB, JournalError> {
-    // A restart after a failed write (e.g. a full disk) replays the WAL into
-    // memtables without writing new SST files first, so it needs little free
-    // space (no SstFileManager is configured, hence no 64 MiB recovery
-    // reserve either). The old WAL is kept until the memtables are flushed.
-    // The option has no setter in the `rocksdb` crate.
+fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
+    // A restart after a failed write replays the WAL into memtables without
+    // writing new SST files first, so it needs little free space. The old
+    // WAL is kept until the memtables are flushed. The option has no setter
+    // in the `rocksdb` crate.
     let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    space::recover_from_full_disk(&mut opts);
+    // The largest memtable is also the free space RocksDB waits for before
+    // it resumes writes after a full disk (and about what a WAL file
+    // preallocates): `journal.memtable_bytes`, not RocksDB's 64 MiB.
+    let memtable = config.memtable_bytes;
+    opts.set_write_buffer_size(memtable);
     // Most frames are replayed or trimmed while they are young: the memtable
     // flush (L0) and the first compaction (L1) write them uncompressed, which
     // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
     // that lives long enough to reach L2 and below is compressed with lz4.
+    let mut small = Options::default();
+    small.set_write_buffer_size(memtable);
     let mut frames = Options::default();
+    frames.set_write_buffer_size(memtable);
     use rocksdb::DBCompressionType::{Lz4, None as Plain};
     frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
     let cfs = vec![
+        // Named, or the `rocksdb` crate adds it with RocksDB's default
+        // 64 MiB memtable, which would be the recovery reserve.
+        ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, small.clone()),
         ColumnFamilyDescriptor::new(CF_FRAMES, frames),
-        ColumnFamilyDescriptor::new(CF_SESSIONS, Options::default()),
-        ColumnFamilyDescriptor::new(CF_META, Options::default()),
+        ColumnFamilyDescriptor::new(CF_SESSIONS, small.clone()),
+        ColumnFamilyDescriptor::new(CF_META, small),
     ];
-    let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+    let db = DB::open_cf_descriptors(&opts, &config.data_dir, cfs)?;
     // Range tombstones in the memtable are re-fragmented by every iterator,
     // so each one makes every journal read slower until the memtable is
     // flushed. Trims come in chunks (session/retention.rs), so this bound is
@@ -369,77 +451,4 @@ fn open_db(dir: &Path) -> Result<DB, JournalError> {
     let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
     db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
     Ok(db)
-}
-
-/// Layout 1 (one key per frame, no `layout` key) is refused rather than
-/// misread; a database with no frames at all is simply (re)stamped with the
-/// current layout.
-fn check_layout(db: &DB, dir: &Path) -> Result<(), JournalError> {
-    let meta = db.cf_handle(CF_META).expect("meta cf");
-    let found = match db.get_cf(meta, b"layout")? {
-        Some(v) => u32::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("layout".into()))?),
-        None => {
-            let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-            if db.iterator_cf(frames, IteratorMode::Start).next().transpose()?.is_some() {
-                1
-            } else {
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(true);
-                db.put_cf_opt(meta, b"layout", chunk::LAYOUT.to_be_bytes(), &wo)?;
-                chunk::LAYOUT
-            }
-        }
-    };
-    if found != chunk::LAYOUT {
-        return Err(JournalError::Layout { path: dir.to_owned(), found });
-    }
-    Ok(())
-}
-
-/// Scans the journal for sessions. Frames whose session record is missing
-/// cannot be resumed by anyone and are deleted.
-fn recover(db: &DB) -> Result<Vec<RecoveredSession>, JournalError> {
-    let sessions = db.cf_handle(CF_SESSIONS).expect("sessions cf");
-    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-    let mut out: Vec<RecoveredSession> = Vec::new();
-    for item in db.iterator_cf(sessions, IteratorMode::Start) {
-        let (k, v) = item?;
-        let id = SessionId(k.as_ref().try_into().map_err(|_| JournalError::Corrupt("session key".into()))?);
-        let meta: SessionMeta =
-            serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("session {id}: {e}")))?;
-        let last_seq = meta.trimmed_to;
-        out.push(RecoveredSession { id, meta, last_seq, frames: 0, bytes: 0 });
-    }
-    out.sort_by_key(|s| s.id);
-    let mut orphans: Vec<SessionId> = Vec::new();
-    for item in db.iterator_cf(frames, IteratorMode::Start) {
-        let (k, v) = item?;
-        if k.len() != 24 {
-            return Err(JournalError::Corrupt("chunk key".into()));
-        }
-        let id = SessionId(k[..16].try_into().expect("16 bytes"));
-        let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        match out.binary_search_by_key(&id, |s| s.id) {
-            Ok(i) => {
-                let s = &mut out[i];
-                let (n, bytes) = chunk::count(&v)?;
-                // A chunk never straddles a trim (see `chunk`); one left
-                // behind by a trim queued before its append is not counted.
-                if first > s.meta.trimmed_to {
-                    s.last_seq = s.last_seq.max(first + n - 1);
-                    s.frames += n;
-                    s.bytes += bytes;
-                }
-            }
-            Err(_) => {
-                if orphans.last() != Some(&id) {
-                    orphans.push(id);
-                }
-            }
-        }
-    }
-    for id in orphans {
-        db.delete_range_cf(frames, chunk_key(&id, 0), chunk_key(&id, u64::MAX))?;
-    }
-    Ok(out)
 }

@@ -4,15 +4,16 @@
 //!
 //! It runs on its own OS thread so RocksDB writes and fsyncs never block an
 //! async worker. Nothing after a failed write is acknowledged, so no frame
-//! reaches a client without being in the journal. A transient failure (busy,
-//! try again, timed out) is retried with backoff. Any other failure (an I/O
-//! error such as ENOSPC or EMFILE, corruption) puts RocksDB into a stopped
-//! "background error" state: every later write returns the same error, even
-//! once the cause is gone, and neither `DB::Resume` nor an `SstFileManager`
-//! (which would resume it) is reachable through the `rocksdb` crate. So the
-//! writer marks the journal failed and stops; the server drains and exits
-//! non-zero, and the restart replays the WAL: everything acknowledged is
-//! there.
+//! reaches a client without being in the journal. Failures come in three
+//! kinds:
+//! - transient (busy, try again, timed out): retried with backoff;
+//! - a full disk: RocksDB refuses every write until its `SstFileManager`
+//!   sees enough free space and resumes it (`space`), so the writer holds
+//!   the batch and retries it until then, or until tether shuts down;
+//! - anything else (an I/O error such as EMFILE, corruption) leaves RocksDB
+//!   stopped until it is reopened: the writer marks the journal failed and
+//!   stops; the server drains and exits non-zero, and the restart replays
+//!   the WAL: everything acknowledged is there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
@@ -23,14 +24,21 @@ use rocksdb::{ErrorKind, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
+use super::space;
 use super::{Op, CF_FRAMES, CF_SESSIONS};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
-/// How the writer is doing, as the rest of tether sees it.
+/// How the writer is doing, as the rest of tether sees it, and what it is
+/// told: handles shared with every `Journal`.
+#[derive(Clone)]
 pub(super) struct Health {
-    /// False while a transient failure is being retried.
+    /// False while a failed write is being retried.
     pub(super) healthy: Arc<AtomicBool>,
+    /// True while the write being retried failed for want of disk space.
+    pub(super) disk_full: Arc<AtomicBool>,
+    /// Set by a drain: a full disk is not waited out any longer.
+    pub(super) give_up: Arc<AtomicBool>,
     /// Set once when the journal has failed for good.
     pub(super) failed: Arc<watch::Sender<Option<Arc<str>>>>,
 }
@@ -38,7 +46,12 @@ pub(super) struct Health {
 impl Health {
     /// Healthy, not failed.
     pub(super) fn new() -> Health {
-        Health { healthy: Arc::new(AtomicBool::new(true)), failed: Arc::new(watch::Sender::new(None)) }
+        Health {
+            healthy: Arc::new(AtomicBool::new(true)),
+            disk_full: Arc::new(AtomicBool::new(false)),
+            give_up: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(watch::Sender::new(None)),
+        }
     }
 }
 
@@ -82,11 +95,20 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let _fail_fast = AbortOnPanic;
         let mut ops: Vec<Op> = Vec::with_capacity(self.config.max_batch);
+        // A write lands in one memtable whatever its size, and after a full
+        // disk RocksDB must flush the memtables before writes resume: a
+        // bounded batch keeps that near `memtable_bytes`, the free space it
+        // waits for.
+        let max_bytes = self.config.memtable_bytes / 8;
         while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.payload_bytes();
             ops.push(first);
-            while ops.len() < self.config.max_batch {
+            while ops.len() < self.config.max_batch && bytes < max_bytes {
                 match rx.try_recv() {
-                    Ok(op) => ops.push(op),
+                    Ok(op) => {
+                        bytes += op.payload_bytes();
+                        ops.push(op);
+                    }
                     Err(_) => break,
                 }
             }
@@ -107,28 +129,33 @@ impl Writer {
         self.health.failed.send_replace(Some(reason));
     }
 
-    /// Writes `ops` (retrying transient failures), then acknowledges them.
-    /// Returns true if one of them closes the journal, or the error that
-    /// failed it.
+    /// Writes `ops` (retrying transient failures and a full disk), then
+    /// acknowledges them. Returns true if one of them closes the journal, or
+    /// the error that failed it.
     fn commit(&mut self, ops: &mut Vec<Op>) -> Result<bool, rocksdb::Error> {
         let mut backoff = Duration::from_millis(10);
-        loop {
-            match self.write(ops) {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics.journal_write_errors.inc();
-                    if !is_transient(&e) {
-                        return Err(e);
-                    }
-                    if self.health.healthy.swap(false, Ordering::Relaxed) {
-                        tracing::error!(error = %e, "journal write failed; retrying, nothing is forwarded until it succeeds");
-                    }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+        while let Err(e) = self.write(ops) {
+            self.metrics.journal_write_errors.inc();
+            let full = space::is_full_disk(&e);
+            // At shutdown a full disk is not waited for: what is held was
+            // never acknowledged, so no client has seen it.
+            if !(is_transient(&e) || full && !self.health.give_up.load(Ordering::Relaxed)) {
+                return Err(e);
             }
+            self.health.disk_full.store(full, Ordering::Relaxed);
+            self.metrics.journal_disk_full.set(i64::from(full));
+            if self.health.healthy.swap(false, Ordering::Relaxed) {
+                tracing::error!(error = %e, "journal write failed; retrying, nothing is forwarded until it succeeds");
+            }
+            std::thread::sleep(backoff);
+            // RocksDB resumes a full disk within 5 s of space returning;
+            // a quarter-second retry adds little to that.
+            let cap = if full { Duration::from_millis(250) } else { Duration::from_secs(1) };
+            backoff = (backoff * 2).min(cap);
         }
         if !self.health.healthy.swap(true, Ordering::Relaxed) {
+            self.health.disk_full.store(false, Ordering::Relaxed);
+            self.metrics.journal_disk_full.set(0);
             tracing::info!("journal writes succeed again");
         }
         self.metrics.journal_batch_ops.observe(ops.len() as f64);

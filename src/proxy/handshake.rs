@@ -177,6 +177,11 @@ async fn bind(
 /// Reserves a `limits.max_sessions` slot, then opens a backend connection
 /// for the client's request.
 async fn dial(req: &Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Result<(BackendConn, HeaderMap), Refusal> {
+    // A new backend connection could not journal a frame; resumes that
+    // only replay what is journaled are still served.
+    if ctx.sessions.journal_disk_full() {
+        return Err(journal_full(ctx));
+    }
     let permit = ctx.sessions.reserve().ok_or_else(|| over_capacity(ctx))?;
     let connected = ctx.upstream.connect(req.uri(), req.headers(), peer).await?;
     Ok((BackendConn { socket: connected.socket, permit }, connected.headers))
@@ -435,6 +440,15 @@ fn journal_failed(ctx: &Context) -> Refusal {
     Refusal::unavailable(
         "journal_failed",
         "tether cannot write its journal and is restarting; retry",
+        ctx.config.server.retry_after_secs,
+    )
+}
+
+/// The journal waits for disk space; it resumes by itself once there is.
+fn journal_full(ctx: &Context) -> Refusal {
+    Refusal::unavailable(
+        "journal_full",
+        "tether's journal disk is full; new sessions wait until space is freed; retry",
         ctx.config.server.retry_after_secs,
     )
 }

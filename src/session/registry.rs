@@ -51,15 +51,21 @@ impl Sessions {
             let mut meta = r.meta;
             let retained = Retained::recovered(meta.trimmed_to, r.last_seq, r.frames, r.bytes);
             let ended = meta.ended.clone();
-            let life = if ended.is_some() {
-                Life::Ended { since: now.checked_sub(age(meta.ended_ms)).unwrap_or(now) }
-            } else {
-                if meta.orphaned_ms.is_none() {
-                    meta.orphaned_ms = Some(unix_ms());
-                    shared.journal.put_meta(r.id, meta.clone()).await?;
-                }
-                Life::Orphaned { since: now.checked_sub(age(meta.orphaned_ms)).unwrap_or(now) }
-            };
+            if ended.is_none() && meta.orphaned_ms.is_none() {
+                meta.orphaned_ms = Some(unix_ms());
+                shared.journal.put_meta(r.id, meta.clone()).await?;
+            }
+            let retired_at = if ended.is_some() { meta.ended_ms } else { meta.orphaned_ms };
+            let since = now.checked_sub(age(retired_at)).unwrap_or(now);
+            // Past retention already (tether was down, or it purged the
+            // session and stopped before the purge was written): purged
+            // now, so it is never served, not even in part.
+            if now.duration_since(since) > shared.config.journal.retention {
+                shared.rt.metrics.trimmed("session_purged", retained.frames);
+                shared.journal.purge(r.id).await?;
+                continue;
+            }
+            let life = if ended.is_some() { Life::Ended { since } } else { Life::Orphaned { since } };
             let s = Session::new(r.id, (shared.clone(), index.clone()), life, retained, meta, r.last_seq);
             if let Some(info) = ended {
                 s.ended.send_replace(Some((r.last_seq, info)));
@@ -82,6 +88,11 @@ impl Sessions {
     /// Why the journal failed for good, if it did (no session can be served).
     pub(crate) fn journal_failure(&self) -> Option<Arc<str>> {
         self.shared.journal.failure()
+    }
+
+    /// True while journal writes wait for disk space (no new session).
+    pub(crate) fn journal_disk_full(&self) -> bool {
+        self.shared.journal.is_disk_full()
     }
 
     /// Reserves a backend connection slot, if `limits.max_sessions` allows.
