@@ -43,10 +43,17 @@ use crate::upstream::{has_dot_segment, is_hop_header};
 enum Plan {
     /// A new session (no token, or a token whose session is gone).
     New { gap: Option<GapReport> },
-    /// An existing session, starting at `start`.
-    Resume { session: Arc<Session>, start: u64, gap: Option<GapReport> },
+    /// An existing session.
+    Resume(Resume),
     /// A session another replica owns: forward the connection to it.
     Forward { owner: Peer, token: String },
+}
+
+/// A resume of a session this instance holds, starting at `start`.
+struct Resume {
+    session: Arc<Session>,
+    start: u64,
+    gap: Option<GapReport>,
 }
 
 /// An upgrade request tether will serve.
@@ -92,11 +99,11 @@ async fn upgrade(
     ctx: &Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
     let admitted = admit(req, &mut peer, port, ctx).await?;
-    let plan = match admitted.plan {
+    let bound = match admitted.plan {
         Plan::Forward { owner, token } => return forward(req, peer, &owner, &token, ctx).await,
-        plan => plan,
+        Plan::New { gap } => start_session(dial(req, peer, ctx).await?, gap, ctx).await?,
+        Plan::Resume(resume) => bind(resume, admitted.offset, req, peer, ctx).await?,
     };
-    let bound = bind(plan, admitted.offset, req, peer, ctx).await?;
     let owner = ctx.cluster.owner_field(&bound.session.id);
     let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, owner.as_deref(), &admitted.identity);
     let reason = bound.gap.as_ref().map_or("none", |g| g.reason.as_str());
@@ -138,21 +145,17 @@ async fn admit(
     Ok(Admitted { key, identity, offset, plan })
 }
 
-/// Phase 2: attaches the planned session, opening a backend connection for
-/// a new or orphaned one. A session purged meanwhile becomes a new session
+/// Phase 2 of a resume: attaches the session, opening a backend connection
+/// for an orphaned one. A session purged meanwhile becomes a new session
 /// with an `expired` gap, served by the connection opened for it if any.
+/// (A new session is `start_session` after `dial`.)
 async fn bind(
-    plan: Plan,
+    Resume { session, start, gap }: Resume,
     offset: u64,
     req: &Request<Incoming>,
     peer: SocketAddr,
     ctx: &Context,
 ) -> Result<Bound, Refusal> {
-    let (session, start, gap) = match plan {
-        Plan::New { gap } => return start_session(dial(req, peer, ctx).await?, gap, ctx).await,
-        Plan::Resume { session, start, gap } => (session, start, gap),
-        Plan::Forward { .. } => unreachable!("upgrade forwards before it binds"),
-    };
     let expired = || Some(lost_session(GapReason::Expired, offset));
     let (attachment, backend) = match session.attach() {
         Ok(a) => (a, None),
@@ -408,7 +411,7 @@ async fn resolve(c: &Credentials, identity: &[u8; 32], port: Port, ctx: &Context
         first_available: first,
         lost: SeqRange { from: wanted, to: Some(first - 1) },
     });
-    Ok(Plan::Resume { session, start: wanted.max(first), gap })
+    Ok(Plan::Resume(Resume { session, start: wanted.max(first), gap }))
 }
 
 /// The report for a session that no longer exists: the client continues in
