@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{drop_abruptly, http_get, metric, within, BackendConn, TetherProcess, Ws, SECRET, WAIT};
+use super::{drop_abruptly, http_get, metric, within, TetherProcess, Ws, SECRET, WAIT};
 
 /// A loopback port that was free a moment ago, for replicas that must come
 /// back on the same port. It is taken below Linux's ephemeral range
@@ -104,13 +104,6 @@ impl TetherProcess {
             }
         });
         TetherProcess { child, data_addr, admin_addr, logs }
-    }
-}
-
-impl super::Backend {
-    /// The next connection, with no deadline; `None` once the backend stopped.
-    pub async fn try_next_conn(&mut self) -> Option<BackendConn> {
-        self.conns.recv().await
     }
 }
 

@@ -7,25 +7,23 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::Value;
 use tether::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod backend;
 pub mod cluster;
+
+pub use backend::*;
 
 /// Upper bound for any single awaited event; a test that hits it failed.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -37,186 +35,6 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Awaits `f` or panics after [`WAIT`].
 pub async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-// ---------------------------------------------------------------- backend
-
-enum Cmd {
-    Send(Message),
-    Stream { from: u64, to: u64, pad: usize },
-    Close(u16, String),
-    Drop,
-}
-
-/// One backend connection as the backend sees it.
-pub struct BackendConn {
-    /// Request path and query as received.
-    pub path: String,
-    /// Request headers as received.
-    pub headers: HeaderMap,
-    tx: mpsc::UnboundedSender<Cmd>,
-    rx: mpsc::UnboundedReceiver<Option<Message>>,
-}
-
-impl BackendConn {
-    /// Sends a text message to the client (through tether).
-    pub fn text(&self, s: &str) {
-        let _ = self.tx.send(Cmd::Send(Message::text(s)));
-    }
-    /// Sends any message.
-    pub fn send(&self, m: Message) {
-        let _ = self.tx.send(Cmd::Send(m));
-    }
-    /// Sends text messages `m<from>` ..= `m<to>` back to back.
-    pub fn stream(&self, from: u64, to: u64) {
-        let _ = self.tx.send(Cmd::Stream { from, to, pad: 0 });
-    }
-    /// As [`BackendConn::stream`], each message `m<i>` followed by a space
-    /// and padded with `.` to at least `size` bytes.
-    pub fn stream_padded(&self, from: u64, to: u64, size: usize) {
-        let _ = self.tx.send(Cmd::Stream { from, to, pad: size });
-    }
-    /// Closes with `code`.
-    pub fn close(&self, code: u16, reason: &str) {
-        let _ = self.tx.send(Cmd::Close(code, reason.into()));
-    }
-    /// Drops the TCP connection without a close frame.
-    pub fn kill(&self) {
-        let _ = self.tx.send(Cmd::Drop);
-    }
-    /// Next message the backend received; `None` when the connection ended
-    /// (a received Close is returned as a message first).
-    pub async fn recv(&mut self) -> Option<Message> {
-        within("a backend message", self.rx.recv()).await.flatten()
-    }
-    /// Waits until the connection has ended, returning the close frame if any.
-    pub async fn closed(&mut self) -> Option<CloseFrame> {
-        within("the backend connection to end", async {
-            let mut close = None;
-            while let Some(m) = self.rx.recv().await.flatten() {
-                if let Message::Close(f) = m {
-                    close = f;
-                }
-            }
-            close
-        })
-        .await
-    }
-}
-
-/// A real WebSocket backend on 127.0.0.1.
-pub struct Backend {
-    /// Its address.
-    pub addr: SocketAddr,
-    /// Connections accepted so far.
-    pub accepted: Arc<AtomicUsize>,
-    conns: mpsc::UnboundedReceiver<BackendConn>,
-}
-
-/// How the backend answers upgrades.
-#[derive(Clone, Default)]
-pub struct BackendOptions {
-    /// Subprotocol to select if the client offers it.
-    pub subprotocol: Option<String>,
-    /// Answer this status instead of 101.
-    pub refuse: Option<u16>,
-}
-
-impl Backend {
-    /// A backend that accepts everything.
-    pub async fn start() -> Backend {
-        Backend::start_with(BackendOptions::default()).await
-    }
-
-    /// A backend with options.
-    pub async fn start_with(opts: BackendOptions) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, conns) = mpsc::unbounded_channel();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
-                tokio::spawn(serve_backend_conn(tcp, opts.clone(), tx.clone(), count.clone()));
-            }
-        });
-        Backend { addr, accepted, conns }
-    }
-
-    /// The upstream URL for tether.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
-
-    /// The next connection tether opens to the backend.
-    pub async fn next_conn(&mut self) -> BackendConn {
-        within("a backend connection", self.conns.recv()).await.expect("backend stopped")
-    }
-
-    /// Connections accepted so far.
-    pub fn count(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-async fn serve_backend_conn(
-    tcp: TcpStream,
-    opts: BackendOptions,
-    conns: mpsc::UnboundedSender<BackendConn>,
-    count: Arc<AtomicUsize>,
-) {
-    let mut seen: Option<(String, HeaderMap)> = None;
-    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        seen = Some((req.uri().to_string(), req.headers().clone()));
-        if let Some(status) = opts.refuse {
-            let mut e = ErrorResponse::new(Some("refused by test backend".into()));
-            *e.status_mut() = http::StatusCode::from_u16(status).unwrap();
-            return Err(e);
-        }
-        if let Some(p) = &opts.subprotocol {
-            let offered = req.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("");
-            if offered.split(',').any(|o| o.trim() == p) {
-                resp.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
-            }
-        }
-        resp.headers_mut().insert("x-backend", "yes".parse().unwrap());
-        Ok(resp)
-    };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
-    count.fetch_add(1, Ordering::SeqCst);
-    let (path, headers) = seen.expect("callback ran");
-    let (cmd_tx, mut cmds) = mpsc::unbounded_channel();
-    let (in_tx, rx) = mpsc::unbounded_channel();
-    let _ = conns.send(BackendConn { path, headers, tx: cmd_tx, rx });
-    loop {
-        tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                Some(Cmd::Send(m)) => { if ws.send(m).await.is_err() { break; } }
-                Some(Cmd::Stream { from, to, pad }) => {
-                    for i in from..=to {
-                        let mut m = format!("m{i}");
-                        if pad > 0 {
-                            m.push(' ');
-                            let fill = pad.saturating_sub(m.len());
-                            m.push_str(&".".repeat(fill));
-                        }
-                        if ws.feed(Message::text(m)).await.is_err() { break; }
-                    }
-                    if ws.flush().await.is_err() { break; }
-                }
-                Some(Cmd::Close(code, reason)) => {
-                    let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
-                }
-                Some(Cmd::Drop) | None => return,
-            },
-            msg = ws.next() => match msg {
-                Some(Ok(m)) => { let _ = in_tx.send(Some(m)); }
-                _ => break,
-            },
-        }
-    }
-    let _ = in_tx.send(None);
 }
 
 // ---------------------------------------------------------------- tether
