@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod cluster;
 mod procs;
+mod rawws;
 mod relay;
 mod report;
 mod special;
