@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{BackendConn, Inner, Life, Session};
+use crate::journal::{JournalError, Wire, WireStamp};
+use crate::protocol::Payload;
 
 /// How long a takeover waits for the kicked connection's pump to exit.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -102,6 +104,25 @@ impl Claims {
 }
 
 impl Session {
+    /// Frames `from..=to` from the in-memory ring (at most `max_bytes` of
+    /// them, at least one), or `None` if `from` is no longer there.
+    pub(crate) fn ring_frames(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).get(from, to, max_bytes)
+    }
+
+    /// Starts reading frames `from..=to` from the journal as wire bytes for a
+    /// client that fell behind the ring; the pump awaits it when it is done
+    /// writing the previous batch.
+    pub(crate) fn journal_wire(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        stamp: WireStamp,
+    ) -> tokio::task::JoinHandle<Result<Wire, JournalError>> {
+        self.shared.journal.read_wire(self.id, from, to, max_bytes, stamp)
+    }
+
     /// Claims the session for a new client connection. An orphaned session
     /// first needs a backend connection ([`Session::restart`]).
     pub(crate) fn attach(self: &Arc<Self>) -> Result<Attachment, AttachError> {
