@@ -228,30 +228,29 @@ impl Pump {
             Err(info) => return Ok(Step::Ended(info)),
         };
         let batch = self.ctx.config.limits.replay_batch_bytes;
-        if let Some(stamp) = self.wire {
-            // A read started while the previous batch was written, if it
-            // starts at the cursor (a gap report may have moved it).
-            let ahead = match self.ahead.take() {
-                Some((from, read)) if from == self.cursor => Some(read),
-                Some((_, read)) => {
-                    read.abort();
-                    None
-                }
-                None => None,
-            };
-            let read = match ahead {
-                Some(read) => Some(read),
-                None if self.session.ring_frames(self.cursor, top, 1).is_some() => None,
-                None => Some(self.session.journal_wire(self.cursor, top, batch, stamp)),
-            };
-            if let Some(read) = read {
+        // A read started while the previous batch was written, if it starts
+        // at the cursor (a gap report may have moved it).
+        let ahead = match self.ahead.take() {
+            Some((from, read)) if from == self.cursor => Some(read),
+            Some((_, read)) => {
+                read.abort();
+                None
+            }
+            None => None,
+        };
+        let ring = match ahead {
+            Some(_) => None,
+            None => self.session.ring_frames(self.cursor, top, batch),
+        };
+        let frames = match (ring, self.wire) {
+            (Some(frames), _) => frames,
+            // Behind the ring: the journal, as wire bytes.
+            (None, Some(stamp)) => {
+                let read = ahead.unwrap_or_else(|| self.session.journal_wire(self.cursor, top, batch, stamp));
                 let wire = read.await.map_err(|_| JournalError::Closed)??;
                 return self.deliver_wire(wire, top, batch, stamp).await;
             }
-        }
-        let frames = match self.session.ring_frames(self.cursor, top, batch) {
-            Some(frames) => frames,
-            None => self.session.frames(self.cursor, top, batch).await?,
+            (None, None) => self.session.frames(self.cursor, top, batch).await?,
         };
         let first = frames.first().map(|f| f.0);
         if first != Some(self.cursor) {
