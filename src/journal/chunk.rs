@@ -175,12 +175,13 @@ pub(crate) enum WireStamp {
     None,
 }
 
-/// Appends the server frame (unmasked, FIN) carrying frame `seq`.
-fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]) -> Result<(), JournalError> {
+/// Appends the server frame (unmasked, FIN) carrying frame `seq` of
+/// `body`, a text frame if `text`: header, stamp, body.
+pub(crate) fn put_frame(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, text: bool, body: &[u8]) {
     let mut digits = [0u8; 21];
-    let prefix: &[u8] = match (stamp, kind) {
+    let prefix: &[u8] = match (stamp, text) {
         (WireStamp::None, _) => &[],
-        (WireStamp::Prefix, KIND_TEXT) => {
+        (WireStamp::Prefix, true) => {
             // `{seq}:` without `fmt`, which was a tenth of the pump's time.
             digits[20] = b':';
             let (mut at, mut n) = (20, seq);
@@ -194,21 +195,12 @@ fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]
             }
             &digits[at..]
         }
-        (WireStamp::Prefix, _) => {
+        (WireStamp::Prefix, false) => {
             digits[..8].copy_from_slice(&seq.to_be_bytes());
             &digits[..8]
         }
     };
-    let opcode = match kind {
-        KIND_TEXT => {
-            // Checked when it was received; checked again so that a corrupt
-            // journal is reported rather than sent.
-            std::str::from_utf8(body).map_err(|_| JournalError::Corrupt("text frame is not UTF-8".into()))?;
-            0x81
-        }
-        KIND_BINARY => 0x82,
-        k => return Err(JournalError::Corrupt(format!("frame kind {k}"))),
-    };
+    let opcode = if text { 0x81 } else { 0x82 };
     let len = prefix.len() + body.len();
     match len {
         0..=125 => out.extend_from_slice(&[opcode, len as u8]),
@@ -223,6 +215,21 @@ fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]
     }
     out.extend_from_slice(prefix);
     out.extend_from_slice(body);
+}
+
+/// [`put_frame`] for a frame of a chunk, checked.
+fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]) -> Result<(), JournalError> {
+    let text = match kind {
+        KIND_TEXT => {
+            // Checked when it was received; checked again so that a corrupt
+            // journal is reported rather than sent.
+            std::str::from_utf8(body).map_err(|_| JournalError::Corrupt("text frame is not UTF-8".into()))?;
+            true
+        }
+        KIND_BINARY => false,
+        k => return Err(JournalError::Corrupt(format!("frame kind {k}"))),
+    };
+    put_frame(out, stamp, seq, text, body);
     Ok(())
 }
 

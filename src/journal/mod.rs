@@ -36,7 +36,7 @@ const CF_META: &str = "meta";
 /// flushed.
 const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
 
-pub(crate) use chunk::{encode_frame, Wire, WireStamp, FRAME_HEADER};
+pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]

@@ -259,9 +259,19 @@ impl Pump {
                 return Ok(Step::Progress);
             }
         }
-        self.sink.frames(&frames, &self.ctx.stamper).await?;
         let last = frames.last().map_or(self.cursor - 1, |f| f.0);
-        self.advance(last);
+        match self.wire {
+            Some(stamp) => {
+                // As in `deliver_wire`: queued, then the cursor, then the flush.
+                self.sink.put_frames(&frames, stamp).await?;
+                self.advance(last);
+                self.sink.flush().await?;
+            }
+            None => {
+                self.sink.frames(&frames, &self.ctx.stamper).await?;
+                self.advance(last);
+            }
+        }
         Ok(Step::Progress)
     }
 

@@ -1,9 +1,10 @@
 //! A side door into a client socket's write half for WebSocket frames that
-//! are already encoded: a replay batch built from journal chunks on the
-//! blocking pool (see `journal::chunk::read_wire`) goes out as one buffer,
-//! without one tungstenite `Message`, one copy into tungstenite's write
-//! buffer and one `BiLock` round per frame (that per-frame work held replay
-//! near 3 M frames/s, docs/BENCHMARKS.md).
+//! are already encoded: a batch stamped and framed into one buffer, by the
+//! pump from the ring or on the blocking pool from journal chunks (see
+//! `journal::chunk::read_wire`), goes out as that buffer, without one
+//! tungstenite `Message`, one copy into tungstenite's write buffer, one
+//! UTF-8 check and one `BiLock` round per frame (that per-frame work held
+//! replay near 3 M frames/s, docs/BENCHMARKS.md).
 //!
 //! Server frames are unmasked, so the wire bytes of a frame are a header
 //! and the stamped payload, and frames from the door can be put between
