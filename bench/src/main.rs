@@ -13,6 +13,7 @@ mod backend;
 mod cli;
 mod client;
 mod cluster;
+mod fleet;
 mod pacer;
 mod procs;
 mod rawws;
