@@ -40,6 +40,8 @@ struct Job {
     last: u64,
     /// Bytes the socket did not take yet (it is non-blocking).
     pending: Vec<u8>,
+    /// When a finished job stops waiting for the socket to take `pending`.
+    give_up: u64,
     closed: Arc<AtomicBool>,
     done: oneshot::Sender<Option<u64>>,
 }
@@ -82,6 +84,7 @@ impl Pacer {
             sent: 0,
             last: 0,
             pending: Vec::new(),
+            give_up: 0,
             closed,
             done,
         };
@@ -147,7 +150,7 @@ fn step(job: &mut Job, pad: &str, frame: &mut Vec<u8>) -> Option<u64> {
     let finished =
         (spec.count > 0 && job.sent >= spec.count) || now >= job.deadline || job.closed.load(Ordering::Relaxed);
     if finished {
-        return None;
+        return drain(job, now);
     }
     let period = 1e9 / spec.rate;
     let due = (now.saturating_sub(job.start) as f64 / period) as u64 + 1;
@@ -198,21 +201,26 @@ fn write_some(job: &mut Job, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes out what is left (a light-load client reads at once, so this
-/// rarely waits) and hands the count back.
-fn finish(mut job: Job) {
-    let mut tries = 0;
-    while !job.pending.is_empty() && job.sent != u64::MAX && tries < 10_000 {
-        let rest = std::mem::take(&mut job.pending);
-        if write_some(&mut job, &rest).is_err() {
-            job.sent = u64::MAX;
-            break;
-        }
-        if !job.pending.is_empty() {
-            std::thread::sleep(Duration::from_micros(100));
-            tries += 1;
-        }
+/// A finished job writes out what the socket did not take yet, retrying
+/// every 100 µs from the heap (not blocking the thread, which paces every
+/// other connection), for 1 s at most.
+fn drain(job: &mut Job, now: u64) -> Option<u64> {
+    if job.pending.is_empty() || job.closed.load(Ordering::Relaxed) {
+        return None;
     }
+    if job.give_up == 0 {
+        job.give_up = now + 1_000_000_000;
+    }
+    let rest = std::mem::take(&mut job.pending);
+    if write_some(job, &rest).is_err() || (!job.pending.is_empty() && now > job.give_up) {
+        job.sent = u64::MAX;
+        return None;
+    }
+    (!job.pending.is_empty()).then_some(now + 100_000)
+}
+
+/// Hands the count back (`None` if the socket failed or kept bytes).
+fn finish(job: Job) {
     let sent = (job.sent != u64::MAX && job.pending.is_empty()).then_some(job.sent);
     let _ = job.done.send(sent);
 }
