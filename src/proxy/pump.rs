@@ -228,30 +228,33 @@ impl Pump {
             Err(info) => return Ok(Step::Ended(info)),
         };
         let batch = self.ctx.config.limits.replay_batch_bytes;
-        // A read started while the previous batch was written, if it starts
-        // at the cursor (a gap report may have moved it).
-        let ahead = match self.ahead.take() {
-            Some((from, read)) if from == self.cursor => Some(read),
-            Some((_, read)) => {
-                read.abort();
-                None
+        if let Some(stamp) = self.wire {
+            // A read started while the previous batch was written, if it
+            // starts at the cursor (a gap report may have moved it).
+            let ahead = match self.ahead.take() {
+                Some((from, read)) if from == self.cursor => Some(read),
+                Some((_, read)) => {
+                    read.abort();
+                    None
+                }
+                None => None,
+            };
+            if ahead.is_none() {
+                if let Some((bytes, last)) = self.session.ring_wire(self.cursor, top, batch, stamp) {
+                    // As in `deliver_wire`: queued, then the cursor, then the flush.
+                    self.sink.put_wire(bytes).await?;
+                    self.advance(last);
+                    self.sink.flush().await?;
+                    return Ok(Step::Progress);
+                }
             }
-            None => None,
-        };
-        let ring = match ahead {
-            Some(_) => None,
-            None => self.session.ring_frames(self.cursor, top, batch),
-        };
-        let frames = match (ring, self.wire) {
-            (Some(frames), _) => frames,
-            // Behind the ring: the journal, as wire bytes.
-            (None, Some(stamp)) => {
-                let read = ahead.unwrap_or_else(|| self.session.journal_wire(self.cursor, top, batch, stamp));
-                let wire = read.await.map_err(|_| JournalError::Closed)??;
-                return self.deliver_wire(wire, top, batch, stamp).await;
-            }
-            (None, None) => self.session.frames(self.cursor, top, batch).await?,
-        };
+            // Behind the ring: the journal.
+            let read = ahead.unwrap_or_else(|| self.session.journal_wire(self.cursor, top, batch, stamp));
+            let wire = read.await.map_err(|_| JournalError::Closed)??;
+            return self.deliver_wire(wire, top, batch, stamp).await;
+        }
+        // `json` stamps: tungstenite messages.
+        let frames = self.session.frames(self.cursor, top, batch).await?;
         let first = frames.first().map(|f| f.0);
         if first != Some(self.cursor) {
             self.report_trimmed(first).await?;
@@ -259,19 +262,8 @@ impl Pump {
                 return Ok(Step::Progress);
             }
         }
-        let last = frames.last().map_or(self.cursor - 1, |f| f.0);
-        match self.wire {
-            Some(stamp) => {
-                // As in `deliver_wire`: queued, then the cursor, then the flush.
-                self.sink.put_frames(&frames, stamp).await?;
-                self.advance(last);
-                self.sink.flush().await?;
-            }
-            None => {
-                self.sink.frames(&frames, &self.ctx.stamper).await?;
-                self.advance(last);
-            }
-        }
+        self.sink.frames(&frames, &self.ctx.stamper).await?;
+        self.advance(frames.last().map_or(self.cursor - 1, |f| f.0));
         Ok(Step::Progress)
     }
 

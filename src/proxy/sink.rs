@@ -14,7 +14,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::StampMode;
-use crate::journal::{put_frame, WireStamp};
 use crate::net::LazyRead;
 use crate::protocol::control::Control;
 use crate::protocol::stamp::Stamper;
@@ -91,24 +90,6 @@ impl ClientSink {
         self.sink.flush().await?;
         self.tap.put(wire);
         Ok(())
-    }
-
-    /// Stamps and frames `frames` into one buffer of wire bytes and queues
-    /// it like [`ClientSink::put_wire`]: one copy of each payload, where the
-    /// `Message` path copies it into the stamp arena and again into
-    /// tungstenite's write buffer, with a `BiLock` round and a UTF-8 check
-    /// per frame.
-    pub(super) async fn put_frames(&mut self, frames: &[(u64, Payload)], stamp: WireStamp) -> Result<(), WsError> {
-        // 10 header bytes at most, and the stamp.
-        let room = frames.iter().map(|(_, p)| p.len() + 10 + STAMP_ROOM).sum();
-        let mut out = Vec::with_capacity(room);
-        for (seq, payload) in frames {
-            match payload {
-                Payload::Text(t) => put_frame(&mut out, stamp, *seq, true, t.as_bytes()),
-                Payload::Binary(b) => put_frame(&mut out, stamp, *seq, false, b),
-            }
-        }
-        self.put_wire(out.into()).await
     }
 
     /// Writes out everything queued.

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{BackendConn, Inner, Life, Session};
 use crate::journal::{JournalError, Wire, WireStamp};
-use crate::protocol::Payload;
 
 /// How long a takeover waits for the kicked connection's pump to exit.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -104,10 +104,16 @@ impl Claims {
 }
 
 impl Session {
-    /// Frames `from..=to` from the in-memory ring (at most `max_bytes` of
-    /// them, at least one), or `None` if `from` is no longer there.
-    pub(crate) fn ring_frames(&self, from: u64, to: u64, max_bytes: usize) -> Option<Vec<(u64, Payload)>> {
-        self.ring.lock().unwrap_or_else(|p| p.into_inner()).get(from, to, max_bytes)
+    /// Frames `from..=to` from the in-memory ring as one buffer of wire
+    /// bytes, stamped (at most `max_bytes` of payload, at least one frame),
+    /// and the last seq in it; `None` if `from` is no longer there. The
+    /// ring stays locked while the frames are copied (at most
+    /// `limits.replay_batch_bytes`, a few µs), which is what spares a
+    /// reference count per frame.
+    pub(crate) fn ring_wire(&self, from: u64, to: u64, max_bytes: usize, stamp: WireStamp) -> Option<(Bytes, u64)> {
+        let mut out = Vec::new();
+        let last = self.ring.lock().unwrap_or_else(|p| p.into_inner()).wire(from, to, max_bytes, stamp, &mut out)?;
+        Some((out.into(), last))
     }
 
     /// Starts reading frames `from..=to` from the journal as wire bytes for a
