@@ -6,12 +6,13 @@
 //! once when its path is `/auto/<size>/<rate>`. It then sends text messages
 //! `<index>,<CLOCK_MONOTONIC ns>,<padding>` of exactly `size` bytes:
 //! - `rate` 0 sends as fast as the socket takes them; otherwise `rate`
-//!   messages per second on this connection's own timer, started at a random
-//!   phase so that connections are not synchronised. The timer is a
-//!   microsecond-precision [`Ticker`] thread, not tokio's 1 ms wheel (which
-//!   would put every connection's sends on the same millisecond); sends on
-//!   one connection are at least `tick_us` apart, so at high per-connection
-//!   rates what is due goes out in small bursts;
+//!   messages per second on this connection's own schedule, started at a
+//!   random phase so that connections are not synchronised. One
+//!   microsecond-precision thread sends for every paced connection
+//!   ([`crate::pacer`]), not tokio's 1 ms wheel (which would put every
+//!   connection's sends on the same millisecond); sends on one connection
+//!   are at least `tick_us` apart, so at high per-connection rates what is
+//!   due goes out in small bursts;
 //! - it stops after `ms` milliseconds or `count` messages (0: no limit), and
 //!   then sends `end,<number sent>`;
 //! - with a `window`, it keeps at most that many messages unacknowledged:
@@ -23,8 +24,8 @@
 //! The padding is random alphanumeric text, so lz4 in the journal cannot
 //! shrink it much (write amplification is not flattered by compression).
 
-use std::collections::BinaryHeap;
 use std::fmt::Write as _;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::pacer::Pacer;
 use crate::sys::{now_ns, Rng};
 
 /// Random printable padding; messages take slices of it.
@@ -94,8 +96,8 @@ impl Spec {
 /// Runs the backend until killed: binds `listen`, prints `listening <addr>`.
 pub fn run(listen: &str) -> anyhow::Result<()> {
     let pad: Arc<str> = padding().into();
-    let ticker = Arc::new(Ticker::start());
-    serve_forever(listen, move |tcp| serve(tcp, pad.clone(), ticker.clone()))
+    let pacer = Arc::new(Pacer::start(pad.clone()));
+    serve_forever(listen, move |tcp| serve(tcp, pad.clone(), pacer.clone()))
 }
 
 /// Binds `listen` on a 2-worker runtime, prints `listening <addr>` (what the
@@ -131,7 +133,7 @@ fn padding() -> String {
 
 // tungstenite's handshake callback signature fixes the error type.
 #[allow(clippy::result_large_err)]
-async fn serve(tcp: TcpStream, pad: Arc<str>, ticker: Arc<Ticker>) {
+async fn serve(tcp: TcpStream, pad: Arc<str>, pacer: Arc<Pacer>) {
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         path = req.uri().path().to_owned();
@@ -139,6 +141,8 @@ async fn serve(tcp: TcpStream, pad: Arc<str>, ticker: Arc<Ticker>) {
     };
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await else { return };
+    // The pacer writes through a duplicate of it while `ws` lives.
+    let fd = ws.get_ref().as_raw_fd();
     let (mut sink, mut stream) = ws.split();
     // An `/auto/` stream sends its first message at once (fresh-connection
     // latency); a `go` stream starts at a random phase of its period.
@@ -174,9 +178,18 @@ async fn serve(tcp: TcpStream, pad: Arc<str>, ticker: Arc<Ticker>) {
         reader_flow.closed.store(true, Ordering::Relaxed);
         reader_flow.wake.notify_one();
     });
-    let closed = &flow.closed;
     let sent = if spec.rate > 0.0 {
-        paced(&mut sink, spec, random_phase, &pad, closed, &ticker).await
+        let closed = Arc::new(AtomicBool::new(false));
+        let watcher = (flow.clone(), closed.clone());
+        let watch = tokio::spawn(async move {
+            while !watcher.0.closed.load(Ordering::Relaxed) {
+                watcher.0.wake.notified().await;
+            }
+            watcher.1.store(true, Ordering::Relaxed);
+        });
+        let sent = pacer.pace(fd, spec, random_phase, closed).await;
+        watch.abort();
+        sent
     } else {
         flat_out(&mut sink, spec, &pad, &flow).await
     };
@@ -191,12 +204,17 @@ async fn serve(tcp: TcpStream, pad: Arc<str>, ticker: Arc<Ticker>) {
 type Sink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Message>;
 
 fn message(idx: u64, size: usize, pad: &str) -> Message {
+    Message::text(payload(idx, size, pad))
+}
+
+/// Message `idx`: `<idx>,<now ns>,<padding>`, `size` bytes.
+pub fn payload(idx: u64, size: usize, pad: &str) -> String {
     let mut s = String::with_capacity(size.max(48));
     let _ = write!(s, "{idx},{},", now_ns());
     let need = size.saturating_sub(s.len());
     let off = (idx as usize).wrapping_mul(7919) % (pad.len() - need);
     s.push_str(&pad[off..off + need]);
-    Message::text(s)
+    s
 }
 
 fn done(spec: &Spec, sent: u64, deadline: u64, closed: &AtomicBool) -> bool {
@@ -236,124 +254,6 @@ async fn flat_out(sink: &mut Sink, spec: Spec, pad: &str, flow: &Flow) -> Option
     }
     sink.flush().await.ok()?;
     Some(sent)
-}
-
-/// Sends `rate` messages per second, from a random phase if asked. Sends
-/// are at least `tick_us` apart: what is due by then goes out as one burst.
-/// Each message carries the time it was built, so a late wake-up is not
-/// counted as latency.
-async fn paced(
-    sink: &mut Sink,
-    spec: Spec,
-    random_phase: bool,
-    pad: &str,
-    closed: &AtomicBool,
-    ticker: &Ticker,
-) -> Option<u64> {
-    let period = 1e9 / spec.rate;
-    let tick = (spec.tick_us * 1000) as f64;
-    let phase = if random_phase { Rng::new().unit() * period.max(tick) } else { 0.0 };
-    let start = now_ns() + phase as u64;
-    let deadline = if spec.ms > 0 { now_ns() + spec.ms * 1_000_000 } else { u64::MAX };
-    let wake = Arc::new(Notify::new());
-    let mut sent = 0u64;
-    let mut last = 0u64;
-    loop {
-        let next = (start + (sent as f64 * period) as u64).max(last + tick as u64);
-        ticker.sleep_until(next, &wake).await;
-        if done(&spec, sent, deadline, closed) {
-            break;
-        }
-        last = now_ns();
-        let due = (last.saturating_sub(start) as f64 / period) as u64 + 1;
-        let due = if spec.count > 0 { due.min(spec.count) } else { due };
-        while sent < due {
-            sink.feed(message(sent, spec.size, pad)).await.ok()?;
-            sent += 1;
-        }
-        sink.flush().await.ok()?;
-    }
-    Some(sent)
-}
-
-/// Wakes paced connections at microsecond precision. tokio's timer wheel
-/// has 1 ms slots, so every connection's timer would fire on the same
-/// millisecond and their random phases would be lost.
-pub struct Ticker {
-    tx: std::sync::mpsc::Sender<Wake>,
-}
-
-struct Wake {
-    at: u64,
-    seq: u64,
-    notify: Arc<Notify>,
-}
-
-impl PartialEq for Wake {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Wake {}
-impl PartialOrd for Wake {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Wake {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        // Reversed: BinaryHeap pops the earliest first.
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
-impl Ticker {
-    /// Starts the ticker thread.
-    pub fn start() -> Ticker {
-        let (tx, rx) = std::sync::mpsc::channel::<Wake>();
-        std::thread::Builder::new()
-            .name("ticker".into())
-            .spawn(move || {
-                // 1 µs of timer slack instead of 50 µs, for this thread only.
-                // SAFETY: prctl with an integer argument has no memory effects.
-                unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-                let mut heap: BinaryHeap<Wake> = BinaryHeap::new();
-                loop {
-                    let now = now_ns();
-                    // Coalesce wakes due within 10 µs.
-                    while heap.peek().is_some_and(|w| w.at <= now + 10_000) {
-                        heap.pop().expect("peeked").notify.notify_one();
-                    }
-                    let got = match heap.peek() {
-                        None => rx.recv().map_err(|_| ()),
-                        Some(w) => match rx.recv_timeout(Duration::from_nanos(w.at.saturating_sub(now))) {
-                            Ok(w) => Ok(w),
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(()),
-                        },
-                    };
-                    let Ok(w) = got else { return };
-                    heap.push(w);
-                    while let Ok(w) = rx.try_recv() {
-                        heap.push(w);
-                    }
-                }
-            })
-            .expect("spawn the ticker thread");
-        Ticker { tx }
-    }
-
-    /// Returns at `at` (CLOCK_MONOTONIC ns), give or take a few µs.
-    pub async fn sleep_until(&self, at: u64, notify: &Arc<Notify>) {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        if at <= now_ns() + 10_000 {
-            return;
-        }
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Wake { at, seq, notify: notify.clone() }).is_ok() {
-            notify.notified().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -161,6 +161,16 @@ impl Tally {
             self.fail(format!("malformed payload {body:.40}"));
             return false;
         };
+        self.check_idx(idx);
+        self.data += 1;
+        if sent >= check.record_from {
+            self.lat.push(now.saturating_sub(sent));
+        }
+        false
+    }
+
+    /// Checks a backend index against the one expected.
+    pub fn check_idx(&mut self, idx: u64) {
         if idx == self.next_idx {
             self.next_idx += 1;
         } else if idx > self.next_idx {
@@ -169,11 +179,6 @@ impl Tally {
         } else {
             self.dups += 1;
         }
-        self.data += 1;
-        if sent >= check.record_from {
-            self.lat.push(now.saturating_sub(sent));
-        }
-        false
     }
 
     /// Checks a stamped seq against the one expected.

@@ -16,7 +16,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::backend::Spec;
-use crate::client::{self, Check, Tally, Watch};
+use crate::client::{Check, Tally, Watch};
+use crate::fleet::{Fleet, Start};
 use crate::procs::{Launcher, Setup};
 use crate::stats::pct;
 use crate::sys::{self, now_ns, Usage};
@@ -157,7 +158,8 @@ pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
         Some(p) => p.url("/stream"),
         None => format!("{}/stream", backend.url()),
     };
-    let clients = client::connect_many(&url, t.conns, PARALLEL_CONNECTS, false).await?;
+    // Paced clients get a thread of their own (see `fleet`).
+    let fleet = Fleet::connect(&url, t.conns, t.rate.is_some()).await?;
     let tether_pid = tether.as_ref().map(|p| p.pid);
     let me = std::process::id();
     let before = (tether_pid.map(sys::usage).unwrap_or_default(), sys::usage(backend.proc.pid), sys::usage(me));
@@ -181,14 +183,11 @@ pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(t.ms) + Duration::from_secs(300);
     let watch = Watch::default();
     watch.progress.store(t_go, Ordering::Relaxed);
-    let handles: Vec<_> = clients
-        .into_iter()
-        .map(|ws| tokio::spawn(client::run_stream(ws, go.clone(), check, deadline, watch.clone())))
-        .collect();
+    let mut running = fleet.start(Start { go, check, deadline, watch: watch.clone() });
     // Give up once the backend is done and nothing has arrived for STALL.
     let sending_ends = t_go + t.ms * 1_000_000;
     let mut stalled = false;
-    while !handles.iter().all(|h| h.is_finished()) {
+    while !running.is_finished() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = now_ns();
         if now > sending_ends && now.saturating_sub(watch.progress.load(Ordering::Relaxed)) > STALL.as_nanos() as u64 {
@@ -197,10 +196,7 @@ pub async fn run(l: &Launcher, t: TrialSpec) -> anyhow::Result<Trial> {
             break;
         }
     }
-    let mut tallies: Vec<Tally> = Vec::with_capacity(handles.len());
-    for h in handles {
-        tallies.push(h.await?);
-    }
+    let mut tallies: Vec<Tally> = running.finish().await?;
     let after = (tether_pid.map(sys::usage).unwrap_or_default(), sys::usage(backend.proc.pid), sys::usage(me));
     let machine_used = sys::machine_busy_ns().saturating_sub(machine_before);
     let wall = (now_ns() - t_go) as f64 / 1e9;

@@ -36,7 +36,7 @@ const CF_META: &str = "meta";
 /// flushed.
 const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
 
-pub(crate) use chunk::{encode_frame, FRAME_HEADER};
+pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
@@ -395,6 +395,21 @@ impl Journal {
         tokio::task::spawn_blocking(move || chunk::read(&db, session, from, to, max_bytes))
             .await
             .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Starts reading frames `from..=to` of `session` as a replay batch of
+    /// wire bytes ([`chunk::read_wire`]) on the blocking pool, so that the
+    /// pump can write one batch while the next one is read.
+    pub(crate) fn read_wire(
+        &self,
+        session: SessionId,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        stamp: chunk::WireStamp,
+    ) -> tokio::task::JoinHandle<Result<chunk::Wire, JournalError>> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || chunk::read_wire(&db, session, from, to, max_bytes, stamp))
     }
 
     /// Bytes of the journal on disk (SST files plus live WAL files).

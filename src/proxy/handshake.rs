@@ -28,6 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::pump::{Greeting, Pump};
 use super::refusal::Refusal;
+use super::tap::RawTap;
 use super::{Context, Port};
 use crate::cluster::peer_auth::now_secs;
 use crate::cluster::{forward, Located, OwnerAnswer, Peer, PeerRefused, PEER_HEADER};
@@ -261,7 +262,7 @@ fn spawn_pump(req: &mut Request<Incoming>, bound: Bound, token: String, ctx: &Ar
     ctx.rt.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = LazyRead::new(TokioIo::new(upgraded));
+                let io = RawTap::new(LazyRead::new(TokioIo::new(upgraded)));
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.ws_config)).await;
                 Pump::new(ws, session, attachment, ctx).run(greeting).await;
             }

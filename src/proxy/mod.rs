@@ -10,6 +10,7 @@ mod handshake;
 mod pump;
 mod refusal;
 mod sink;
+mod tap;
 
 use std::sync::Arc;
 

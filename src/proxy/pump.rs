@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -22,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::sink::{sendable, ClientSink, ClientSocket};
 use super::Context;
 use crate::config::StampMode;
-use crate::journal::{EndInfo, JournalError};
+use crate::journal::{EndInfo, JournalError, Wire, WireStamp};
 use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::unix_ms;
 use crate::session::{Attachment, Session, ToBackend};
@@ -115,15 +116,30 @@ pub(super) struct Pump {
     ended: watch::Receiver<Option<(u64, EndInfo)>>,
     /// Next seq to send.
     cursor: u64,
+    /// How replay batches from the journal are stamped (`None`: they go
+    /// through tungstenite, as `json` stamps need).
+    wire: Option<WireStamp>,
+    /// The journal read of the batch after the one being written, and the
+    /// seq it starts at: a client far behind is sent one batch while the
+    /// next is read on the blocking pool.
+    ahead: Option<(u64, JoinHandle<Result<Wire, JournalError>>)>,
 }
 
 impl Pump {
     /// A pump for `ws`, which `attachment` holds `session` for.
     pub(super) fn new(ws: ClientSocket, session: Arc<Session>, attachment: Attachment, ctx: Arc<Context>) -> Pump {
+        let tap = ws.get_ref().tap();
         let (sink, stream) = ws.split();
         let inband = ctx.stamper.mode() != StampMode::None;
+        let wire = match ctx.stamper.mode() {
+            StampMode::Prefix => Some(WireStamp::Prefix),
+            StampMode::None => Some(WireStamp::None),
+            StampMode::Json => None,
+        };
         Pump {
-            sink: ClientSink::new(sink, inband),
+            sink: ClientSink::new(sink, tap, inband),
+            wire,
+            ahead: None,
             stream: Some(stream),
             committed: session.watch_committed(),
             ended: session.watch_ended(),
@@ -212,6 +228,32 @@ impl Pump {
             Err(info) => return Ok(Step::Ended(info)),
         };
         let batch = self.ctx.config.limits.replay_batch_bytes;
+        if let Some(stamp) = self.wire {
+            // A read started while the previous batch was written, if it
+            // starts at the cursor (a gap report may have moved it).
+            let ahead = match self.ahead.take() {
+                Some((from, read)) if from == self.cursor => Some(read),
+                Some((_, read)) => {
+                    read.abort();
+                    None
+                }
+                None => None,
+            };
+            if ahead.is_none() {
+                if let Some((bytes, last)) = self.session.ring_wire(self.cursor, top, batch, stamp) {
+                    // As in `deliver_wire`: queued, then the cursor, then the flush.
+                    self.sink.put_wire(bytes).await?;
+                    self.advance(last);
+                    self.sink.flush().await?;
+                    return Ok(Step::Progress);
+                }
+            }
+            // Behind the ring: the journal.
+            let read = ahead.unwrap_or_else(|| self.session.journal_wire(self.cursor, top, batch, stamp));
+            let wire = read.await.map_err(|_| JournalError::Closed)??;
+            return self.deliver_wire(wire, top, batch, stamp).await;
+        }
+        // `json` stamps: tungstenite messages.
         let frames = self.session.frames(self.cursor, top, batch).await?;
         let first = frames.first().map(|f| f.0);
         if first != Some(self.cursor) {
@@ -221,11 +263,38 @@ impl Pump {
             }
         }
         self.sink.frames(&frames, &self.ctx.stamper).await?;
-        let replay_to = self.attachment.replay_to;
-        let replayed = frames.iter().filter(|(seq, _)| *seq <= replay_to).count();
-        self.cursor = frames.last().map_or(self.cursor, |f| f.0 + 1);
-        self.ctx.rt.metrics.replayed_frames.inc_by(replayed as u64);
+        self.advance(frames.last().map_or(self.cursor - 1, |f| f.0));
         Ok(Step::Progress)
+    }
+
+    /// Writes a batch read from the journal as wire bytes, after starting
+    /// the read of the next one if the client is still behind.
+    async fn deliver_wire(&mut self, wire: Wire, top: u64, batch: usize, stamp: WireStamp) -> Result<Step, PumpError> {
+        if wire.first != Some(self.cursor) {
+            self.report_trimmed(wire.first).await?;
+            if wire.first.is_none() {
+                return Ok(Step::Progress);
+            }
+        }
+        if wire.last < top {
+            let next = wire.last + 1;
+            self.ahead = Some((next, self.session.journal_wire(next, top, batch, stamp)));
+        }
+        self.sink.put_wire(wire.bytes).await?;
+        // The batch is in the tap: whatever is written next, it goes out
+        // first. So the cursor moves now, and if this future is dropped
+        // while the flush waits (a ping won the select), nothing is sent twice.
+        self.advance(wire.last);
+        self.sink.flush().await?;
+        Ok(Step::Progress)
+    }
+
+    /// Moves the cursor past `last`, the last frame written.
+    fn advance(&mut self, last: u64) {
+        let replay_to = self.attachment.replay_to;
+        let replayed = replay_to.min(last).saturating_add(1).saturating_sub(self.cursor);
+        self.cursor = last + 1;
+        self.ctx.rt.metrics.replayed_frames.inc_by(replayed);
     }
 
     /// The highest committed seq once it reaches the cursor, or how the

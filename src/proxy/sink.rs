@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use hyper::upgrade::Upgraded;
@@ -19,8 +19,10 @@ use crate::protocol::control::Control;
 use crate::protocol::stamp::Stamper;
 use crate::protocol::Payload;
 
+use super::tap::{RawTap, Tap};
+
 /// An upgraded client connection.
-pub(super) type ClientSocket = WebSocketStream<LazyRead<TokioIo<Upgraded>>>;
+pub(super) type ClientSocket = WebSocketStream<RawTap<LazyRead<TokioIo<Upgraded>>>>;
 
 /// Bytes a prefix stamp adds at most: 20 digits and ':'.
 const STAMP_ROOM: usize = 21;
@@ -32,14 +34,16 @@ const LAST_WORDS: Duration = Duration::from_secs(1);
 /// Writes to one client.
 pub(super) struct ClientSink {
     sink: SplitSink<ClientSocket, Message>,
+    /// Where replay batches of wire bytes go in.
+    tap: Tap,
     /// False for `stamp = "none"` clients, which get no control frames.
     inband: bool,
 }
 
 impl ClientSink {
-    /// Wraps the write half of a client socket.
-    pub(super) fn new(sink: SplitSink<ClientSocket, Message>, inband: bool) -> ClientSink {
-        ClientSink { sink, inband }
+    /// Wraps the write half of a client socket and its tap.
+    pub(super) fn new(sink: SplitSink<ClientSocket, Message>, tap: Tap, inband: bool) -> ClientSink {
+        ClientSink { sink, tap, inband }
     }
 
     /// True if the client gets in-band control frames.
@@ -76,6 +80,20 @@ impl ClientSink {
         for (seq, payload) in frames {
             self.sink.feed(stamper.stamp_in(*seq, payload, &mut arena)).await?;
         }
+        self.sink.flush().await
+    }
+
+    /// Queues a replay batch of wire bytes (whole frames, stamped) behind
+    /// what tungstenite holds, which is flushed first, so frames stay in
+    /// order (see `tap`). The batch goes out with the next write or flush.
+    pub(super) async fn put_wire(&mut self, wire: Bytes) -> Result<(), WsError> {
+        self.sink.flush().await?;
+        self.tap.put(wire);
+        Ok(())
+    }
+
+    /// Writes out everything queued.
+    pub(super) async fn flush(&mut self) -> Result<(), WsError> {
         self.sink.flush().await
     }
 

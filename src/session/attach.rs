@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{BackendConn, Inner, Life, Session};
+use crate::journal::{JournalError, Wire, WireStamp};
 
 /// How long a takeover waits for the kicked connection's pump to exit.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -102,6 +104,31 @@ impl Claims {
 }
 
 impl Session {
+    /// Frames `from..=to` from the in-memory ring as one buffer of wire
+    /// bytes, stamped (at most `max_bytes` of payload, at least one frame),
+    /// and the last seq in it; `None` if `from` is no longer there. The
+    /// ring stays locked while the frames are copied (at most
+    /// `limits.replay_batch_bytes`, a few µs), which is what spares a
+    /// reference count per frame.
+    pub(crate) fn ring_wire(&self, from: u64, to: u64, max_bytes: usize, stamp: WireStamp) -> Option<(Bytes, u64)> {
+        let mut out = Vec::new();
+        let last = self.ring.lock().unwrap_or_else(|p| p.into_inner()).wire(from, to, max_bytes, stamp, &mut out)?;
+        Some((out.into(), last))
+    }
+
+    /// Starts reading frames `from..=to` from the journal as wire bytes for a
+    /// client that fell behind the ring; the pump awaits it when it is done
+    /// writing the previous batch.
+    pub(crate) fn journal_wire(
+        &self,
+        from: u64,
+        to: u64,
+        max_bytes: usize,
+        stamp: WireStamp,
+    ) -> tokio::task::JoinHandle<Result<Wire, JournalError>> {
+        self.shared.journal.read_wire(self.id, from, to, max_bytes, stamp)
+    }
+
     /// Claims the session for a new client connection. An orphaned session
     /// first needs a backend connection ([`Session::restart`]).
     pub(crate) fn attach(self: &Arc<Self>) -> Result<Attachment, AttachError> {
