@@ -350,7 +350,8 @@ pub struct JournalConfig {
     pub max_batch: usize,
     /// RocksDB memtable size per column family. After a full disk, writes
     /// resume once this much space is free again, so it should be well
-    /// under the volume's size.
+    /// under the volume's size; smaller costs CPU (more flushes and
+    /// compactions: docs/BENCHMARKS.md).
     pub memtable_bytes: usize,
 }
 
@@ -366,7 +367,7 @@ impl Default for JournalConfig {
             max_frame_age: Duration::from_secs(3600),
             disk_budget_bytes: 1 << 30,
             max_batch: 1024,
-            memtable_bytes: 16 << 20,
+            memtable_bytes: 64 << 20,
         }
     }
 }
