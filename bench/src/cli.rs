@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::procs::{Setup, SETUPS};
+use crate::procs::{Launcher, Setup, SETUPS};
 
 /// Load harness for tether: throughput, latency, CPU, memory, replay and
 /// resume, direct vs pass-through vs journaling.
@@ -89,6 +89,14 @@ pub struct Opts {
     /// during it (full: 3, waiting for a quiet machine in between; smoke: 1).
     #[arg(long)]
     pub attempts: Option<u32>,
+    /// Which tether, where its journals go, and where the raw figures go.
+    #[command(flatten)]
+    pub tether: TetherArgs,
+}
+
+/// The options every multi-run command shares (`full`, `smoke`, `cluster`).
+#[derive(Debug, Args, Default)]
+pub struct TetherArgs {
     /// Where the journals go (default /var/tmp/tether-bench-<pid>; needs a real disk).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
@@ -101,6 +109,18 @@ pub struct Opts {
     /// Also write every run's raw figures to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// `--data-root`, or /var/tmp/tether-bench-<pid>.
+pub fn data_root(o: Option<PathBuf>) -> PathBuf {
+    o.unwrap_or_else(|| PathBuf::from(format!("/var/tmp/tether-bench-{}", std::process::id())))
+}
+
+impl TetherArgs {
+    /// A launcher for the chosen tether, with the extra settings.
+    pub fn launcher(&self) -> anyhow::Result<Launcher> {
+        Ok(Launcher::new(self.tether_bin.clone(), data_root(self.data_root.clone()))?.with_env(self.tether_env.clone()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -128,7 +148,7 @@ pub struct OneOpts {
     pub tether_env: Vec<(String, String)>,
 }
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if k.starts_with("TETHER_") => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected TETHER_<SECTION>_<KEY>=<value>, got {s:?}")),

@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::backend::Spec;
+use crate::cli::TetherArgs;
 use crate::client::{self, Check, Tally, Watch, Ws};
 use crate::procs::{BackendProc, Launcher, Setup, TetherProc};
 use crate::stats::{fixed, median, micros, pct, ratio, thousands};
@@ -85,25 +86,9 @@ pub struct ClusterOpts {
     /// The HAProxy binary.
     #[arg(long, default_value = "haproxy")]
     pub haproxy: PathBuf,
-    /// Where the journals go (default /var/tmp/tether-bench-<pid>).
-    #[arg(long)]
-    pub data_root: Option<PathBuf>,
-    /// Run this `tether` binary instead of the library linked into tether-bench.
-    #[arg(long)]
-    pub tether_bin: Option<PathBuf>,
-    /// Extra tether setting for every instance, e.g. TETHER_CLUSTER_FORWARD_TIMEOUT=5s (repeatable).
-    #[arg(long, value_parser = parse_env)]
-    pub tether_env: Vec<(String, String)>,
-    /// Also write the raw figures to this JSON file.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if k.starts_with("TETHER_") => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected TETHER_<SECTION>_<KEY>=<value>, got {s:?}")),
-    }
+    /// Which tether, where its journals go, and where the raw figures go.
+    #[command(flatten)]
+    pub tether: TetherArgs,
 }
 
 impl ClusterOpts {
@@ -944,9 +929,7 @@ fn signed_us(x: f64) -> String {
 /// Runs `tether-bench cluster`; Ok(false) if anything was lost.
 pub fn main(o: ClusterOpts) -> anyhow::Result<bool> {
     let nofile = sys::raise_nofile();
-    let root =
-        o.data_root.clone().unwrap_or_else(|| PathBuf::from(format!("/var/tmp/tether-bench-{}", std::process::id())));
-    let launcher = Launcher::new(o.tether_bin.clone(), root)?.with_env(o.tether_env.clone());
+    let launcher = o.tether.launcher()?;
     let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let res = rt.block_on(run(&o, &launcher, nofile));
@@ -970,7 +953,7 @@ pub fn main(o: ClusterOpts) -> anyhow::Result<bool> {
         o.haproxy.display()
     );
     print!("{}", res.markdown());
-    if let Some(path) = &o.json {
+    if let Some(path) = &o.tether.json {
         std::fs::write(path, serde_json::to_vec_pretty(&res)?)?;
     }
     let ok = res.clean();

@@ -25,12 +25,11 @@ mod stream;
 mod sys;
 mod tls;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, OneOpts, Opts, Plan};
+use cli::{data_root, Cli, Command, OneOpts, Opts, Plan};
 use procs::{Launcher, Setup};
 use report::{size_label, Results};
 use stats::{fixed, micros, thousands};
@@ -72,16 +71,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
-fn data_root(o: Option<PathBuf>) -> PathBuf {
-    o.unwrap_or_else(|| PathBuf::from(format!("/var/tmp/tether-bench-{}", std::process::id())))
-}
-
 /// Runs `plan`; prints the report. Ok(false) if any message was lost or
 /// duplicated, or a scenario failed.
 fn harness(plan: Plan, o: &Opts) -> anyhow::Result<bool> {
     let nofile = sys::raise_nofile();
-    let root = data_root(o.data_root.clone());
-    let launcher = Launcher::new(o.tether_bin.clone(), root.clone())?.with_env(o.tether_env.clone());
+    let launcher = o.tether.launcher()?;
     let started = std::time::Instant::now();
     let machine = machine(nofile);
     eprintln!("tether-bench: {machine}");
@@ -110,7 +104,7 @@ fn harness(plan: Plan, o: &Opts) -> anyhow::Result<bool> {
         (plan.lat_ms / 5).min(500)
     );
     print!("{}", results.markdown());
-    if let Some(path) = &o.json {
+    if let Some(path) = &o.tether.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?)?;
     }
     let (g, d, i) = results.correctness();
