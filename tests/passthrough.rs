@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use futures_util::SinkExt;
+use std::time::Duration;
 use tether::config::StampMode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
@@ -113,6 +114,35 @@ async fn json_stamp_mode() {
     b.text("[1,2]");
     assert_eq!(next_text(&mut ws).await, r#"{"seq":1,"price":10}"#);
     assert_eq!(next_text(&mut ws).await, "2:[1,2]");
+    t.stop().await;
+}
+
+/// The pump's write of a batch is dropped when a keepalive ping falls due
+/// while the client is slow to read, but what it had queued still goes out:
+/// each frame must be sent exactly once all the same. `json` stamps take
+/// this path (tungstenite messages); prefix stamps write wire bytes.
+#[tokio::test]
+async fn json_frames_go_out_once_when_pings_interrupt_a_blocked_write() {
+    let (mut backend, t) = setup_with(|c| {
+        c.stamp.mode = StampMode::Json;
+        c.session.ping_interval = Duration::from_millis(5);
+        c.session.ping_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let (mut ws, _, b) = attach(&mut backend, &t.url("/")).await;
+    // 24 MiB: more than loopback's socket buffers hold, so the pump's writes
+    // wait for this client, which reads nothing until all are journaled,
+    // while pings fall due every 5 ms.
+    const N: u64 = 3_000;
+    b.stream_padded(1, N, 8 << 10);
+    wait_metric(t.admin_addr, "tether_journal_appends_total", N as f64).await;
+    for i in 1..=N {
+        let (seq, payload) = data(&mut ws).await;
+        assert_eq!(seq, i, "frame {i} was followed by a resend or a skip");
+        assert!(payload.starts_with(&format!("m{i} ")), "{seq}: {}", &payload[..20]);
+    }
+    b.text("last");
+    assert_eq!(data(&mut ws).await, (N + 1, "last".to_owned()));
     t.stop().await;
 }
 

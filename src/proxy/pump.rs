@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::sink::{sendable, ClientSink, ClientSocket};
+use super::sink::{self, sendable, ClientSink, ClientSocket};
 use super::Context;
 use crate::config::StampMode;
 use crate::journal::{EndInfo, JournalError, Wire, WireStamp};
@@ -262,8 +262,15 @@ impl Pump {
                 return Ok(Step::Progress);
             }
         }
-        self.sink.frames(&frames, &self.ctx.stamper).await?;
-        self.advance(frames.last().map_or(self.cursor - 1, |f| f.0));
+        let mut arena = sink::stamp_arena(&frames, &self.ctx.stamper);
+        for (seq, payload) in &frames {
+            self.sink.queue(self.ctx.stamper.stamp_in(*seq, payload, &mut arena)).await?;
+            // Queued, so it goes out with the next write even if this future
+            // is dropped (a ping won the select while the client was slow to
+            // read): the cursor counts it now, or it would be sent again.
+            self.advance(*seq);
+        }
+        self.sink.flush().await?;
         Ok(Step::Progress)
     }
 
@@ -335,8 +342,11 @@ impl Pump {
             lost: SeqRange { from: cursor, to: Some(available - 1) },
         };
         tracing::warn!(session = %self.session.id, from = cursor, to = available - 1, "client fell behind retention");
-        self.sink.control(Control::Gap(report)).await?;
+        // As for frames: once queued, the report goes out whatever happens
+        // to this future, so the cursor moves before the flush.
+        self.sink.queue(Control::Gap(report).to_message()).await?;
         self.cursor = available;
+        self.sink.flush().await?;
         Ok(())
     }
 

@@ -69,18 +69,11 @@ impl ClientSink {
         self.sink.send(Message::Ping(Default::default())).await
     }
 
-    /// Stamps and writes `frames` as one batch. The stamped messages share
-    /// one buffer (see `Stamper::stamp_in`): no allocation per frame.
-    pub(super) async fn frames(&mut self, frames: &[(u64, Payload)], stamper: &Stamper) -> Result<(), WsError> {
-        let room = match stamper.mode() {
-            StampMode::None => 0,
-            _ => frames.iter().map(|(_, p)| p.len() + STAMP_ROOM).sum(),
-        };
-        let mut arena = BytesMut::with_capacity(room);
-        for (seq, payload) in frames {
-            self.sink.feed(stamper.stamp_in(*seq, payload, &mut arena)).await?;
-        }
-        self.sink.flush().await
+    /// Queues `message` behind what is already queued, writing out earlier
+    /// ones first if the buffer is full. Once this returns, the message goes
+    /// out with the next write or flush, even if the caller is dropped.
+    pub(super) async fn queue(&mut self, message: Message) -> Result<(), WsError> {
+        self.sink.feed(message).await
     }
 
     /// Queues a replay batch of wire bytes (whole frames, stamped) behind
@@ -108,6 +101,16 @@ impl ClientSink {
     pub(super) async fn close_reply(&mut self) {
         let _ = tokio::time::timeout(LAST_WORDS, self.sink.close()).await;
     }
+}
+
+/// One buffer for the stamped copies of `frames` (see `Stamper::stamp_in`):
+/// no allocation per frame.
+pub(super) fn stamp_arena(frames: &[(u64, Payload)], stamper: &Stamper) -> BytesMut {
+    let room = match stamper.mode() {
+        StampMode::None => 0,
+        _ => frames.iter().map(|(_, p)| p.len() + STAMP_ROOM).sum(),
+    };
+    BytesMut::with_capacity(room)
 }
 
 /// Close reasons are limited to 123 bytes.
