@@ -43,6 +43,7 @@ fn bad_values_are_one_line_and_exit_2() {
         ("[server]\nhandshake_timeout = \"0s\"", "server.handshake_timeout must be more than 0"),
         ("[journal]\nsync_interval = \"0ms\"", "journal.sync_interval must be more than 0"),
         ("[journal]\nmax_batch = 1000000000000", "journal.max_batch must be between 1 and 65536"),
+        ("[journal]\ncommit_delay = \"11ms\"", "journal.commit_delay must be at most 10ms, not 11ms"),
         ("[limits]\nread_buffer_bytes = 1000000000000", "limits.read_buffer_bytes must be between 64 and 16777216"),
         ("[limits]\nmax_sessions = 1000000000000", "limits.max_sessions must be between 1 and 1000000"),
         ("[server]\nupstream = \"ws://backend:99999\"", "port \"99999\" is not in 1..=65535"),

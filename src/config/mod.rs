@@ -353,6 +353,11 @@ pub struct JournalConfig {
     /// under the volume's size; smaller costs CPU (more flushes and
     /// compactions: docs/BENCHMARKS.md).
     pub memtable_bytes: usize,
+    /// Under light load, how long the writer waits for more frames to
+    /// join a small batch before committing it (0 never waits): fewer
+    /// wake-ups and WAL writes per frame, at up to this much latency.
+    #[serde(with = "humantime_serde")]
+    pub commit_delay: Duration,
 }
 
 impl Default for JournalConfig {
@@ -368,6 +373,7 @@ impl Default for JournalConfig {
             disk_budget_bytes: 1 << 30,
             max_batch: 1024,
             memtable_bytes: 64 << 20,
+            commit_delay: Duration::from_micros(250),
         }
     }
 }

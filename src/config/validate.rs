@@ -85,6 +85,12 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{key} must be between {min} and {max}, not {v}")));
             }
         }
+        if j.commit_delay > MAX_COMMIT_DELAY {
+            return Err(ConfigError::Invalid(format!(
+                "journal.commit_delay must be at most 10ms, not {}",
+                humantime::format_duration(j.commit_delay)
+            )));
+        }
         if l.ring_bytes > 64 << 20 {
             return Err(ConfigError::Invalid(format!(
                 "limits.ring_bytes must be at most {}, not {}",
@@ -95,6 +101,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// The longest `journal.commit_delay`: every frame may wait this long.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(10);
 
 /// The longest duration any key accepts.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);

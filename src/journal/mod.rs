@@ -169,6 +169,14 @@ impl Op {
             _ => 0,
         }
     }
+
+    /// Frames this operation appends.
+    fn frames(&self) -> usize {
+        match self {
+            Op::Append { frames, .. } => *frames as usize,
+            _ => 0,
+        }
+    }
 }
 
 /// A cheap handle to the journal.

@@ -159,7 +159,7 @@ keys:
   session: [linger, ping_interval, ping_timeout, upstream_stall_timeout]
   token: [identity_headers]
   stamp: [mode, json_field]
-  journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes]
+  journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes, commit_delay]
   log: [format, level]
   cluster: [forward_timeout, peer_auth_max_age]
 derived:
