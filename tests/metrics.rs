@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[tokio::test]
 async fn delivery_metrics_after_a_drop_and_resume() {
@@ -63,5 +64,25 @@ async fn delivery_metrics_after_a_drop_and_resume() {
     // Every op is in a batch: 2 session records and at least one chunk for
     // each of the 3 bursts (frames that arrive together share a chunk).
     assert!(metric(&m, "tether_journal_batch_ops_sum") >= 5.0, "every op is in a batch");
+    t.stop().await;
+}
+
+/// Frames that arrive steadily but one at a time share commits
+/// (`journal.commit_delay`): far fewer RocksDB writes than frames, and
+/// every frame still delivered, in order.
+#[tokio::test]
+async fn a_steady_trickle_of_frames_shares_commits() {
+    let (mut backend, t) = setup_with(|c| c.journal.commit_delay = Duration::from_millis(10)).await;
+    let (mut ws, _, b) = attach(&mut backend, &t.url("/")).await;
+    let before = metric(&t.metrics().await, "tether_journal_batch_ops_count");
+    // One frame a millisecond, so tether reads each on its own: without the
+    // delay each would be a commit of its own.
+    for i in 1..=60 {
+        b.text(&format!("m{i}"));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    expect_stream(&mut ws, 1, 60).await;
+    let commits = metric(&t.metrics().await, "tether_journal_batch_ops_count") - before;
+    assert!(commits <= 20.0, "{commits} commits for 60 frames");
     t.stop().await;
 }
