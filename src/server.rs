@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -232,9 +232,23 @@ async fn open_journal(config: &Arc<Config>, rt: &Runtime) -> Result<Opened, Star
         .map_err(StartError::from)
 }
 
+/// Connections the kernel holds for `accept` on each listener. When every
+/// client of a restarted replica reconnects at once, a full queue drops
+/// their SYNs, and each dropped client waits a 1 s retransmit: the 128 of
+/// `TcpListener::bind` (std's and mio's) overflowed at 1,000 connections
+/// arriving together in the benchmarks. The kernel lowers it to
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    // As `TcpListener::bind`: a restart may rebind while old connections
+    // are in TIME_WAIT.
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
     Ok((listener, local))
 }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -109,7 +109,7 @@ where
 {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = listen_wide(listen).await?;
         println!("listening {}", listener.local_addr()?);
         loop {
             let (tcp, _) = match listener.accept().await {
@@ -123,6 +123,21 @@ where
             tokio::spawn(handle(tcp));
         }
     })
+}
+
+/// Binds `listen` with an accept queue of 4096, as tether's listeners. With
+/// the 128 of `TcpListener::bind`, a thousand connections arriving together
+/// overflowed the relay's and this backend's queues, and the SYNs dropped
+/// were retried a second later, so those streams started late.
+async fn listen_wide(listen: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{listen} resolves to no address")))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn padding() -> String {
