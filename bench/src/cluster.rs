@@ -17,7 +17,7 @@
 //! Prints Markdown on stdout and progress on stderr; exits non-zero if a
 //! message was lost or duplicated, or a session did not come back.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -123,10 +123,18 @@ impl Drop for Haproxy {
     }
 }
 
-/// `n` loopback ports that were free a moment ago (held together, so distinct).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+/// `n` distinct loopback ports that were free a moment ago, below the
+/// ephemeral range: one from `:0` could meanwhile become the source port of
+/// an outgoing connection, and a replica then failed to listen on it.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let port = tether_testkit::free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 impl Haproxy {
@@ -134,7 +142,7 @@ impl Haproxy {
     /// WebSocket) with round robin over `servers` and no stickiness.
     fn start(bin: &PathBuf, servers: &[SocketAddr], dir: PathBuf, nofile: u64) -> anyhow::Result<Haproxy> {
         std::fs::create_dir_all(&dir)?;
-        let port = free_ports(1)?[0];
+        let port = free_ports(1)[0];
         // HAProxy needs about two descriptors per connection.
         let maxconn = (nofile.saturating_sub(200) / 2).clamp(256, 100_000);
         let path = dir.join("haproxy.cfg");
@@ -202,7 +210,7 @@ impl Rig {
     /// mode (instances t0, t1, t2; peer ports on loopback) and HAProxy.
     fn start(l: &Launcher, o: &ClusterOpts, nofile: u64, tag: &str) -> anyhow::Result<Rig> {
         let backend = l.backend()?;
-        let peer_ports = free_ports(REPLICAS)?;
+        let peer_ports = free_ports(REPLICAS);
         let peers =
             (0..REPLICAS).map(|i| format!("t{i} = \"127.0.0.1:{}\"", peer_ports[i])).collect::<Vec<_>>().join(", ");
         let mut nodes = Vec::new();

@@ -1,5 +1,6 @@
 //! What tether's integration tests and `tether-bench` both need to read
-//! from a running tether: its admin port, over a plain HTTP/1.1 GET.
+//! from a running tether: its admin port, over a plain HTTP/1.1 GET; and
+//! ports to start one on.
 
 use std::net::SocketAddr;
 
@@ -33,6 +34,29 @@ pub fn metric(text: &str, sample: &str) -> f64 {
 /// One sample scraped from tether's `/metrics` at `admin`, or 0.
 pub async fn scrape(admin: SocketAddr, sample: &str) -> std::io::Result<f64> {
     Ok(metric(&http_get(admin, "/metrics").await?.1, sample))
+}
+
+/// A loopback port that was free a moment ago, for a tether (or a replica
+/// that must come back on the same port) whose address must be known before
+/// it starts. It is taken below Linux's ephemeral range
+/// (32768 and up), where the OS hands out ports for `:0` listeners and
+/// outgoing connections, so a concurrent test cannot take it meanwhile.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
+    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let mut x = STATE.load(Ordering::SeqCst);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        STATE.store(x, Ordering::SeqCst);
+        let port = 12_000 + (x % 20_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 #[cfg(test)]

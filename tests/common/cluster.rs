@@ -19,27 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{drop_abruptly, http_get, metric, within, TetherProcess, Ws, SECRET, WAIT};
 
-/// A loopback port that was free a moment ago, for replicas that must come
-/// back on the same port. It is taken below Linux's ephemeral range
-/// (32768 and up), where the OS hands out ports for `:0` listeners and
-/// outgoing connections, so a concurrent test cannot take it meanwhile.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let seed = std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
-    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let mut x = STATE.load(Ordering::SeqCst);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        STATE.store(x, Ordering::SeqCst);
-        let port = 12_000 + (x % 20_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use tether_testkit::free_port;
 
 impl TetherProcess {
     /// [`TetherProcess::start`] on fixed data and admin addresses (a
