@@ -454,7 +454,15 @@ fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     // that lives long enough to reach L2 and below is compressed with lz4.
     let mut small = Options::default();
     small.set_write_buffer_size(memtable);
-    let mut frames = Options::default();
+    // One thread inserts every chunk, and each session's chunks arrive in
+    // key order: a per-session insert hint (the first 16 key bytes) turns
+    // the memtable's skiplist search, 7 % of tether's CPU at 1,000 sessions
+    // × 20 msg/s, into a step from the session's last insert, for ~250
+    // bytes per session with frames in the memtable. RocksDB ignores hints
+    // in concurrent memtable writes, which one writer does not need.
+    opts.set_allow_concurrent_memtable_write(false);
+    let mut frames = Options::default()
+        .get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16")?;
     frames.set_write_buffer_size(memtable);
     use rocksdb::DBCompressionType::{Lz4, None as Plain};
     frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
