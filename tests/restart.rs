@@ -167,3 +167,62 @@ async fn sigterm_drains_and_the_session_survives() {
     assert_eq!(b2.recv().await, Some(Message::text("back")));
     p.kill9().await;
 }
+
+/// A client that goes away while tether is still dialing the backend for its
+/// restarted session leaves that backend connection with the session: the
+/// next resume is `resumed`, and the backend sees one connection, not a
+/// second one for the same restart.
+#[tokio::test]
+async fn a_restart_cut_short_by_its_client_keeps_the_new_backend_connection() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    let (mut backend, dir, p) = setup_process().await;
+    let mut ws = open(&p.url("/feed"), &[]).await;
+    let (_, token) = welcome(&mut ws).await;
+    let b1 = backend.next_conn().await;
+    b1.stream(1, 3);
+    expect_stream(&mut ws, 1, 3).await;
+    p.kill9().await;
+    drop(ws);
+
+    // The restarted tether's backend answers its upgrade by hand.
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = TetherProcess::start(&format!("ws://{}", held.local_addr().unwrap()), dir.path(), &[]).await;
+    let (url, t) = (p.url("/feed"), token.clone());
+    let client = tokio::spawn(async move {
+        let _ = connect(&url, &[("tether-session", &t), ("tether-offset", "3")]).await;
+    });
+    let (mut tcp, _) = within("tether to dial the backend", held.accept()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
+        head.push(byte[0]);
+    }
+    // The client gives up before the backend answers. Had tether abandoned
+    // the dial with it, the backend connection would close now.
+    client.abort();
+    let _ = client.await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await;
+    assert!(read.is_err(), "tether closed the backend connection of a restart its client left: {read:?}");
+    let head = String::from_utf8(head).unwrap();
+    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    tcp.write_all(reply.as_bytes()).await.unwrap();
+    // The restart completed without its client, and the session now has
+    // the connection: the next resume finds it live.
+    wait_metric(p.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;
+    let mut ws = resume(&p.url("/feed"), &token, 3).await;
+    let (w, _) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "resumed", "{w}");
+    let m = process_metrics(&p).await;
+    assert_eq!(metric(&m, r#"tether_backend_connects_total{result="ok"}"#), 1.0);
+    assert_eq!(metric(&m, r#"tether_resumes_total{outcome="restarted",reason="none"}"#), 1.0);
+    p.signal("-TERM").await;
+}

@@ -87,9 +87,27 @@ pub(super) async fn handle(
     port: Port,
     ctx: Arc<Context>,
 ) -> Response<Full<Bytes>> {
-    match upgrade(&mut req, peer, port, &ctx).await {
+    // The handshake runs to its end even if hyper drops this future (the
+    // client, or the replica that forwarded it, went away meanwhile). Cut
+    // short, a resume that had dialed the backend for its session dropped
+    // that connection, and the next resume dialed again: the backend saw
+    // two connections for one restart. Run to the end, the connection
+    // joins its session, and the pump, finding no client, detaches it.
+    let tasks = ctx.rt.tasks.clone();
+    let handshake = tasks.spawn(async move {
+        match upgrade(&mut req, peer, port, &ctx).await {
+            Ok(resp) => resp,
+            Err(refusal) => refusal.into_response(&ctx.rt.metrics),
+        }
+    });
+    match handshake.await {
         Ok(resp) => resp,
-        Err(refusal) => refusal.into_response(&ctx.rt.metrics),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels it.
+        Err(_) => Response::builder()
+            .status(http::StatusCode::SERVICE_UNAVAILABLE)
+            .body(Full::new(Bytes::new()))
+            .expect("a static response"),
     }
 }
 
