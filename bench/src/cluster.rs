@@ -127,14 +127,7 @@ impl Drop for Haproxy {
 /// ephemeral range: one from `:0` could meanwhile become the source port of
 /// an outgoing connection, and a replica then failed to listen on it.
 fn free_ports(n: usize) -> Vec<u16> {
-    let mut ports = Vec::with_capacity(n);
-    while ports.len() < n {
-        let port = tether_testkit::free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    ports
+    (0..n).map(|_| tether_testkit::free_port()).collect()
 }
 
 impl Haproxy {

@@ -38,22 +38,27 @@ pub async fn scrape(admin: SocketAddr, sample: &str) -> std::io::Result<f64> {
 
 /// A loopback port that was free a moment ago, for a tether (or a replica
 /// that must come back on the same port) whose address must be known before
-/// it starts. It is taken below Linux's ephemeral range
-/// (32768 and up), where the OS hands out ports for `:0` listeners and
-/// outgoing connections, so a concurrent test cannot take it meanwhile.
+/// it starts. It is taken below Linux's ephemeral range (32768 and up),
+/// where the OS hands out ports for `:0` listeners and outgoing
+/// connections, so nothing else takes it meanwhile; and it is never handed
+/// out twice in one process, so tests running side by side (and one
+/// replica's three ports) never share one.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static STATE: AtomicU64 = AtomicU64::new(0);
-    let seed = std::process::id() as u64 ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
-    let _ = STATE.compare_exchange(0, seed | 1, Ordering::SeqCst, Ordering::SeqCst);
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<(u64, HashSet<u16>)>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let (x, ports) = given.get_or_insert_with(|| {
+        let seed = u64::from(std::process::id()) ^ std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos() as u64;
+        (seed | 1, HashSet::new())
+    });
     loop {
-        let mut x = STATE.load(Ordering::SeqCst);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        STATE.store(x, Ordering::SeqCst);
-        let port = 12_000 + (x % 20_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let port = 12_000 + (*x % 20_000) as u16;
+        if !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.insert(port);
             return port;
         }
     }
