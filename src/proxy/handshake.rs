@@ -93,21 +93,18 @@ pub(super) async fn handle(
     // that connection, and the next resume dialed again: the backend saw
     // two connections for one restart. Run to the end, the connection
     // joins its session, and the pump, finding no client, detaches it.
-    let tasks = ctx.rt.tasks.clone();
-    let handshake = tasks.spawn(async move {
-        match upgrade(&mut req, peer, port, &ctx).await {
+    let task_ctx = ctx.clone();
+    let handshake = ctx.rt.tasks.spawn(async move {
+        match upgrade(&mut req, peer, port, &task_ctx).await {
             Ok(resp) => resp,
-            Err(refusal) => refusal.into_response(&ctx.rt.metrics),
+            Err(refusal) => refusal.into_response(&task_ctx.rt.metrics),
         }
     });
     match handshake.await {
         Ok(resp) => resp,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // Only a runtime shutting down cancels it.
-        Err(_) => Response::builder()
-            .status(http::StatusCode::SERVICE_UNAVAILABLE)
-            .body(Full::new(Bytes::new()))
-            .expect("a static response"),
+        Err(_) => draining(&ctx).into_response(&ctx.rt.metrics),
     }
 }
 
