@@ -415,7 +415,7 @@ fn one(o: OneOpts) -> anyhow::Result<bool> {
     Ok(r.clean())
 }
 
-/// nproc, CPU model, kernel, rustc, load average.
+/// nproc, CPU model, kernel, rustc, load average, memory.
 fn machine(nofile: u64) -> String {
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -436,8 +436,23 @@ fn machine(nofile: u64) -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     format!(
-        "{nproc} CPUs ({cpu}), Linux {}, {rustc}, open-files limit {nofile}, load average at start {}",
+        "{nproc} CPUs ({cpu}), Linux {}, {rustc}, open-files limit {nofile}, load average at start {}, {}",
         kernel.trim(),
-        load.join(" ")
+        load.join(" "),
+        memory()
     )
+}
+
+/// Free memory and page cache at start: tether's journal writes cost more
+/// when the kernel must first evict cached pages (docs/BENCHMARKS.md,
+/// "Limits of these figures"); the relay's do not.
+fn memory() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let gib = |field: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix(" kB")?.trim().parse::<f64>().ok())
+            .map(|kb| format!("{:.1} GiB", kb / (1 << 20) as f64))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("memory free {}, page cache {}", gib("MemFree:"), gib("Cached:"))
 }
