@@ -83,22 +83,29 @@ struct Bound {
 /// Answers one request on the data port.
 pub(super) async fn handle(
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     port: Port,
     ctx: Arc<Context>,
 ) -> Response<Full<Bytes>> {
-    // The handshake runs to its end even if hyper drops this future (the
+    let admitted = match admit(&mut req, &mut peer, port, &ctx).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(&ctx.rt.metrics),
+    };
+    if !matches!(admitted.plan, Plan::Resume(_)) {
+        return answer(upgrade(&mut req, admitted, peer, &ctx).await, &ctx);
+    }
+    // A resume runs to its end even if hyper drops this future (the
     // client, or the replica that forwarded it, went away meanwhile). Cut
     // short, a resume that had dialed the backend for its session dropped
     // that connection, and the next resume dialed again: the backend saw
     // two connections for one restart. Run to the end, the connection
     // joins its session, and the pump, finding no client, detaches it.
+    // (Only resumes: a task per handshake cost every session ~200 bytes of
+    // resident memory, and a new session cut short loses nothing.)
     let task_ctx = ctx.clone();
     let handshake = ctx.rt.tasks.spawn(async move {
-        match upgrade(&mut req, peer, port, &task_ctx).await {
-            Ok(resp) => resp,
-            Err(refusal) => refusal.into_response(&task_ctx.rt.metrics),
-        }
+        let result = upgrade(&mut req, admitted, peer, &task_ctx).await;
+        answer(result, &task_ctx)
     });
     match handshake.await {
         Ok(resp) => resp,
@@ -108,13 +115,23 @@ pub(super) async fn handle(
     }
 }
 
+/// The 101, or the refusal's response.
+fn answer(result: Result<Response<Full<Bytes>>, Refusal>, ctx: &Context) -> Response<Full<Bytes>> {
+    match result {
+        Ok(resp) => resp,
+        Err(refusal) => refusal.into_response(&ctx.rt.metrics),
+    }
+}
+
+/// Phase 2 and 3: binds the request to a session (forwarding it to the
+/// session's owner instead, if another replica holds it), then answers it
+/// and starts the pump.
 async fn upgrade(
     req: &mut Request<Incoming>,
-    mut peer: SocketAddr,
-    port: Port,
+    admitted: Admitted,
+    peer: SocketAddr,
     ctx: &Arc<Context>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
-    let admitted = admit(req, &mut peer, port, ctx).await?;
     let bound = match admitted.plan {
         Plan::Forward { owner, token } => return forward(req, peer, &owner, &token, ctx).await,
         Plan::New { gap } => start_session(dial(req, peer, ctx).await?, gap, ctx).await?,
