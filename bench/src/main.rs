@@ -443,9 +443,9 @@ fn machine(nofile: u64) -> String {
     )
 }
 
-/// Free memory and page cache at start: tether's journal writes cost more
-/// when the kernel must first evict cached pages (docs/BENCHMARKS.md,
-/// "Limits of these figures"); the relay's do not.
+/// Free memory and page cache at start: tether's figures moved with the
+/// page cache on the benchmark VM, the relay's did not (docs/BENCHMARKS.md,
+/// "Limits of these figures").
 fn memory() -> String {
     let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let gib = |field: &str| {
