@@ -1,9 +1,10 @@
 import { backoffDelay } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { parseFrame, TetherProtocolError } from "./frames.js";
+import { parseUpWelcome, toPayload, UpstreamBuffer, type UpstreamFailure } from "./upstream.js";
 import type {
-  GapReport, ResetInfo, State, TetherClientOptions, TetherEvents, TetherMessage, TetherStats,
-  TetherStorage, Welcome, WebSocketConstructor, WebSocketLike,
+  GapReport, ResetInfo, SendResult, State, TetherClientOptions, TetherEvents, TetherMessage, TetherStats,
+  TetherStorage, UpstreamStats, UpstreamWelcome, Welcome, WebSocketConstructor, WebSocketLike,
 } from "./types.js";
 
 type Outgoing = string | ArrayBufferLike | ArrayBufferView;
@@ -11,13 +12,14 @@ const OPEN = 1;
 
 /**
  * One tether session: reconnects and resumes on its own until `close()`, an
- * `end`, or a takeover. See README.md for the guarantees.
+ * `end`, or a takeover. See README.md for the guarantees. `U` is true with
+ * the `upstream` option, which makes `send()` return a promise of its ack.
  */
-export class TetherClient extends Emitter<TetherEvents> {
+export class TetherClient<U extends boolean = false> extends Emitter<TetherEvents> {
   readonly stats: TetherStats = { received: 0, duplicates: 0, delivered: 0, connections: 0 };
   readonly url: string;
 
-  #opts: TetherClientOptions;
+  #opts: TetherClientOptions<U>;
   #WS: WebSocketConstructor;
   #storage: TetherStorage | undefined;
   #storageKey: string;
@@ -37,8 +39,14 @@ export class TetherClient extends Emitter<TetherEvents> {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #outbox: Outgoing[] = [];
   #unwatch: (() => void) | undefined;
+  // The upstream guarantee (null without the option): the unacked messages,
+  // the backend connection named by this socket's welcome (null before it),
+  // and whether the session they were sent in was given up (#reset).
+  #up: UpstreamBuffer | null = null;
+  #upConn: string | null = null;
+  #upSessionLost = false;
 
-  constructor(url: string | URL, options: TetherClientOptions = {}) {
+  constructor(url: string | URL, options: TetherClientOptions<U> = {}) {
     super();
     this.#opts = options;
     this.url = toWsUrl(url);
@@ -47,6 +55,9 @@ export class TetherClient extends Emitter<TetherEvents> {
     this.#WS = WS;
     this.#storage = options.storage;
     this.#storageKey = options.storageKey ?? "tether:" + this.url;
+    if (options.upstream) {
+      this.#up = new UpstreamBuffer(options.maxUnackedMessages ?? 1000, options.maxUnackedBytes ?? 1 << 20, options.onInDoubt ?? "report");
+    }
     if (options.onGap) this.on("gap", options.onGap);
     if (options.onEnd) this.on("end", options.onEnd);
     if (options.onReset) this.on("reset", options.onReset);
@@ -60,13 +71,47 @@ export class TetherClient extends Emitter<TetherEvents> {
   /** Last seq fully processed by onMessage (0 if none). */
   get offset(): number { return this.#offset; }
   get token(): string | null { return this.#token; }
+  /** The upstream buffer's figures (all zero without the `upstream` option). */
+  get upstreamStats(): UpstreamStats {
+    return this.#up?.stats ?? { unackedMessages: 0, unackedBytes: 0, waiting: 0, ackedSeq: 0, acked: 0, resends: 0, inDoubt: 0, failed: 0 };
+  }
 
   /**
-   * Sends upstream if connected, else queues up to `sendQueueLimit` messages
-   * for the next connection. Returns false if refused. Upstream messages have
-   * no delivery guarantee: one in flight when the connection drops is lost.
+   * With `upstream: true`: stamps the message with the session's next seq,
+   * sends it once a connection is welcomed, resends it after drops until
+   * tether acks it, and returns a promise that resolves with that ack (the
+   * message was written to the backend connection) or rejects with a
+   * `TetherUpstreamError`. When `maxUnackedMessages`/`maxUnackedBytes` are
+   * reached the message waits for room; the promise covers the wait.
+   *
+   * Without it: sends if connected, else queues up to `sendQueueLimit`
+   * messages for the next connection, and returns false if refused. Such
+   * messages have no delivery guarantee: one in flight when the connection
+   * drops is lost.
    */
-  send(data: Outgoing): boolean {
+  send(data: Outgoing): SendResult<U> {
+    if (this.#up) return this.#sendUp(data) as SendResult<U>;
+    return this.#sendPlain(data) as SendResult<U>;
+  }
+
+  #sendUp(data: Outgoing): Promise<void> {
+    const payload = toPayload(data);
+    if (this.#terminal()) {
+      return this.#up!.refuse(payload, failure(this.#state));
+    }
+    const p = this.#up!.push(payload);
+    this.#flushUp();
+    return p;
+  }
+
+  /** Sends what the upstream buffer has not sent on this connection, once it is welcomed. */
+  #flushUp(): void {
+    const ws = this.#ws;
+    if (!this.#up || this.#upConn === null || this.#state !== "open" || ws?.readyState !== OPEN) return;
+    this.#up.flush(this.#upConn, (frame) => ws.send(frame));
+  }
+
+  #sendPlain(data: Outgoing): boolean {
     if (this.#terminal()) return false;
     if (this.#state === "open" && this.#ws?.readyState === OPEN) {
       this.#ws.send(data);
@@ -98,6 +143,10 @@ export class TetherClient extends Emitter<TetherEvents> {
       u.searchParams.set("tether_session", this.#token);
       u.searchParams.set("tether_offset", String(this.#offset));
     }
+    // Browsers cannot set headers: the query parameter opts in (§12).
+    u.searchParams.delete("tether_up");
+    if (this.#up) u.searchParams.set("tether_up", "seq");
+    this.#upConn = null;
     this.#welcomed = false;
     this.#endSeen = false;
     this.#setState("connecting");
@@ -122,13 +171,9 @@ export class TetherClient extends Emitter<TetherEvents> {
       frame = parseFrame(raw, this.#opts.stampMode ?? "prefix", this.#opts.jsonField ?? "seq");
     } catch (err) {
       // A wrong stampMode would misread every frame: stop rather than guess.
-      this.emit("error", asError(err));
-      const ws = this.#ws;
-      this.#stop("closed");
-      ws?.close(4000, "client protocol error");
-      return;
+      return this.#protocolError(asError(err));
     }
-    if (frame.kind === "control") return this.#onControl(frame.msg);
+    if (frame.kind === "control") return this.#onControl(frame.msg, raw as string);
     this.stats.received++;
     const msg: TetherMessage = { seq: frame.seq, data: frame.data, replay: frame.seq <= this.#replayTo };
     this.#enqueue(async (epoch) => {
@@ -150,9 +195,18 @@ export class TetherClient extends Emitter<TetherEvents> {
     });
   }
 
-  #onControl(msg: { type: string; [k: string]: unknown }): void {
+  #onControl(msg: { type: string; [k: string]: unknown }, raw: string): void {
     switch (msg.type) {
-      case "welcome": return this.#onWelcome(msg);
+      case "welcome": return this.#onWelcome(msg, raw);
+      case "up_ack": {
+        if (!this.#up) return;
+        const w = msg.seq;
+        if (!Number.isSafeInteger(w) || (w as number) < 0) {
+          return this.#protocolError(new TetherProtocolError(`malformed up_ack: ${raw}`));
+        }
+        this.#up.ack(w as number);
+        return this.#flushUp(); // acks make room for waiting messages
+      }
       case "gap": {
         const report = toGap(msg, true);
         return this.#enqueue(() => this.#applyGap(report));
@@ -161,6 +215,9 @@ export class TetherClient extends Emitter<TetherEvents> {
       case "end": {
         this.#endSeen = true;
         const code = Number(msg.code), reason = String(msg.reason ?? "");
+        // What was written is acked; the rest never will be.
+        const up = msg.up as { acked?: unknown } | undefined;
+        this.#up?.end(Number.isSafeInteger(up?.acked) ? (up!.acked as number) : 0);
         this.#stop("ended");
         this.#forget();
         return this.#enqueue(() => this.emit("end", code, reason));
@@ -169,10 +226,19 @@ export class TetherClient extends Emitter<TetherEvents> {
     // Unknown control types are for newer clients: ignoring them is the contract.
   }
 
-  #onWelcome(msg: { [k: string]: unknown }): void {
+  #onWelcome(msg: { [k: string]: unknown }, raw: string): void {
     const gap = msg.gap ? toGap(msg.gap as Record<string, unknown>, false) : null;
     const replay = (msg.replay as Welcome["replay"]) ?? null;
-    const welcome: Welcome = { session: String(msg.session), outcome: msg.outcome as Welcome["outcome"], replay, gap };
+    let up: UpstreamWelcome | null = null;
+    if (this.#up) {
+      try {
+        up = parseUpWelcome(msg.up, raw);
+      } catch (err) {
+        // Without `up`, tether would hand the stamps to the backend: stop.
+        return this.#protocolError(asError(err));
+      }
+    }
+    const welcome: Welcome = { session: String(msg.session), outcome: msg.outcome as Welcome["outcome"], replay, gap, up };
     this.#welcomed = true;
     this.#attempt = 0;
     this.#failedResumes = 0;
@@ -186,11 +252,26 @@ export class TetherClient extends Emitter<TetherEvents> {
       this.#offset = 0;
     }
     this.#save();
+    // Before the state event, so that a listener sees the buffer as tether does.
+    const inDoubt = up && this.#up ? this.#up.welcome(up, this.#upSessionLost || !!gap?.newSession) : null;
+    this.#upSessionLost = false;
+    this.#upConn = up?.conn ?? null;
     this.#setState("open");
     this.emit("welcome", welcome);
+    if (inDoubt) this.emit("in_doubt", inDoubt);
     if (gap) this.#enqueue(() => this.#applyGap(gap));
     const ws = this.#ws;
     for (const m of this.#outbox.splice(0)) ws?.send(m);
+    this.#flushUp();
+  }
+
+  // A frame or field the client cannot read: guessing could misread the
+  // session (or send stamps to the backend), so the client stops.
+  #protocolError(err: Error): void {
+    this.emit("error", err);
+    const ws = this.#ws;
+    this.#stop("closed");
+    ws?.close(4000, "client protocol error");
   }
 
   #applyGap(report: GapReport): void {
@@ -212,6 +293,12 @@ export class TetherClient extends Emitter<TetherEvents> {
       this.emit("takeover");
       return;
     }
+    if (code === 4003 || code === 4004) {
+      // tether refused an upstream stamp: a bug of this client, not of the
+      // session. The resume's welcome says where to continue.
+      const what = code === 4003 ? "a message without a valid seq stamp" : "a seq that skipped ahead";
+      this.emit("error", new TetherProtocolError(`tether closed the connection with ${code}: it got ${what} (a client bug); resuming`));
+    }
     this.#retry(resuming && !this.#welcomed);
   }
 
@@ -232,6 +319,8 @@ export class TetherClient extends Emitter<TetherEvents> {
     this.#token = null;
     this.#offset = 0;
     this.#failedResumes = 0;
+    // The next welcome is a new session's: what was sent in this one is in doubt.
+    this.#upSessionLost = true;
     this.#epoch++;
     this.#forget();
     this.#enqueue(() => this.emit("reset", info));
@@ -273,7 +362,10 @@ export class TetherClient extends Emitter<TetherEvents> {
     this.#unwatch = undefined;
     this.#outbox.length = 0;
     this.#ws = null;
+    this.#upConn = null;
     this.#setState(state);
+    // After the state event: a listener that sends sees the terminal state, and its promise rejects too.
+    this.#up?.failAll(failure(state));
   }
 
   #setState(state: State): void {
@@ -305,6 +397,11 @@ export class TetherClient extends Emitter<TetherEvents> {
   #forget(): void {
     this.#storage?.removeItem(this.#storageKey);
   }
+}
+
+/** Why an upstream message fails in a terminal state. */
+function failure(state: State): UpstreamFailure {
+  return state === "ended" ? "ended" : state === "taken_over" ? "taken_over" : "closed";
 }
 
 function toGap(raw: Record<string, unknown>, midStream: boolean): GapReport {

@@ -38,6 +38,40 @@ export interface Welcome {
   outcome: Outcome;
   replay: { from: number; to: number } | null;
   gap: GapReport | null;
+  /** The upstream guarantee's state (docs/PROTOCOL.md §12); null unless the `upstream` option is on. */
+  up: UpstreamWelcome | null;
+}
+
+/** The `up` object of a welcome (docs/PROTOCOL.md §12). */
+export interface UpstreamWelcome {
+  /** The seq tether expects next: messages from it on were not accepted and are sent (again). */
+  next: number;
+  /** Every message with seq ≤ acked was written to the backend connection. */
+  acked: number;
+  /** Names the session's current backend connection, as a decimal string (the wire number may exceed 2^53). */
+  conn: string;
+  /** False after tether stopped without a drain: messages sent on the previous backend connection above `acked` may or may not have been written. */
+  exact: boolean;
+}
+
+/** What to do with messages in doubt (sent on a backend connection that tether lost without a drain, maybe written, maybe not). */
+export type InDoubtPolicy = "report" | "resend" | "drop";
+
+/** One upstream message, as reported by the `in_doubt` event. */
+export interface UpstreamMessage {
+  /** The seq it was last sent with. */
+  seq: number;
+  /** The payload as given to `send()` (binary as a copy). */
+  data: string | Uint8Array;
+}
+
+export interface InDoubtReport {
+  /** In send order. */
+  messages: UpstreamMessage[];
+  /** What the client did with them: `report` and `drop` rejected their `send()` promises (reasons `in_doubt` and `dropped`), `resend` sent them again. */
+  policy: InDoubtPolicy;
+  /** Why they are in doubt: tether lost the backend connection without a drain (`crash`), or the session itself is gone (`new_session`: a gap that started a new session, or `onReset`). */
+  cause: "crash" | "new_session";
 }
 
 export interface ResetInfo {
@@ -64,6 +98,8 @@ export interface TetherEvents {
   draining: () => void;
   takeover: () => void;
   error: (error: Error) => void;
+  /** Upstream only: messages that may or may not have reached the backend (see `onInDoubt`). */
+  in_doubt: (report: InDoubtReport) => void;
 }
 
 export interface BackoffOptions {
@@ -89,7 +125,26 @@ export interface WebSocketLike {
 // assignable to each other, and either must be accepted without a cast.
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => object;
 
-export interface TetherClientOptions {
+export interface TetherClientOptions<U extends boolean = boolean> {
+  /**
+   * The upstream guarantee (docs/PROTOCOL.md §12): `send()` stamps each message
+   * with a seq, keeps it until tether acks that it was written to the backend,
+   * resends it after a reconnect, and returns a promise of that ack. Needs a
+   * tether that supports it. Default false.
+   */
+  upstream?: U;
+  /** Upstream only: messages sent and not yet acked, at most. `send()` waits for room beyond. Default 1000. */
+  maxUnackedMessages?: number;
+  /** Upstream only: payload bytes sent and not yet acked, at most (one larger message still goes, alone). Default 1 MiB. */
+  maxUnackedBytes?: number;
+  /**
+   * Upstream only: the policy for messages in doubt after tether lost the
+   * backend connection without a drain (kill -9) or lost the session. Always
+   * emitted as the `in_doubt` event. `report` (default): reject their
+   * promises with reason `in_doubt`; `resend`: send them again (the backend
+   * may get them twice); `drop`: reject with reason `dropped`.
+   */
+  onInDoubt?: InDoubtPolicy;
   /** Called once per seq, in order. The offset advances only after it returns or its promise resolves. */
   onMessage?: (message: TetherMessage) => void | Promise<void>;
   onGap?: TetherEvents["gap"];
@@ -110,7 +165,7 @@ export interface TetherClientOptions {
   storage?: TetherStorage;
   /** Key in `storage`. Default `tether:` + the URL. */
   storageKey?: string;
-  /** Messages `send()` may hold while disconnected; 0 makes `send()` refuse instead. Default 100. */
+  /** Without `upstream`: messages `send()` may hold while disconnected; 0 makes `send()` refuse instead. Default 100. */
   sendQueueLimit?: number;
   /** Retry at once on the browser's `online` event and when the tab becomes visible. Default true. */
   wakeOnBrowserEvents?: boolean;
@@ -128,3 +183,25 @@ export interface TetherStats {
   /** Connections that got a welcome. */
   connections: number;
 }
+
+export interface UpstreamStats {
+  /** Messages admitted to the buffer and not yet acked (sent or about to be). */
+  unackedMessages: number;
+  /** Their payload bytes (UTF-8 for text). */
+  unackedBytes: number;
+  /** `send()` calls waiting for room in the buffer. */
+  waiting: number;
+  /** Highest seq tether acked in this session. */
+  ackedSeq: number;
+  /** Messages acked (their promises resolved). */
+  acked: number;
+  /** Transmissions of a message that had been sent before (after a reconnect). */
+  resends: number;
+  /** Messages found in doubt, whatever the policy. */
+  inDoubt: number;
+  /** Messages whose promise was rejected. */
+  failed: number;
+}
+
+/** `send()`'s result: a promise of the ack with `upstream: true`, else whether the message was taken. */
+export type SendResult<U extends boolean> = U extends true ? Promise<void> : boolean;

@@ -1,7 +1,9 @@
 // Compiled (not run) by test/unit/types.test.mjs: the public types must
 // accept what users pass without casts.
 import WebSocket from "ws";
-import { TetherClient, type GapReport, type State, type TetherMessage } from "../../dist/index.js";
+import {
+  TetherClient, TetherUpstreamError, type GapReport, type InDoubtReport, type State, type TetherMessage, type UpstreamFailure, type UpstreamStats,
+} from "../../dist/index.js";
 
 const node = new TetherClient("ws://127.0.0.1:8080/feed", {
   WebSocket,
@@ -21,3 +23,21 @@ const sent: boolean = browser.send(new Uint8Array([1]));
 void sent;
 // @ts-expect-error: not an event
 node.on("nope", () => {});
+// upstream: true makes send() a promise of the ack; the error is typed.
+const up = new TetherClient("ws://127.0.0.1:8080/feed", { WebSocket, upstream: true, onInDoubt: "resend", maxUnackedMessages: 10 });
+const acked: Promise<void> = up.send("x");
+acked.catch((e: unknown) => {
+  if (e instanceof TetherUpstreamError) {
+    const r: UpstreamFailure = e.reason;
+    void [r, e.seq, e.data];
+  }
+});
+up.on("in_doubt", (r: InDoubtReport) => void r.messages.map((m) => m.seq));
+up.on("welcome", (w) => void w.up?.conn.length);
+const figures: UpstreamStats = up.upstreamStats;
+void figures.unackedBytes;
+// @ts-expect-error: with upstream, send() is not a boolean
+const notBool: boolean = up.send("y");
+void notBool;
+// @ts-expect-error: not a policy
+new TetherClient("ws://x/", { WebSocket, upstream: true, onInDoubt: "ignore" });
