@@ -108,6 +108,8 @@ interface Entry {
 export class UpstreamBuffer {
   /** Admitted, in seq order: the sent ones (seq > 0) first, then the ones waiting to be sent. */
   #buf: Entry[] = [];
+  /** How many entries at the front of #buf are stamped (sent on this connection, or kept from an earlier one). */
+  #stamped = 0;
   /** `send()` calls waiting for room, in order. */
   #waiting: Entry[] = [];
   #bytes = 0;
@@ -158,8 +160,8 @@ export class UpstreamBuffer {
 
   /** Stamps and sends, in order, every admitted message not sent on this connection yet. */
   flush(conn: string, send: (frame: string | Uint8Array) => void): void {
-    for (const e of this.#buf) {
-      if (e.seq !== 0) continue;
+    for (; this.#stamped < this.#buf.length; this.#stamped++) {
+      const e = this.#buf[this.#stamped]!;
       e.seq = this.#next++;
       if (e.sentOn !== null) this.#counts.resends++;
       e.lastSeq = e.seq;
@@ -171,8 +173,11 @@ export class UpstreamBuffer {
   /** `up_ack`: every message with seq ≤ w was written. */
   ack(w: number): void {
     if (w > this.#acked) this.#acked = w;
-    while (this.#buf.length && this.#buf[0]!.seq !== 0 && this.#buf[0]!.seq <= w) {
-      const e = this.#buf.shift()!;
+    let n = 0;
+    while (n < this.#stamped && this.#buf[n]!.seq <= w) n++;
+    const done = this.#buf.splice(0, n);
+    this.#stamped -= n;
+    for (const e of done) {
       this.#bytes -= e.bytes;
       this.#counts.acked++;
       e.resolve();
@@ -200,22 +205,27 @@ export class UpstreamBuffer {
       else doubts.push(e);
     }
     this.#next = up.next;
-    if (!doubts.length) return null;
-    this.#counts.inDoubt += doubts.length;
-    const report: InDoubtReport = {
-      messages: doubts.map((e) => ({ seq: e.seq, data: e.data })),
-      policy: this.policy,
-      cause: newSession ? "new_session" : "crash",
-    };
-    if (this.policy === "resend") {
-      for (const e of doubts) e.seq = 0;
-    } else {
-      const gone = new Set(doubts);
-      this.#buf = this.#buf.filter((e) => !gone.has(e));
-      for (const e of doubts) this.#bytes -= e.bytes;
-      for (const e of doubts) this.#fail(e, this.policy === "drop" ? "dropped" : "in_doubt");
-      this.#admit();
+    let report: InDoubtReport | null = null;
+    if (doubts.length) {
+      this.#counts.inDoubt += doubts.length;
+      report = {
+        messages: doubts.map((e) => ({ seq: e.seq, data: e.data })),
+        policy: this.policy,
+        cause: newSession ? "new_session" : "crash",
+      };
+      if (this.policy === "resend") {
+        for (const e of doubts) e.seq = 0;
+      } else {
+        const gone = new Set(doubts);
+        this.#buf = this.#buf.filter((e) => !gone.has(e));
+        for (const e of doubts) this.#bytes -= e.bytes;
+        for (const e of doubts) this.#fail(e, this.policy === "drop" ? "dropped" : "in_doubt");
+      }
     }
+    // What stays stamped is what tether accepted (seq < next); the rest goes out again from next.
+    this.#stamped = this.#buf.findIndex((e) => e.seq === 0);
+    if (this.#stamped < 0) this.#stamped = this.#buf.length;
+    this.#admit();
     return report;
   }
 
@@ -228,6 +238,7 @@ export class UpstreamBuffer {
   failAll(reason: UpstreamFailure): void {
     const all = [...this.#buf, ...this.#waiting];
     this.#buf = [];
+    this.#stamped = 0;
     this.#waiting = [];
     this.#bytes = 0;
     for (const e of all) this.#fail(e, reason);

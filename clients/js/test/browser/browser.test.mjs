@@ -193,3 +193,43 @@ test("failed attempts while the browser is offline do not give the session up", 
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("upstream in Chromium: 4 batches of 250 sends, each cut mid-flight; the backend gets each message once, in order", T, async (t) => {
+  const s = await stack(t);
+  const BATCH = 250;
+  const BATCHES = 4;
+  let state = "";
+  let acked = 0;
+  const errors = [];
+  const { when, check } = conditions();
+  const page = await openPage(browser, `${s.page}&upstream=1`, {
+    onReport() {},
+    onState(st) { state = st; check(); },
+    onEvent(type) { if (type === "acked") acked++; check(); },
+    onError: (e) => errors.push(e),
+  });
+  await when(() => state === "open");
+  await s.backend.connection(1);
+  let cuts = 0;
+  for (let b = 0; b < BATCHES; b++) {
+    const from = b * BATCH + 1;
+    const done = page.evaluate((f, to) => window.sendBatch(f, to), from, from + BATCH - 1);
+    await when(() => acked >= from && state === "open"); // the batch's first ack: the rest is in flight
+    cuts += s.proxy.cut({ both: true });
+    assert.deepEqual(await done, Array(BATCH).fill("ok"));
+  }
+  const total = BATCH * BATCHES;
+  await s.backend.gotMessages(total);
+  const st = await page.evaluate(() => window.upStats());
+  await page.screenshot({ path: join(artifacts, "upstream.png") });
+  console.log(`browser upstream figures: messages=${total} cuts=${cuts} resends=${st.resends} ` +
+    `connections=${s.proxy.stats.accepted} screenshot=${join(artifacts, "upstream.png")}`);
+
+  assert.deepEqual(s.backend.received, range(1, total).map((i) => (i % 5 === 0 ? Buffer.from(`b${i}`) : `u${i}`)));
+  assert.equal(cuts, BATCHES);
+  assert.deepEqual(st, { unackedMessages: 0, unackedBytes: 0, waiting: 0, ackedSeq: total, acked: total, resends: st.resends, inDoubt: 0, failed: 0 });
+  assert.equal(s.backend.conns.length, 1);
+  assert.equal(s.backend.conns[0].path, "/feed");
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -11,12 +11,19 @@ export async function startBackend({ payload = (i) => `m${i}` } = {}) {
   const received = [];
   const closes = [];
   const waiters = [];
+  const gotWaiters = [];
   let next = 1;
   let ticker;
   wss.on("connection", (ws, req) => {
     conns.push(ws);
     ws.path = req.url;
-    ws.on("message", (data, isBinary) => received.push(isBinary ? Buffer.from(data) : data.toString()));
+    ws.received = [];
+    ws.on("message", (data, isBinary) => {
+      const m = isBinary ? Buffer.from(data) : data.toString();
+      received.push(m);
+      ws.received.push(m);
+      for (const w of [...gotWaiters]) w();
+    });
     ws.on("close", (code, reason) => closes.push({ code, reason: reason.toString() }));
     for (const w of waiters.splice(0)) w(ws);
   });
@@ -46,6 +53,15 @@ export async function startBackend({ payload = (i) => `m${i}` } = {}) {
     flush() {
       const ws = latest();
       return new Promise((r) => { ws.once("pong", r); ws.ping(); });
+    },
+    /** Resolves once the backend has received `n` client messages (over all its connections). */
+    gotMessages(n) {
+      if (received.length >= n) return Promise.resolve();
+      return new Promise((r) => gotWaiters.push(function w() {
+        if (received.length < n) return;
+        gotWaiters.splice(gotWaiters.indexOf(w), 1);
+        r();
+      }));
     },
     /** Resolves with the next new backend connection (or the current one, if count already reached). */
     connection(count) {

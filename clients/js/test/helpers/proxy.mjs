@@ -25,16 +25,24 @@ export async function startProxy(targetPort) {
   return {
     port: server.address().port,
     stats,
-    /** Resets every open connection (the client sees 1006); returns how many. */
-    cut() {
+    /**
+     * Resets every open connection (the client sees 1006); returns how many.
+     * `both`: tether's side gets a RST too, so bytes the proxy or tether's
+     * socket had not passed on yet are lost in both directions.
+     */
+    cut({ both = false } = {}) {
       const n = pairs.size;
+      const reset = (sock) => {
+        // A RST is what a dead network looks like. On a socket already
+        // half-closed, Node 20's resetAndDestroy() leaves the event loop
+        // spinning, and a plain destroy is as good there.
+        if (sock.readyState === "open") sock.resetAndDestroy();
+        else sock.destroy();
+      };
       for (const { down, up } of [...pairs]) {
-        // A RST is what a dead network looks like to the client. On a socket
-        // already half-closed, Node 20's resetAndDestroy() leaves the event
-        // loop spinning, and a plain destroy is as good there.
-        if (down.readyState === "open") down.resetAndDestroy();
-        else down.destroy();
-        up.destroy();
+        reset(down);
+        if (both) reset(up);
+        else up.destroy();
       }
       pairs.clear();
       if (n) stats.cuts++;

@@ -306,3 +306,26 @@ test("after onReset (failed resumes) the old session's sent messages are in doub
   assert.equal(a.status, "in_doubt");
   c.close();
 });
+
+test("kept (acked, next) messages survive a second reconnect; a resend that never went out is not judged again", async () => {
+  const { c, net, events } = client();
+  net.last.welcome({ up: UP(1, 0, "7") });
+  const p = ["a", "b", "c", "d"].map((d) => track(c.send(d)));
+  net.last.drop();
+  const ws2 = await net.socket(2);
+  // Exact, new conn: 1..2 accepted (pending), 3..4 to resend; the socket dies before they go out.
+  ws2.readyState = 3;
+  ws2.welcome({ outcome: "restarted", up: UP(3, 0, "8", true) });
+  assert.deepEqual(ws2.sent, []);
+  ws2.drop();
+  const ws3 = await net.socket(3);
+  // Not exact now, but 3..4 were never sent on conn 8: they are sent, not in doubt.
+  ws3.welcome({ outcome: "restarted", up: UP(3, 2, "9", false) });
+  assert.deepEqual(ws3.sent, ["3:c", "4:d"]);
+  assert.deepEqual(events, []);
+  ws3.ack(4);
+  await settle();
+  assert.deepEqual(p.map((x) => x.status), ["ok", "ok", "ok", "ok"]);
+  assert.equal(c.upstreamStats.resends, 2);
+  c.close();
+});
