@@ -1,9 +1,38 @@
-//! Reading tether's stamps and control frames (docs/PROTOCOL.md §4, §7).
+//! Reading tether's stamps and control frames (docs/PROTOCOL.md §4, §7), and
+//! stamping the client's own messages (§12).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite;
 
 use crate::{GapReport, Lost, Outcome, Payload, Replay, StampMode, Welcome};
+
+/// The welcome's `up` object (docs/PROTOCOL.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UpWelcome {
+    /// The seq tether expects next.
+    pub(crate) next: u64,
+    /// Every seq up to this one was written to the backend connection.
+    pub(crate) acked: u64,
+    /// Names the session's current backend connection.
+    pub(crate) conn: u64,
+    /// Whether `acked` is exact for the previous backend connection.
+    pub(crate) exact: bool,
+}
+
+/// An upstream message with its seq stamp, as tether reads it: `17:hello`
+/// for text, 8 bytes of big-endian seq before a binary payload.
+pub(crate) fn stamp(seq: u64, payload: &Payload) -> tungstenite::Message {
+    match payload {
+        Payload::Text(t) => tungstenite::Message::text(format!("{seq}:{t}")),
+        Payload::Binary(b) => {
+            let mut out = BytesMut::with_capacity(8 + b.len());
+            out.put_u64(seq);
+            out.put_slice(b);
+            tungstenite::Message::binary(out.freeze())
+        }
+    }
+}
 
 /// One message from tether, read.
 #[derive(Debug)]
@@ -12,13 +41,18 @@ pub(crate) enum Frame {
         seq: u64,
         payload: Payload,
     },
-    Welcome(Welcome),
+    /// The welcome, with its `up` object on an opted-in connection.
+    Welcome(Welcome, Option<UpWelcome>),
     Gap(GapReport),
     Draining,
     End {
         code: u16,
         reason: String,
+        /// `end.up.acked` on an opted-in connection.
+        up_acked: Option<u64>,
     },
+    /// `up_ack`: client messages up to this seq were written to the backend.
+    UpAck(u64),
     /// A control type this client does not know: ignored, as the contract asks.
     Unknown,
 }
@@ -94,15 +128,31 @@ fn parse_control(json: &str) -> Result<Frame, String> {
                 _ => None,
             };
             let gap = if v["gap"].is_object() { Some(gap_report(&v["gap"], false)?) } else { None };
-            Frame::Welcome(Welcome { session, outcome, replay, gap })
+            let up = if v["up"].is_object() { Some(up_welcome(&v["up"])?) } else { None };
+            Frame::Welcome(Welcome { session, outcome, replay, gap }, up)
         }
         "gap" => Frame::Gap(gap_report(&v, true)?),
         "draining" => Frame::Draining,
         "end" => Frame::End {
             code: v["code"].as_u64().and_then(|c| u16::try_from(c).ok()).ok_or("end without a code")?,
             reason: v["reason"].as_str().unwrap_or_default().to_owned(),
+            up_acked: match &v["up"] {
+                Value::Null => None,
+                up => Some(up["acked"].as_u64().ok_or("end.up without acked")?),
+            },
         },
+        "up_ack" => Frame::UpAck(v["seq"].as_u64().ok_or("up_ack without a seq")?),
         _ => Frame::Unknown,
+    })
+}
+
+fn up_welcome(v: &Value) -> Result<UpWelcome, String> {
+    let num = |what: &str| v[what].as_u64().ok_or_else(|| format!("welcome.up without {what}"));
+    Ok(UpWelcome {
+        next: num("next")?,
+        acked: num("acked")?,
+        conn: num("conn")?,
+        exact: v["exact"].as_bool().ok_or("welcome.up without exact")?,
     })
 }
 
@@ -155,7 +205,7 @@ mod tests {
     #[test]
     fn controls() {
         let w = r##"#{"type":"welcome","v":1,"session":"tok","outcome":"gap","replay":{"from":5,"to":9},"gap":{"reason":"trimmed","requested_offset":1,"first_available":5,"lost":{"from":2,"to":4}}}"##;
-        let Frame::Welcome(w) = parse_text(w, StampMode::Prefix, "seq").unwrap() else { panic!() };
+        let Frame::Welcome(w, None) = parse_text(w, StampMode::Prefix, "seq").unwrap() else { panic!() };
         assert_eq!(w.session, "tok");
         assert_eq!(w.outcome, Outcome::Gap);
         assert_eq!(w.replay, Some(Replay { from: 5, to: 9 }));
@@ -165,9 +215,43 @@ mod tests {
         let Frame::Gap(g) = parse_text(g, StampMode::Prefix, "seq").unwrap() else { panic!() };
         assert!(g.new_session && g.mid_stream && g.lost.to.is_none());
         let e = parse_text(r##"#{"type":"end","code":1000,"reason":"bye"}"##, StampMode::Prefix, "seq").unwrap();
-        assert!(matches!(e, Frame::End { code: 1000, ref reason } if reason == "bye"));
+        assert!(matches!(e, Frame::End { code: 1000, ref reason, up_acked: None } if reason == "bye"));
         assert!(matches!(parse_text(r##"#{"type":"draining"}"##, StampMode::Json, "seq").unwrap(), Frame::Draining));
         assert!(matches!(parse_text(r##"#{"type":"future"}"##, StampMode::Json, "seq").unwrap(), Frame::Unknown));
         assert!(parse_text("#nope", StampMode::Prefix, "seq").is_err());
+    }
+
+    #[test]
+    fn upstream_controls() {
+        // The examples of docs/PROTOCOL.md §12.
+        let w = r##"#{"type":"welcome","v":1,"session":"tok","outcome":"resumed","replay":null,"gap":null,"up":{"next":42,"acked":40,"conn":7364610291,"exact":true}}"##;
+        let Frame::Welcome(w, Some(up)) = parse_text(w, StampMode::Prefix, "seq").unwrap() else { panic!() };
+        assert_eq!(w.outcome, Outcome::Resumed);
+        assert_eq!(up, UpWelcome { next: 42, acked: 40, conn: 7_364_610_291, exact: true });
+        let e = r##"#{"type":"end","code":1000,"reason":"","up":{"acked":41}}"##;
+        let e = parse_text(e, StampMode::Prefix, "seq").unwrap();
+        assert!(matches!(e, Frame::End { code: 1000, ref reason, up_acked: Some(41) } if reason.is_empty()));
+        assert!(matches!(
+            parse_text(r##"#{"type":"up_ack","seq":7}"##, StampMode::Json, "seq").unwrap(),
+            Frame::UpAck(7)
+        ));
+        assert!(parse_text(r##"#{"type":"up_ack"}"##, StampMode::Prefix, "seq").is_err());
+        let bad =
+            r##"#{"type":"welcome","v":1,"session":"t","outcome":"new","replay":null,"gap":null,"up":{"next":1}}"##;
+        assert!(parse_text(bad, StampMode::Prefix, "seq").is_err());
+    }
+
+    #[test]
+    fn stamps() {
+        assert_eq!(stamp(17, &Payload::Text("hello".into())), tungstenite::Message::text("17:hello"));
+        assert_eq!(stamp(1, &Payload::Text(String::new())), tungstenite::Message::text("1:"));
+        // A payload that itself looks stamped keeps its bytes after tether removes ours.
+        assert_eq!(stamp(3, &Payload::Text("4:x".into())), tungstenite::Message::text("3:4:x"));
+        let b = stamp(258, &Payload::Binary(Bytes::from_static(&[9, 8])));
+        assert_eq!(b, tungstenite::Message::binary(vec![0, 0, 0, 0, 0, 0, 1, 2, 9, 8]));
+        assert_eq!(stamp(u64::MAX, &Payload::Binary(Bytes::new())), tungstenite::Message::binary(vec![0xff; 8]));
+        // What tether's reader does with it: the same seq and payload back.
+        let tungstenite::Message::Text(t) = stamp(99, &Payload::Text("a:b".into())) else { panic!() };
+        assert_eq!(data(parse_text(&t, StampMode::Prefix, "seq").unwrap()), (99, Payload::Text("a:b".into())));
     }
 }

@@ -40,11 +40,53 @@
 //!   last one delivered are dropped and counted in [`Stats::duplicates`].
 //! - Nothing is skipped without an [`Event::Gap`] that names the lost range.
 //! - Messages sent with [`Client::send`] have **no** delivery guarantee: one in
-//!   flight when the connection drops is lost (tether has no upstream acks).
+//!   flight when the connection drops is lost, unless the client opts in to
+//!   the upstream guarantee (below).
 //! - Stamp mode `none` is not supported: without seqs there is nothing to
 //!   resume from safely.
+//!
+//! # The upstream guarantee
+//!
+//! With [`Builder::upstream`], every message to the backend carries a seq
+//! (docs/PROTOCOL.md §12) and stays in the client until tether acks it
+//! (written to the backend connection). [`Client::send_reliable`] (or a
+//! cloneable [`Sender`]) returns a [`Receipt`] that completes with `Ok(())`
+//! on the ack, or fails with an [`UpstreamError`] whose
+//! [`reason`](UpstreamError::reason) says why the message will not be written:
+//! the session [ended](UpstreamReason::Ended), it was
+//! [in doubt](UpstreamReason::InDoubt) after tether crashed, or the client
+//! [closed](UpstreamReason::Closed). After a drop the client resends what
+//! tether did not accept, with the same seqs: the backend gets each message
+//! once, in order.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use tether_client::{Client, Event, Upstream};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut client = Client::builder("ws://127.0.0.1:8080/feed").upstream(Upstream::default()).build()?;
+//! let sender = client.sender();
+//! tokio::spawn(async move {
+//!     for i in 0..100 {
+//!         // Waits while 1000 messages (or 1 MiB) are unacked.
+//!         let receipt = sender.send_reliable(format!("order {i}")).await?;
+//!         receipt.await?; // or keep the receipt and go on sending
+//!     }
+//!     Ok::<_, tether_client::UpstreamError>(())
+//! });
+//! // Keep reading the events: acks arrive on the same connection.
+//! while let Some(event) = client.next().await {
+//!     if let Event::InDoubt(messages) = event? {
+//!         eprintln!("{} messages may or may not have reached the backend", messages.len());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
 
 mod frame;
+mod upstream;
+
+pub use upstream::{InDoubt, Receipt, Sender, UpMessage, Upstream, UpstreamError, UpstreamReason, UpstreamStats};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -65,6 +107,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use frame::Frame;
+use upstream::{Push, UpShared};
 
 /// How tether stamps data messages (its `stamp.mode`; docs/PROTOCOL.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,6 +280,21 @@ pub enum Event {
     /// Another connection resumed this session (close 4001); this client
     /// stops and the stream ends.
     TakenOver,
+    /// Upstream guarantee, policy [`InDoubt::Report`]: these messages were
+    /// sent on a backend connection that is gone (tether was killed, or the
+    /// session was replaced) and may or may not have been written to it.
+    /// Their receipts fail with [`UpstreamReason::InDoubt`]. Follows the
+    /// [`Event::Welcome`] that revealed them.
+    InDoubt(Vec<UpMessage>),
+    /// Upstream guarantee: tether closed the connection because a message
+    /// had no valid stamp (4003) or skipped seqs (4004). A bug of this
+    /// client; it resumes, and resends from the welcome's `up.next`.
+    UpstreamRejected {
+        /// 4003 or 4004.
+        code: u16,
+        /// tether's close reason.
+        reason: String,
+    },
 }
 
 /// The connection state, see [`Client::state`].
@@ -334,6 +392,7 @@ pub struct Builder {
     connect_timeout: Duration,
     headers: Vec<(String, String)>,
     resume: Option<(String, u64)>,
+    upstream: Option<Upstream>,
 }
 
 impl Builder {
@@ -389,6 +448,16 @@ impl Builder {
         self
     }
 
+    /// Opts in to the upstream guarantee (docs/PROTOCOL.md §12): the upgrade
+    /// carries `Tether-Up: seq`, messages to the backend are stamped, kept
+    /// until tether acks them and resent after a drop. Off by default. See
+    /// [`Client::send_reliable`]; [`Client::send`] then has the guarantee
+    /// too (without a receipt).
+    pub fn upstream(mut self, upstream: Upstream) -> Self {
+        self.upstream = Some(upstream);
+        self
+    }
+
     /// Starts the client: a task on the current tokio runtime connects and
     /// keeps reconnecting. Returns at once; failures to connect are reported
     /// as [`Event::Disconnected`] and retried.
@@ -415,10 +484,17 @@ impl Builder {
             duplicates: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            up: self.upstream.map(|u| Arc::new(UpShared::new(u))),
         });
         let (tx, rx) = mpsc::channel(self.buffer);
         let (out_tx, out_rx) = mpsc::channel(self.send_queue);
-        let task = tokio::spawn(run(self, shared.clone(), tx, out_rx));
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                run(self, shared.clone(), tx, out_rx).await;
+                shared.stop_up(UpstreamReason::Closed);
+            }
+        });
         Ok(Client { rx, out: out_tx, shared, pending: None, task: Some(task) })
     }
 }
@@ -444,6 +520,7 @@ struct Shared {
     duplicates: AtomicU64,
     delivered: AtomicU64,
     connections: AtomicU64,
+    up: Option<Arc<UpShared>>,
 }
 
 impl Shared {
@@ -452,6 +529,12 @@ impl Shared {
     }
     fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Relaxed);
+    }
+    /// Fails the upstream messages left (no-op without the guarantee).
+    fn stop_up(&self, reason: UpstreamReason) {
+        if let Some(up) = &self.up {
+            up.update(|b| b.stop(reason));
+        }
     }
 }
 
@@ -495,6 +578,7 @@ impl Client {
             connect_timeout: Duration::from_secs(10),
             headers: Vec::new(),
             resume: None,
+            upstream: None,
         }
     }
 
@@ -513,12 +597,28 @@ impl Client {
     /// connection is welcomed. No delivery guarantee: a message in flight
     /// when the connection drops is lost, and the client is not told.
     ///
+    /// With [`Builder::upstream`] the message goes through the upstream
+    /// buffer instead, with the guarantee but without a [`Receipt`]: use
+    /// [`Client::send_reliable`] to learn its fate.
+    ///
     /// # Errors
-    /// [`Error::QueueFull`] or [`Error::Stopped`], with the message back.
+    /// [`Error::QueueFull`] (the send queue, or with the upstream guarantee
+    /// its buffer, is full) or [`Error::Stopped`], with the message back.
     pub fn send(&self, payload: impl Into<Payload>) -> Result<(), Error> {
         let payload = payload.into();
         if self.shared.closing.load(Ordering::Relaxed) {
             return Err(Error::Stopped(payload));
+        }
+        if let Some(up) = &self.shared.up {
+            let pushed = up.buf().try_push(payload);
+            return match pushed {
+                Ok(_) => {
+                    up.work.notify_one();
+                    Ok(())
+                }
+                Err(Push::Full(p)) => Err(Error::QueueFull(p)),
+                Err(Push::Stopped(e)) => Err(Error::Stopped(e.payload)),
+            };
         }
         self.out.try_send(payload).map_err(|e| match e {
             mpsc::error::TrySendError::Full(p) => Error::QueueFull(p),
@@ -526,10 +626,36 @@ impl Client {
         })
     }
 
+    /// Sends a message to the backend under the upstream guarantee
+    /// ([`Builder::upstream`]): waits while the buffer is full, then returns a
+    /// [`Receipt`] that completes when tether acks the message (it was
+    /// written to the backend connection), or fails with the
+    /// [`UpstreamReason`] it will not be. See [`Sender::send_reliable`]; use
+    /// [`Client::sender`] to send from another task while this one reads the
+    /// events.
+    ///
+    /// # Errors
+    /// As [`Sender::send_reliable`].
+    pub async fn send_reliable(&self, payload: impl Into<Payload>) -> Result<Receipt, UpstreamError> {
+        self.sender().send_reliable(payload).await
+    }
+
+    /// A cloneable handle for [`Sender::send_reliable`] from other tasks.
+    pub fn sender(&self) -> Sender {
+        Sender { up: self.shared.up.clone() }
+    }
+
+    /// Upstream counters: unacked messages and bytes, resends, messages in
+    /// doubt (all zero without [`Builder::upstream`]).
+    pub fn upstream_stats(&self) -> UpstreamStats {
+        self.shared.up.as_ref().map(|up| up.buf().stats()).unwrap_or_default()
+    }
+
     /// Ends the session at tether (close 1000, which closes the backend
     /// connection) and stops. While disconnected there is nobody to tell:
     /// tether then orphans the session after `session.linger`. Events not
-    /// yet read are discarded.
+    /// yet read are discarded. Upstream messages not acked by then fail
+    /// with [`UpstreamReason::Closed`]: await their receipts first.
     pub async fn close(&mut self, reason: &str) {
         *self.shared.close_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason.to_owned();
         self.shared.closing.store(true, Ordering::SeqCst);
@@ -539,6 +665,7 @@ impl Client {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.shared.stop_up(UpstreamReason::Closed);
         self.shared.set_state(State::Closed);
     }
 
@@ -575,6 +702,7 @@ impl Drop for Client {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        self.shared.stop_up(UpstreamReason::Closed);
     }
 }
 
@@ -635,6 +763,9 @@ fn request(b: &Builder, resume: Option<(&str, u64)>) -> Result<tungstenite::hand
         req.headers_mut().insert("tether-session", HeaderValue::from_str(token).map_err(|_| bad("tether-session"))?);
         req.headers_mut().insert("tether-offset", HeaderValue::from(offset));
     }
+    if b.upstream.is_some() {
+        req.headers_mut().insert("tether-up", HeaderValue::from_static("seq"));
+    }
     Ok(req)
 }
 
@@ -661,6 +792,9 @@ enum Exit {
     /// The client is done.
     Stop,
 }
+
+/// Upstream messages written per turn of the connection loop, between reads.
+const UP_BATCH: usize = 64;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -690,10 +824,16 @@ async fn run(cfg: Builder, shared: Arc<Shared>, tx: mpsc::Sender<Item>, mut out:
             _ = shared.notify.notified() => return,
         };
         let (error, refused, welcomed) = match result {
-            Ok(Ok((mut ws, _))) => match connection(&cfg, &shared, &tx, &mut out, &mut ws).await {
-                Exit::Stop => return,
-                Exit::Retry { error, welcomed } => (error, None, welcomed),
-            },
+            Ok(Ok((mut ws, _))) => {
+                let exit = connection(&cfg, &shared, &tx, &mut out, &mut ws).await;
+                if let Some(up) = &shared.up {
+                    up.buf().disconnected();
+                }
+                match exit {
+                    Exit::Stop => return,
+                    Exit::Retry { error, welcomed } => (error, None, welcomed),
+                }
+            }
             Ok(Err(tungstenite::Error::Http(resp))) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
@@ -758,10 +898,29 @@ async fn connection(
     let mut welcomed = false;
     let mut replay_to = 0u64;
     let mut ended = false;
+    let up = shared.up.as_deref();
     loop {
         let msg = tokio::select! {
             biased;
             _ = shared.notify.notified() => return close(shared, ws).await,
+            // Upstream messages go out only after this connection's welcome.
+            _ = async { up.expect("upstream").work.notified().await }, if welcomed && up.is_some() && !ended => {
+                let up = up.expect("upstream");
+                let batch = up.buf().take(UP_BATCH);
+                let more = batch.len() == UP_BATCH;
+                for m in batch {
+                    if let Err(e) = ws.feed(m).await {
+                        return Exit::Retry { error: e.to_string(), welcomed };
+                    }
+                }
+                if let Err(e) = ws.flush().await {
+                    return Exit::Retry { error: e.to_string(), welcomed };
+                }
+                if more {
+                    up.work.notify_one(); // read what came in meanwhile, then go on
+                }
+                continue;
+            }
             p = out.recv(), if welcomed => {
                 let m = match p {
                     Some(Payload::Text(t)) => tungstenite::Message::text(t),
@@ -789,6 +948,14 @@ async fn connection(
                     let epoch = shared.cursor().epoch;
                     let _ = tx.send(Item::Event(epoch, Event::TakenOver)).await;
                     return Exit::Stop;
+                }
+                if let (Some(up), Some(code @ (4003 | 4004))) = (up, code) {
+                    up.buf().rejected();
+                    let epoch = shared.cursor().epoch;
+                    let reason = f.as_ref().map(|f| f.reason.to_string()).unwrap_or_default();
+                    if tx.send(Item::Event(epoch, Event::UpstreamRejected { code, reason })).await.is_err() {
+                        return Exit::Stop;
+                    }
                 }
                 let why = f.map(|f| format!("closed {} {}", f.code, f.reason)).unwrap_or_else(|| "closed".into());
                 return Exit::Retry { error: why, welcomed };
@@ -819,18 +986,32 @@ async fn connection(
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 Item::Message(epoch, Message { seq, payload, replay: seq <= replay_to })
             }
-            Frame::Welcome(w) => {
+            Frame::Welcome(w, up_welcome) => {
                 welcomed = true;
                 replay_to = w.replay.map_or(0, |r| r.to);
+                let new_session = w.gap.as_ref().is_some_and(|g| g.new_session);
                 let epoch = {
                     let mut c = shared.cursor();
                     c.token = Some(w.session.clone());
-                    if w.gap.as_ref().is_some_and(|g| g.new_session) {
+                    if new_session {
                         c.epoch += 1;
                         c.offset = 0;
                         c.last = 0;
                     }
                     c.epoch
+                };
+                let in_doubt = match (up, up_welcome) {
+                    (None, _) => Vec::new(),
+                    (Some(up), Some(u)) => up.update(|b| b.welcome(&w.session, new_session, u)),
+                    (Some(_), None) => {
+                        // Stamped messages would reach the backend stamped.
+                        shared.set_state(State::Closed);
+                        let e = "tether accepted no upstream guarantee (no `up` in the welcome): is it older than \
+                                 this client?";
+                        let _ = tx.send(Item::Fatal(Error::Protocol(e.into()))).await;
+                        let _ = ws.close(Some(CloseFrame { code: CloseCode::Library(4000), reason: "".into() })).await;
+                        return Exit::Stop;
+                    }
                 };
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 shared.set_state(State::Open);
@@ -838,15 +1019,32 @@ async fn connection(
                 if tx.send(Item::Event(epoch, Event::Welcome(w))).await.is_err() {
                     return gone(shared, ws).await;
                 }
-                match gap {
-                    Some(g) => Item::Event(epoch, Event::Gap(g)),
-                    None => continue,
+                if let Some(g) = gap {
+                    if tx.send(Item::Event(epoch, Event::Gap(g))).await.is_err() {
+                        return gone(shared, ws).await;
+                    }
                 }
+                if let Some(up) = up {
+                    up.work.notify_one();
+                }
+                if in_doubt.is_empty() {
+                    continue;
+                }
+                Item::Event(epoch, Event::InDoubt(in_doubt))
+            }
+            Frame::UpAck(seq) => {
+                if let Some(up) = up {
+                    up.update(|b| b.ack(seq));
+                }
+                continue;
             }
             Frame::Gap(g) => Item::Event(epoch, Event::Gap(g)),
             Frame::Draining => Item::Event(epoch, Event::Draining),
-            Frame::End { code, reason } => {
+            Frame::End { code, reason, up_acked } => {
                 ended = true;
+                if let Some(up) = up {
+                    up.update(|b| b.end(up_acked));
+                }
                 Item::Event(epoch, Event::End { code, reason })
             }
             Frame::Unknown => continue,
@@ -874,7 +1072,19 @@ async fn close(shared: &Shared, ws: &mut Ws) -> Exit {
     let reason = shared.close_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let frame = CloseFrame { code: CloseCode::Normal, reason: reason.into() };
     if ws.close(Some(frame)).await.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while ws.next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                // Acks still count while tether answers the close.
+                if let (Some(up), Ok(tungstenite::Message::Text(t))) = (&shared.up, m) {
+                    if let Ok(Frame::UpAck(seq) | Frame::End { up_acked: Some(seq), .. }) =
+                        frame::parse_text(&t, StampMode::Prefix, "")
+                    {
+                        up.update(|b| b.ack(seq));
+                    }
+                }
+            }
+        })
+        .await;
     }
     Exit::Stop
 }
