@@ -52,6 +52,10 @@ export async function startProxy(targetPort) {
     stall() {
       for (const { up, down } of pairs) { up.unpipe(down); up.pause(); }
     },
+    /** Stops forwarding the client's bytes to tether; they wait in the proxy (and are lost by a cut). */
+    stallToTether() {
+      for (const { up, down } of pairs) { down.unpipe(up); down.pause(); }
+    },
     unstall() {
       for (const { up, down } of pairs) up.pipe(down);
     },

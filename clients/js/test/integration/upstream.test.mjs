@@ -30,8 +30,10 @@ test("2,000 stamped messages through 10 random cuts: the backend gets each paylo
   for (let i = 1; i <= N; i++) {
     if (cutAt.has(i)) {
       await stateIs(r.client, "open");
-      // Both ways: bytes in flight toward tether are lost with the connection.
-      cuts += s.proxy.cut({ both: true });
+      // Every other cut resets tether's side too: the bytes in flight toward it are lost.
+      cuts += s.proxy.cut({ both: cuts % 2 === 0 });
+      // Until the client has seen the drop, it still says "open".
+      await stateIs(r.client, "reconnecting");
     }
     if (i > WINDOW) await promises[i - WINDOW - 1];
     promises.push(r.client.send(payload(i)));
