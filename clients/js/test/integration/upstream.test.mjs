@@ -2,7 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { prng } from "../helpers/browser.mjs";
-import { stack } from "../helpers/harness.mjs";
+import { memoryStorage, stack } from "../helpers/harness.mjs";
 import { outcomes } from "../helpers/script-ws.mjs";
 import { nextEvent, range, stateIs, until } from "../helpers/wait.mjs";
 
@@ -168,4 +168,35 @@ test("tether killed (-9) with messages on their way to the backend: those are in
   assert.equal(r.client.upstreamStats.inDoubt, doubtful.length);
   console.log(`kill -9 figures: sent=${N + 1} acked-before-kill=${w.up.acked} in-doubt=${doubtful.length} old-backend-received=${got1.length}`);
   assert.deepEqual(r.errors, []);
+});
+
+test("storage: a reloaded client resumes the session and continues at welcome.up.next; unacked messages stayed in the old one's memory", T, async (t) => {
+  const s = await stack(t);
+  const storage = memoryStorage();
+  const a = s.client({ upstream: true, storage });
+  await a.welcome();
+  await s.backend.connection(1);
+  assert.deepEqual(await outcomes(["a", "b", "c"].map((d) => a.client.send(d))), ["ok", "ok", "ok"]);
+  s.proxy.block();
+  const away = stateIs(a.client, "reconnecting");
+  s.proxy.cut();
+  await away;
+  const lost = a.client.send("never"); // held in memory, not sent: there is no connection
+  // A reload: the page's memory is gone, its sessionStorage is not.
+  const saved = new Map(storage.map);
+  a.client.close();
+  assert.deepEqual(await outcomes([lost]), ["closed"]);
+  for (const [k, v] of saved) storage.setItem(k, v);
+
+  s.proxy.unblock();
+  const b = s.client({ upstream: true, storage });
+  const w = await b.welcome();
+  assert.equal(w.outcome, "resumed");
+  assert.deepEqual({ next: w.up.next, acked: w.up.acked }, { next: 4, acked: 3 });
+  await b.client.send("d");
+  assert.equal(b.client.upstreamStats.ackedSeq, 4);
+  await s.backend.gotMessages(4);
+  assert.deepEqual(s.backend.received, ["a", "b", "c", "d"]);
+  assert.equal(s.backend.conns.length, 1);
+  assert.deepEqual([...a.errors, ...b.errors], []);
 });

@@ -329,3 +329,22 @@ test("kept (acked, next) messages survive a second reconnect; a resend that neve
   assert.equal(c.upstreamStats.resends, 2);
   c.close();
 });
+
+test("a rejection nobody awaits is not an unhandled rejection", async () => {
+  const unhandled = [];
+  const onUnhandled = (e) => unhandled.push(e);
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const { c, net } = client();
+    net.last.welcome({ up: UP(1, 0) });
+    c.send("a");
+    c.send("b");
+    c.close();
+    c.send("c");
+    await settle();
+    await settle();
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+  }
+  assert.deepEqual(unhandled, []);
+});
