@@ -200,3 +200,18 @@ test("storage: a reloaded client resumes the session and continues at welcome.up
   assert.equal(s.backend.conns.length, 1);
   assert.deepEqual([...a.errors, ...b.errors], []);
 });
+
+test("stamp mode json: upstream stamps are still the prefix form; the backend gets the payloads unchanged", T, async (t) => {
+  const s = await stack(t, { tether: { stamp: "json" } });
+  const r = s.client({ upstream: true, stampMode: "json" });
+  await r.welcome();
+  await s.backend.connection(1);
+  const sent = ['{"a":1}', "7:x", "#not-control", ""];
+  assert.deepEqual(await outcomes([...sent, new Uint8Array([0, 1])].map((d) => r.client.send(d))), ["ok", "ok", "ok", "ok", "ok"]);
+  await s.backend.gotMessages(5);
+  assert.deepEqual(s.backend.received, [...sent, Buffer.from([0, 1])]);
+  s.backend.send(1);
+  await r.delivered(1);
+  assert.deepEqual(r.data, ["m1"]);
+  assert.deepEqual(r.errors, []);
+});
