@@ -106,6 +106,15 @@ impl Tether {
         t
     }
 
+    /// SIGKILL (no drain: the journal is left as a crash leaves it), then
+    /// the same tether again on the same ports and journal.
+    pub async fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = spawn(&self.config);
+        self.ready().await;
+    }
+
     /// SIGTERM (tether drains: `draining`, then close 1012), then the same
     /// tether again on the same ports and journal.
     pub async fn restart(&mut self) {
@@ -176,6 +185,9 @@ pub struct BackendConn {
     pub cmd: mpsc::UnboundedSender<Cmd>,
     /// The close the backend received from tether (code, reason).
     pub closed: mpsc::UnboundedReceiver<Option<(u16, String)>>,
+    /// Every data message the backend read, in order; ends with the
+    /// connection.
+    pub received: mpsc::UnboundedReceiver<Message>,
 }
 
 pub struct Backend {
@@ -197,8 +209,9 @@ impl Backend {
                 *count.lock().unwrap() += 1;
                 let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                 let (closed_tx, closed) = mpsc::unbounded_channel();
-                tokio::spawn(serve(ws, cmd_rx, closed_tx));
-                if tx.send(BackendConn { cmd: cmd_tx, closed }).is_err() {
+                let (received_tx, received) = mpsc::unbounded_channel();
+                tokio::spawn(serve(ws, cmd_rx, closed_tx, received_tx));
+                if tx.send(BackendConn { cmd: cmd_tx, closed, received }).is_err() {
                     return;
                 }
             }
@@ -215,6 +228,7 @@ async fn serve(
     mut ws: tokio_tungstenite::WebSocketStream<TcpStream>,
     mut cmd: mpsc::UnboundedReceiver<Cmd>,
     closed: mpsc::UnboundedSender<Option<(u16, String)>>,
+    received: mpsc::UnboundedSender<Message>,
 ) {
     loop {
         tokio::select! {
@@ -240,6 +254,7 @@ async fn serve(
                     let _ = ws.close(None).await;
                     return;
                 }
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => { let _ = received.send(m); }
                 Some(Ok(_)) => {}
                 _ => { let _ = closed.send(None); return; }
             },

@@ -1,0 +1,294 @@
+//! The upstream guarantee (docs/PROTOCOL.md §12) against a real tether, a
+//! real backend that records what it reads, and a TCP proxy that the tests
+//! cut. Run with the workspace's release `tether` built (or `TETHER_BIN`
+//! set).
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::{bounded, Backend, Cmd, Proxy, Tether};
+use tether_client::{
+    Backoff, Client, Event, Outcome, Payload, State, UpMessage, Upstream, UpstreamError, UpstreamReason,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+fn fast() -> Backoff {
+    Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(100), factor: 2.0 }
+}
+
+async fn next(c: &mut Client) -> Event {
+    bounded("the next event", c.next()).await.expect("the stream ended").expect("a client error")
+}
+
+async fn welcome(c: &mut Client) -> tether_client::Welcome {
+    loop {
+        match next(c).await {
+            Event::Welcome(w) => return w,
+            Event::Disconnected { .. } => {}
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+}
+
+fn text(m: Message) -> String {
+    match m {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_sends_reach_the_backend_once_in_order_across_cuts() {
+    const N: u64 = 3000;
+    const CUTS: usize = 12;
+    let started = Instant::now();
+    let mut backend = Backend::start().await;
+    let tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let proxy = Arc::new(Proxy::start(tether.data_port).await);
+    let immediate = Backoff { initial: Duration::ZERO, max: Duration::ZERO, factor: 2.0 };
+    let mut client = Client::builder(format!("ws://127.0.0.1:{}/feed", proxy.port))
+        .backoff(immediate)
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    assert_eq!(welcome(&mut client).await.outcome, Outcome::New);
+    let mut conn = backend.next_conn().await;
+
+    // The sender cuts when asked, right after queueing a batch: the cut
+    // races the batch's bytes on their way to tether.
+    let cut_asked = Arc::new(AtomicBool::new(false));
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let sender = client.sender();
+    let sending = tokio::spawn({
+        let (proxy, cut_asked, cuts) = (proxy.clone(), cut_asked.clone(), cuts.clone());
+        async move {
+            let mut receipts = Vec::new();
+            for i in 1..=N {
+                receipts.push(sender.send_reliable(format!("u{i}")).await.expect("queued"));
+                if i % 10 == 0 {
+                    if cut_asked.load(Ordering::SeqCst) && proxy.cut() > 0 {
+                        cut_asked.store(false, Ordering::SeqCst);
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await; // pacing, not synchronisation
+                }
+            }
+            let mut results = Vec::new();
+            for r in receipts {
+                results.push(r.await);
+            }
+            results
+        }
+    });
+
+    enum Step {
+        Read(Option<Message>),
+        Event(Event),
+    }
+    let mut got = Vec::new();
+    // A cut every 150 messages the backend reads on a welcomed, live
+    // connection: all 12 land in the first two thirds of the stream.
+    const EVERY: usize = N as usize * 6 / 10 / CUTS;
+    let (mut asked, mut open, mut next_cut, mut welcomes) = (0, true, EVERY, 1);
+    while got.len() < N as usize {
+        let step = bounded("the backend or the client", async {
+            tokio::select! {
+                m = conn.received.recv() => Step::Read(m),
+                e = client.next() => Step::Event(e.expect("the stream ended").expect("a client error")),
+            }
+        })
+        .await;
+        match step {
+            Step::Read(m) => {
+                got.push(text(m.expect("the backend connection lasts")));
+            }
+            Step::Event(Event::Welcome(w)) => {
+                assert_eq!(w.outcome, Outcome::Resumed, "{w:?}");
+                welcomes += 1;
+                open = true;
+            }
+            Step::Event(Event::Disconnected { .. }) => open = false,
+            Step::Event(other) => panic!("unexpected {other:?}"),
+        }
+        if asked < CUTS && open && got.len() >= next_cut {
+            asked += 1;
+            cut_asked.store(true, Ordering::SeqCst);
+            next_cut = got.len() + EVERY;
+            open = false; // until the welcome after the cut
+        }
+    }
+    let results = bounded("every receipt", sending).await.unwrap();
+    assert_eq!(results.len(), N as usize);
+    assert!(results.iter().all(Result::is_ok), "every send acked: {:?}", results.iter().find(|r| r.is_err()));
+    let expected: Vec<String> = (1..=N).map(|i| format!("u{i}")).collect();
+    assert_eq!(got, expected, "each message once, in order");
+    // Nothing is written after the last one's ack but what is sent next.
+    bounded("the last ack", client.send_reliable("last").await.unwrap()).await.unwrap();
+    assert_eq!(text(bounded("the last message", conn.received.recv()).await.unwrap()), "last");
+    let cuts = cuts.load(Ordering::SeqCst);
+    assert_eq!(cuts, CUTS);
+    assert_eq!(*backend.accepted.lock().unwrap(), 1, "the backend connection survived every cut");
+
+    let s = client.upstream_stats();
+    assert_eq!((s.unacked, s.unacked_bytes, s.acked, s.acked_seq, s.next_seq), (0, 0, N + 1, N + 1, N + 2));
+    assert_eq!((s.in_doubt, s.dropped, s.ended, s.rejected), (0, 0, 0, 0));
+    assert_eq!(s.sent, N + 1 + s.resends, "every write but the resends is a first send");
+    assert!(s.resends > 0, "the cuts lost messages on their way, and they were sent again");
+    println!(
+        "cuts: {cuts}, connections: {welcomes}, messages: {N}, sent: {}, resends: {}, {:?}",
+        s.sent,
+        s.resends,
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_ending_the_session_fails_what_was_not_written() {
+    let mut backend = Backend::start().await;
+    let tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let proxy = Proxy::start(tether.data_port).await;
+    let mut client = Client::builder(format!("ws://127.0.0.1:{}/feed", proxy.port))
+        .backoff(fast())
+        .max_failed_resumes(1_000_000) // offline on purpose
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut conn = backend.next_conn().await;
+    for i in 1..=3 {
+        let receipt = client.send_reliable(format!("a{i}")).await.unwrap();
+        bounded("an ack", receipt).await.unwrap();
+        assert_eq!(text(bounded("a message", conn.received.recv()).await.unwrap()), format!("a{i}"));
+    }
+
+    // Offline, the client queues two more; meanwhile the backend ends the session.
+    proxy.block(true);
+    assert_eq!(proxy.cut(), 1);
+    let r4 = client.send_reliable("a4").await.unwrap();
+    let r5 = client.send_reliable(vec![4u8, 5]).await.unwrap();
+    conn.cmd.send(Cmd::Close(1000, "bye".into())).unwrap();
+    assert_eq!(bounded("backend close", conn.closed.recv()).await, Some(None));
+    proxy.block(false);
+
+    let w = welcome(&mut client).await;
+    assert_eq!(w.outcome, Outcome::Resumed);
+    assert_eq!(next(&mut client).await, Event::End { code: 1000, reason: "bye".into() });
+    let e4 = bounded("a4's receipt", r4).await.unwrap_err();
+    let e5 = bounded("a5's receipt", r5).await.unwrap_err();
+    assert_eq!((e4.reason, e4.payload), (UpstreamReason::Ended, Payload::Text("a4".into())));
+    assert_eq!((e5.reason, e5.payload), (UpstreamReason::Ended, Payload::Binary(vec![4u8, 5].into())));
+    let late = client.send_reliable("late").await.unwrap_err();
+    assert_eq!(late, UpstreamError { reason: UpstreamReason::Ended, seq: None, payload: "late".into() });
+    assert!(bounded("the stream's end", client.next()).await.is_none());
+    assert_eq!(client.state(), State::Ended);
+    assert_eq!(bounded("the backend's end", conn.received.recv()).await, None, "a4 and a5 never written");
+    let s = client.upstream_stats();
+    assert_eq!((s.acked, s.acked_seq, s.ended, s.unacked, s.in_doubt), (3, 3, 2, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_every_message_is_acked_or_reported_in_doubt() {
+    const N: u64 = 2000;
+    let mut backend = Backend::start().await;
+    let mut tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let mut client = Client::builder(format!("{}/feed", tether.url))
+        .backoff(fast())
+        .max_failed_resumes(1_000_000) // tether is down for a moment on purpose
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut old = backend.next_conn().await;
+    let sender = client.sender();
+    let sending = tokio::spawn(async move {
+        let mut receipts = Vec::new();
+        for i in 1..=N {
+            receipts.push(sender.send_reliable(format!("k{i}")).await.expect("queued"));
+        }
+        let mut results = Vec::new();
+        for r in receipts {
+            results.push(r.await);
+        }
+        results
+    });
+
+    // Kill tether mid-stream, with messages in flight.
+    let mut written = Vec::new();
+    while written.len() < 500 {
+        written.push(text(bounded("a message", old.received.recv()).await.unwrap()));
+    }
+    tether.kill_and_restart().await;
+    while let Some(m) = bounded("the old connection's end", old.received.recv()).await {
+        written.push(text(m));
+    }
+    let written_old = written.len();
+    let mut new = backend.next_conn().await;
+
+    // The resume: a new backend connection, and a report of what is in doubt.
+    let w = welcome(&mut client).await;
+    assert_eq!(w.outcome, Outcome::Restarted);
+    let stats = client.upstream_stats();
+    let reported: Vec<UpMessage> = if stats.in_doubt > 0 {
+        match next(&mut client).await {
+            Event::InDoubt(m) => m,
+            other => panic!("expected the in-doubt report, got {other:?}"),
+        }
+    } else {
+        Vec::new()
+    };
+    assert_eq!(reported.len() as u64, stats.in_doubt);
+    let results = bounded("every receipt", sending).await.unwrap();
+    let acked = results.iter().filter(|r| r.is_ok()).count();
+    let index = |m: &String| m[1..].parse::<usize>().unwrap();
+    // The new connection gets the acked messages the old one did not.
+    let on_old: HashSet<usize> = written.iter().map(index).collect();
+    let for_new = results.iter().enumerate().filter(|(i, r)| r.is_ok() && !on_old.contains(&(i + 1))).count();
+    for _ in 0..for_new {
+        written.push(text(bounded("a message", new.received.recv()).await.unwrap()));
+    }
+    bounded("the last ack", client.send_reliable("k0").await.unwrap()).await.unwrap();
+    assert_eq!(text(bounded("the last message", new.received.recv()).await.unwrap()), "k0", "nothing more");
+
+    // Each receipt: acked, or in doubt and listed in the report. Nothing
+    // else, and nothing lost without a word.
+    let mut in_doubt = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                assert_eq!(e.reason, UpstreamReason::InDoubt, "message {}: {e:?}", i + 1);
+                assert_eq!(e.payload, Payload::Text(format!("k{}", i + 1)));
+                in_doubt.push(UpMessage { seq: e.seq.unwrap(), payload: e.payload.clone() });
+            }
+        }
+    }
+    assert_eq!(in_doubt, reported);
+    // What the backends read: in order, none twice, every acked message.
+    let seen: Vec<usize> = written.iter().map(index).collect();
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, none twice: {seen:?}");
+    for (i, r) in results.iter().enumerate() {
+        if r.is_ok() {
+            assert!(seen.binary_search(&(i + 1)).is_ok(), "k{} acked but never written", i + 1);
+        }
+    }
+    // The in-doubt ones (if any) are exactly those the old connection may
+    // or may not have had; the new one got none of them.
+    let doubtful: Vec<usize> = in_doubt.iter().map(|m| index(&text_of(&m.payload))).collect();
+    assert!(written[written_old..].iter().all(|m| !doubtful.contains(&index(m))));
+    assert_eq!(acked + in_doubt.len(), N as usize);
+    let s = client.upstream_stats();
+    assert_eq!((s.unacked, s.acked, s.in_doubt), (0, acked as u64 + 1, in_doubt.len() as u64));
+    println!("written to the old connection: {written_old}, acked: {acked}, in doubt: {}", in_doubt.len());
+}
+
+fn text_of(p: &Payload) -> String {
+    match p {
+        Payload::Text(t) => t.clone(),
+        Payload::Binary(_) => panic!("binary"),
+    }
+}
