@@ -796,6 +796,22 @@ enum Exit {
 /// Upstream messages written per turn of the connection loop, between reads.
 const UP_BATCH: usize = 64;
 
+/// What a turn of the connection loop does.
+enum Turn {
+    /// Write upstream messages.
+    Up,
+    /// Handle what tether sent.
+    Read(Option<Result<tungstenite::Message, tungstenite::Error>>),
+}
+
+/// Completes when there may be upstream messages to write.
+async fn up_work(up: Option<&UpShared>) {
+    match up {
+        Some(up) => up.work.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn run(cfg: Builder, shared: Arc<Shared>, tx: mpsc::Sender<Item>, mut out: mpsc::Receiver<Payload>) {
@@ -899,12 +915,33 @@ async fn connection(
     let mut replay_to = 0u64;
     let mut ended = false;
     let up = shared.up.as_deref();
+    // Upstream writes and reads take turns first, so neither starves the other.
+    let mut up_first = false;
     loop {
-        let msg = tokio::select! {
+        // Upstream messages go out only after this connection's welcome.
+        let up_ready = welcomed && !ended && up.is_some();
+        up_first = !up_first;
+        let turn = tokio::select! {
             biased;
             _ = shared.notify.notified() => return close(shared, ws).await,
-            // Upstream messages go out only after this connection's welcome.
-            _ = async { up.expect("upstream").work.notified().await }, if welcomed && up.is_some() && !ended => {
+            _ = up_work(up), if up_ready && up_first => Turn::Up,
+            p = out.recv(), if welcomed => {
+                let m = match p {
+                    Some(Payload::Text(t)) => tungstenite::Message::text(t),
+                    Some(Payload::Binary(b)) => tungstenite::Message::binary(b),
+                    None => return Exit::Stop,
+                };
+                if let Err(e) = ws.send(m).await {
+                    return Exit::Retry { error: e.to_string(), welcomed };
+                }
+                continue;
+            }
+            m = ws.next() => Turn::Read(m),
+            _ = up_work(up), if up_ready && !up_first => Turn::Up,
+        };
+        let msg = match turn {
+            Turn::Read(m) => m,
+            Turn::Up => {
                 let up = up.expect("upstream");
                 let batch = up.buf().take(UP_BATCH);
                 let more = batch.len() == UP_BATCH;
@@ -917,22 +954,10 @@ async fn connection(
                     return Exit::Retry { error: e.to_string(), welcomed };
                 }
                 if more {
-                    up.work.notify_one(); // read what came in meanwhile, then go on
+                    up.work.notify_one(); // the rest at the next turn
                 }
                 continue;
             }
-            p = out.recv(), if welcomed => {
-                let m = match p {
-                    Some(Payload::Text(t)) => tungstenite::Message::text(t),
-                    Some(Payload::Binary(b)) => tungstenite::Message::binary(b),
-                    None => return Exit::Stop,
-                };
-                if let Err(e) = ws.send(m).await {
-                    return Exit::Retry { error: e.to_string(), welcomed };
-                }
-                continue;
-            }
-            m = ws.next() => m,
         };
         let frame = match msg {
             Some(Ok(tungstenite::Message::Text(t))) => frame::parse_text(&t, cfg.stamp_mode, &cfg.json_field),
