@@ -108,7 +108,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             writer,
         }),
         Err(e) => {
-            if let Err(close) = close_journal(&journal, writer).await {
+            if let Err(close) = close_journal(&journal, writer, false).await {
                 tracing::error!(error = %close, "closing the journal after a failed start");
             }
             Err(e)
@@ -209,11 +209,16 @@ async fn serve(
 }
 
 /// Writes and fsyncs everything queued, stops the writer thread and joins
-/// it, so RocksDB is idle before the process exits.
-async fn close_journal(journal: &Journal, writer: std::thread::JoinHandle<()>) -> Result<(), JournalError> {
+/// it, so RocksDB is idle before the process exits. `clean`: every task
+/// stopped within the grace period (see `Journal::close`).
+async fn close_journal(
+    journal: &Journal,
+    writer: std::thread::JoinHandle<()>,
+    clean: bool,
+) -> Result<(), JournalError> {
     // A failed journal refuses the close: its writer has already stopped,
     // and is joined all the same.
-    let closed = journal.close().await;
+    let closed = journal.close(clean).await;
     // It cannot panic (AbortOnPanic); a join error means it was not joined.
     if tokio::task::spawn_blocking(move || writer.join()).await.is_err() {
         tracing::error!("the journal writer thread could not be joined");
@@ -273,10 +278,11 @@ impl Running {
         self.journal.give_up_when_disk_full();
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+        let clean = tokio::time::timeout(self.grace, self.tasks.wait()).await.is_ok();
+        if !clean {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
-        close_journal(&self.journal, self.writer).await?;
+        close_journal(&self.journal, self.writer, clean).await?;
         tracing::info!("drained; journal synced and closed");
         Ok(())
     }

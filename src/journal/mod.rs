@@ -5,8 +5,11 @@
 //! - `frames`: `session id (16) ‖ first seq (8, big-endian)` → a chunk of
 //!   consecutive frames ([`chunk`])
 //! - `sessions`: `session id` → [`SessionMeta`] as JSON
-//! - `meta`: `layout` (u32, big-endian: 2), `epoch` (8 bytes, big-endian)
-//!   and, if none is configured, `secret`
+//! - `upstream`: `session id` → the upstream guarantee's written mark
+//!   ([`UpMark`]), for sessions whose clients opted in
+//! - `meta`: `layout` (u32, big-endian: 2), `epoch` (8 bytes, big-endian),
+//!   if none is configured, `secret`, and `clean_stop` between a drain and
+//!   the next start
 //!
 //! All writes go through one writer thread ([`writer`]) that batches
 //! operations from every session into one RocksDB write; reads run on the
@@ -14,14 +17,16 @@
 
 mod chunk;
 mod recover;
+mod rocks;
 mod space;
+mod upmark;
 mod writer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -32,11 +37,11 @@ use crate::protocol::{Payload, SessionId};
 const CF_FRAMES: &str = "frames";
 const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
-/// Range deletes (trims, purges) a memtable of `frames` holds before it is
-/// flushed.
-const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
+/// Per session, the upstream guarantee's written mark ([`UpMark`]).
+const CF_UPSTREAM: &str = "upstream";
 
 pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
+pub(crate) use upmark::UpMark;
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +135,9 @@ pub(crate) struct RecoveredSession {
     pub(crate) frames: u64,
     /// Payload bytes retained.
     pub(crate) bytes: u64,
+    /// The upstream guarantee's mark, if its clients opted in; `stopped`
+    /// only if the journal was also closed by a clean drain.
+    pub(crate) up: Option<UpMark>,
 }
 
 /// One journal operation, applied in order by the writer.
@@ -155,9 +163,18 @@ pub(crate) enum Op {
     Purge {
         session: SessionId,
     },
+    /// A session's upstream mark; `acked` advances to `mark.written` once
+    /// it is durable (the client's `up_ack` follows it).
+    PutUp {
+        session: SessionId,
+        mark: UpMark,
+        acked: Arc<watch::Sender<u64>>,
+    },
     /// Sync, then stop the writer: later operations fail with `Closed`.
+    /// `clean`: every session stopped in order (its marks are exact).
     Close {
         done: oneshot::Sender<()>,
+        clean: bool,
     },
 }
 
@@ -213,7 +230,7 @@ impl Journal {
     ) -> Result<Opened, JournalError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| JournalError::Io { path: config.data_dir.clone(), source })?;
-        let db = Arc::new(open_db(config)?);
+        let db = Arc::new(rocks::open_db(config)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
         recover::check_layout(&db, &config.data_dir)?;
         let epoch = match db.get_cf(meta, b"epoch")? {
@@ -243,7 +260,8 @@ impl Journal {
         } else {
             None
         };
-        let recovered = recover::recover(&db)?;
+        let clean_stop = upmark::take_clean_stop(&db)?;
+        let recovered = recover::recover(&db, clean_stop)?;
         let (tx, rx) = mpsc::channel(config.max_batch * 4);
         let health = writer::Health::new();
         let writer = writer::spawn(db.clone(), rx, config.clone(), health.clone(), metrics.clone());
@@ -303,6 +321,17 @@ impl Journal {
         committed: Arc<watch::Sender<u64>>,
     ) -> Result<(), JournalError> {
         self.send(Op::Append { session, first, frames, chunk, committed, at: Instant::now() }).await
+    }
+
+    /// Records that the session's client messages up to `mark.written` were
+    /// written to its backend; `acked` follows once that is durable.
+    pub(crate) async fn put_up(
+        &self,
+        session: SessionId,
+        mark: UpMark,
+        acked: Arc<watch::Sender<u64>>,
+    ) -> Result<(), JournalError> {
+        self.send(Op::PutUp { session, mark, acked }).await
     }
 
     /// Stores a session's record.
@@ -372,10 +401,12 @@ impl Journal {
     }
 
     /// Writes and fsyncs everything queued, then stops the writer thread so
-    /// the database is idle before the process exits.
-    pub(crate) async fn close(&self) -> Result<(), JournalError> {
+    /// the database is idle before the process exits. `clean`: every
+    /// session's tasks stopped in order, so the next start may trust their
+    /// upstream marks as exact.
+    pub(crate) async fn close(&self, clean: bool) -> Result<(), JournalError> {
         let (done, rx) = oneshot::channel();
-        self.send(Op::Close { done }).await?;
+        self.send(Op::Close { done, clean }).await?;
         rx.await.map_err(|_| JournalError::Closed)
     }
 
@@ -432,54 +463,4 @@ impl Journal {
         .await
         .unwrap_or(0)
     }
-}
-
-fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
-    // A restart after a failed write replays the WAL into memtables without
-    // writing new SST files first, so it needs little free space. The old
-    // WAL is kept until the memtables are flushed. The option has no setter
-    // in the `rocksdb` crate.
-    let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    space::recover_from_full_disk(&mut opts);
-    // The largest memtable is also the free space RocksDB waits for before
-    // it resumes writes after a full disk (and about what a WAL file
-    // preallocates): `journal.memtable_bytes`, not RocksDB's 64 MiB.
-    let memtable = config.memtable_bytes;
-    opts.set_write_buffer_size(memtable);
-    // Most frames are replayed or trimmed while they are young: the memtable
-    // flush (L0) and the first compaction (L1) write them uncompressed, which
-    // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
-    // that lives long enough to reach L2 and below is compressed with lz4.
-    let mut small = Options::default();
-    small.set_write_buffer_size(memtable);
-    // One thread inserts every chunk, and each session's chunks arrive in
-    // key order: a per-session insert hint (the first 16 key bytes) turns
-    // the memtable's skiplist search, 7 % of tether's CPU at 1,000 sessions
-    // × 20 msg/s, into a step from the session's last insert, for ~250
-    // bytes per session with frames in the memtable. RocksDB ignores hints
-    // in concurrent memtable writes, which one writer does not need.
-    opts.set_allow_concurrent_memtable_write(false);
-    let mut frames = Options::default()
-        .get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16")?;
-    frames.set_write_buffer_size(memtable);
-    use rocksdb::DBCompressionType::{Lz4, None as Plain};
-    frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
-    let cfs = vec![
-        // Named, or the `rocksdb` crate adds it with RocksDB's default
-        // 64 MiB memtable, which would be the recovery reserve.
-        ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, small.clone()),
-        ColumnFamilyDescriptor::new(CF_FRAMES, frames),
-        ColumnFamilyDescriptor::new(CF_SESSIONS, small.clone()),
-        ColumnFamilyDescriptor::new(CF_META, small),
-    ];
-    let db = DB::open_cf_descriptors(&opts, &config.data_dir, cfs)?;
-    // Range tombstones in the memtable are re-fragmented by every iterator,
-    // so each one makes every journal read slower until the memtable is
-    // flushed. Trims come in chunks (session/retention.rs), so this bound is
-    // rarely reached; when it is, the memtable is flushed early.
-    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-    db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
-    Ok(db)
 }

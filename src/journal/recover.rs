@@ -6,7 +6,7 @@ use std::path::Path;
 use rocksdb::{IteratorMode, DB};
 
 use super::chunk::{self, chunk_key};
-use super::{JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_SESSIONS};
+use super::{upmark, JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_SESSIONS, CF_UPSTREAM};
 use crate::protocol::SessionId;
 
 /// Layout 1 (one key per frame, no `layout` key) is refused rather than
@@ -34,9 +34,10 @@ pub(super) fn check_layout(db: &DB, dir: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// Scans the journal for sessions. Frames whose session record is missing
-/// cannot be resumed by anyone and are deleted.
-pub(super) fn recover(db: &DB) -> Result<Vec<RecoveredSession>, JournalError> {
+/// Scans the journal for sessions. Frames and upstream marks whose session
+/// record is missing cannot be resumed by anyone and are deleted. A mark
+/// counts as `stopped` only if the last drain was clean (`clean_stop`).
+pub(super) fn recover(db: &DB, clean_stop: bool) -> Result<Vec<RecoveredSession>, JournalError> {
     let sessions = db.cf_handle(CF_SESSIONS).expect("sessions cf");
     let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
     let mut out: Vec<RecoveredSession> = Vec::new();
@@ -46,9 +47,17 @@ pub(super) fn recover(db: &DB) -> Result<Vec<RecoveredSession>, JournalError> {
         let meta: SessionMeta =
             serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("session {id}: {e}")))?;
         let last_seq = meta.trimmed_to;
-        out.push(RecoveredSession { id, meta, last_seq, frames: 0, bytes: 0 });
+        out.push(RecoveredSession { id, meta, last_seq, frames: 0, bytes: 0, up: None });
     }
     out.sort_by_key(|s| s.id);
+    let upstream = db.cf_handle(CF_UPSTREAM).expect("upstream cf");
+    for (id, mut mark) in upmark::read_all(db)? {
+        mark.stopped &= clean_stop;
+        match out.binary_search_by_key(&id, |s| s.id) {
+            Ok(i) => out[i].up = Some(mark),
+            Err(_) => db.delete_cf(upstream, id.0)?,
+        }
+    }
     let mut orphans: Vec<SessionId> = Vec::new();
     for item in db.iterator_cf(frames, IteratorMode::Start) {
         let (k, v) = item?;
@@ -117,11 +126,11 @@ mod tests {
     fn a_hole_in_a_sessions_chunks_counts_as_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let config = JournalConfig { data_dir: dir.path().to_owned(), ..JournalConfig::default() };
-        let db = super::super::open_db(&config).unwrap();
+        let db = super::super::rocks::open_db(&config).unwrap();
         let (whole, holed) = (SessionId([1; 16]), SessionId([2; 16]));
         write(&db, &whole, &[1, 65, 129]);
         write(&db, &holed, &[1, 129, 193]);
-        let got = recover(&db).unwrap();
+        let got = recover(&db, false).unwrap();
         let summary: Vec<_> = got.iter().map(|s| (s.id, s.meta.trimmed_to, s.frames, s.last_seq)).collect();
         assert_eq!(summary, vec![(whole, 0, 192, 192), (holed, 128, 128, 256)]);
     }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
 use super::space;
-use super::{Op, CF_FRAMES, CF_SESSIONS};
+use super::{upmark, Op, CF_FRAMES, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
@@ -194,7 +194,8 @@ impl Writer {
                     }
                 }
                 Op::Trim { .. } => self.metrics.journal_trims.inc(),
-                Op::Close { done } => {
+                Op::PutUp { mark, acked, .. } => advance(&acked, mark.written),
+                Op::Close { done, .. } => {
                     closing = true;
                     syncs.push(done);
                 }
@@ -216,6 +217,7 @@ impl Writer {
     fn write(&mut self, ops: &[Op]) -> Result<(), rocksdb::Error> {
         let frames = self.db.cf_handle(CF_FRAMES).expect("frames cf");
         let sessions = self.db.cf_handle(CF_SESSIONS).expect("sessions cf");
+        let upstream = self.db.cf_handle(CF_UPSTREAM).expect("upstream cf");
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -234,8 +236,11 @@ impl Writer {
                 Op::Purge { session } => {
                     batch.delete_range_cf(frames, chunk_key(session, 0), chunk_key(session, u64::MAX));
                     batch.delete_cf(sessions, session.0);
+                    batch.delete_cf(upstream, session.0);
                 }
-                Op::Close { .. } => {}
+                Op::PutUp { session, mark, .. } => batch.put_cf(upstream, session.0, mark.encode()),
+                Op::Close { clean: true, .. } => upmark::put_clean_stop(&self.db, &mut batch),
+                Op::Close { clean: false, .. } => {}
             }
         }
         if batch.is_empty() {

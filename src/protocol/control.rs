@@ -82,6 +82,29 @@ pub(crate) struct GapReport {
     pub(crate) lost: SeqRange,
 }
 
+/// Where a connection that opted in to the upstream guarantee stands
+/// (docs/PROTOCOL.md §12), in its welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct UpWelcome {
+    /// The seq tether expects next.
+    pub(crate) next: u64,
+    /// Every client message up to this seq was written to the backend
+    /// connection, and the journal records it.
+    pub(crate) acked: u64,
+    /// Names the session's current backend connection.
+    pub(crate) conn: u64,
+    /// True if `acked` is exactly where the previous backend connection
+    /// stopped writing; false if later messages are in doubt (kill -9).
+    pub(crate) exact: bool,
+}
+
+/// What was written toward the backend when the session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct UpEnd {
+    /// Client messages up to this seq were written; later ones never will be.
+    pub(crate) acked: u64,
+}
+
 /// Every control frame tether sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -98,6 +121,14 @@ pub(crate) enum Control {
         replay: Option<SeqRange>,
         /// Present when `outcome` is `gap`.
         gap: Option<GapReport>,
+        /// Upstream accounting, on connections that opted in only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        up: Option<UpWelcome>,
+    },
+    /// Client messages up to `seq` were written to the backend connection.
+    UpAck {
+        /// The highest seq written (cumulative).
+        seq: u64,
     },
     /// A slow client fell behind retention while attached: frames were trimmed.
     Gap(GapReport),
@@ -109,6 +140,10 @@ pub(crate) enum Control {
         code: u16,
         /// The backend's close reason.
         reason: String,
+        /// What was written toward the backend, on connections that opted
+        /// in to the upstream guarantee only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        up: Option<UpEnd>,
     },
 }
 
@@ -138,6 +173,7 @@ mod tests {
                 first_available: 5,
                 lost: SeqRange { from: 2, to: Some(4) },
             }),
+            up: None,
         };
         assert_eq!(
             w.to_message(),
@@ -146,7 +182,24 @@ mod tests {
             )
         );
         assert_eq!(Control::Draining.to_message(), Message::text(r##"#{"type":"draining"}"##));
-        let end = Control::End { code: 1000, reason: "bye".into() };
+        let end = Control::End { code: 1000, reason: "bye".into(), up: None };
         assert_eq!(end.to_message(), Message::text(r##"#{"type":"end","code":1000,"reason":"bye"}"##));
+        let end = Control::End { code: 1000, reason: String::new(), up: Some(UpEnd { acked: 41 }) };
+        assert_eq!(end.to_message(), Message::text(r##"#{"type":"end","code":1000,"reason":"","up":{"acked":41}}"##));
+        assert_eq!(Control::UpAck { seq: 7 }.to_message(), Message::text(r##"#{"type":"up_ack","seq":7}"##));
+        let w = Control::Welcome {
+            v: 1,
+            session: "tok".into(),
+            outcome: Outcome::Resumed,
+            replay: None,
+            gap: None,
+            up: Some(UpWelcome { next: 42, acked: 40, conn: 7, exact: true }),
+        };
+        assert_eq!(
+            w.to_message(),
+            Message::text(
+                r##"#{"type":"welcome","v":1,"session":"tok","outcome":"resumed","replay":null,"gap":null,"up":{"next":42,"acked":40,"conn":7,"exact":true}}"##
+            )
+        );
     }
 }

@@ -12,6 +12,12 @@ pub(crate) const OFFSET_HEADER: &str = "tether-offset";
 pub(crate) const SESSION_PARAM: &str = "tether_session";
 /// Query parameter carrying the offset.
 pub(crate) const OFFSET_PARAM: &str = "tether_offset";
+/// Header opting a connection in to the upstream guarantee (`seq`).
+pub(crate) const UP_HEADER: &str = "tether-up";
+/// Query parameter opting a connection in to the upstream guarantee.
+pub(crate) const UP_PARAM: &str = "tether_up";
+/// The one value `Tether-Up` / `tether_up` takes.
+pub(crate) const UP_SEQ: &str = "seq";
 
 /// What a client presented to resume.
 #[derive(Clone, PartialEq, Eq)]
@@ -43,6 +49,21 @@ pub(crate) enum BadCredentials {
     /// The header or parameter is not valid text, or is repeated.
     #[error("{0} is not valid (not ASCII, empty or repeated)")]
     Unreadable(&'static str),
+}
+
+/// `Tether-Up` / `tether_up` is present but not `seq` (400 `malformed_up`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}; the only value is \"seq\" (docs/PROTOCOL.md §12)")]
+pub(crate) struct BadUp(String);
+
+/// True if the connection opts in to the upstream guarantee (header wins).
+pub(crate) fn parse_up(headers: &HeaderMap, query: Option<&str>) -> Result<bool, BadUp> {
+    match lookup(headers, query, UP_HEADER, UP_PARAM) {
+        Ok(None) => Ok(false),
+        Ok(Some(v)) if v == UP_SEQ => Ok(true),
+        Ok(Some(v)) => Err(BadUp(format!("Tether-Up {v:?} is not understood"))),
+        Err(e) => Err(BadUp(e.to_string())),
+    }
 }
 
 /// Reads the credentials; `Ok(None)` for a client that starts a new session.
@@ -108,7 +129,7 @@ pub(crate) fn strip_params(query: Option<&str>) -> Option<String> {
         .filter(|p| !p.is_empty())
         .filter(|p| {
             let k = p.split_once('=').map_or(*p, |(k, _)| k);
-            k != SESSION_PARAM && k != OFFSET_PARAM
+            k != SESSION_PARAM && k != OFFSET_PARAM && k != UP_PARAM
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
@@ -192,9 +213,20 @@ mod tests {
     }
 
     #[test]
+    fn up_is_seq_or_absent() {
+        assert_eq!(parse_up(&h(&[]), Some("a=1")), Ok(false));
+        assert_eq!(parse_up(&h(&[("tether-up", " seq ")]), Some("tether_up=bogus")), Ok(true));
+        assert_eq!(parse_up(&h(&[]), Some("tether_up=seq")), Ok(true));
+        assert!(parse_up(&h(&[("tether-up", "acks")]), None).is_err());
+        assert!(parse_up(&h(&[]), Some("tether_up=seq&tether_up=seq")).is_err());
+        assert!(parse_up(&h(&[("tether-up", "seq"), ("tether-up", "seq")]), None).is_err());
+    }
+
+    #[test]
     fn strips_only_tether_params() {
         assert_eq!(strip_params(Some("a=1&tether_session=x&b&tether_offset=2")), Some("a=1&b".into()));
         assert_eq!(strip_params(Some("tether_offset=2")), None);
+        assert_eq!(strip_params(Some("tether_up=seq&c=3")), Some("c=3".into()));
         assert_eq!(strip_params(None), None);
     }
 }

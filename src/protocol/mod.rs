@@ -5,6 +5,7 @@ pub(crate) mod control;
 pub(crate) mod credentials;
 pub(crate) mod stamp;
 pub(crate) mod token;
+pub(crate) mod upstamp;
 
 #[cfg(test)]
 mod props;

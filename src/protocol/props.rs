@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::control::{Control, GapReason, GapReport, Outcome, SeqRange};
+use super::control::{Control, GapReason, GapReport, Outcome, SeqRange, UpEnd, UpWelcome};
 use super::credentials::{self, BadCredentials, Credentials};
 use super::stamp::Stamper;
 use super::token::{RawToken, TokenKey};
@@ -260,12 +260,29 @@ fn control() -> impl Strategy<Value = Control> {
         first_available: f,
         lost,
     });
+    let up = (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>())
+        .prop_map(|(next, acked, conn, exact)| UpWelcome { next, acked, conn, exact });
     prop_oneof![
-        ("\\PC{0,60}", outcome, proptest::option::of(range), proptest::option::of(report.clone()))
-            .prop_map(|(session, outcome, replay, gap)| Control::Welcome { v: 1, session, outcome, replay, gap }),
+        (
+            "\\PC{0,60}",
+            outcome,
+            proptest::option::of(range),
+            proptest::option::of(report.clone()),
+            proptest::option::of(up)
+        )
+            .prop_map(|(session, outcome, replay, gap, up)| Control::Welcome {
+                v: 1,
+                session,
+                outcome,
+                replay,
+                gap,
+                up
+            }),
+        any::<u64>().prop_map(|seq| Control::UpAck { seq }),
         report.prop_map(Control::Gap),
         Just(Control::Draining),
-        (any::<u16>(), "\\PC{0,60}").prop_map(|(code, reason)| Control::End { code, reason }),
+        (any::<u16>(), "\\PC{0,60}", proptest::option::of(any::<u64>()))
+            .prop_map(|(code, reason, acked)| Control::End { code, reason, up: acked.map(|acked| UpEnd { acked }) }),
     ]
 }
 
@@ -295,17 +312,30 @@ proptest! {
         let body = t.as_str().strip_prefix('#').expect("starts with #");
         let got: Value = serde_json::from_str(body).unwrap();
         let want = match &c {
-            Control::Welcome { v, session, outcome, replay, gap } => serde_json::json!({
-                "type": "welcome", "v": v, "session": session, "outcome": outcome.as_str(),
-                "replay": replay.as_ref().map(range_json), "gap": gap.as_ref().map(report_json),
-            }),
+            Control::Welcome { v, session, outcome, replay, gap, up } => {
+                let mut w = serde_json::json!({
+                    "type": "welcome", "v": v, "session": session, "outcome": outcome.as_str(),
+                    "replay": replay.as_ref().map(range_json), "gap": gap.as_ref().map(report_json),
+                });
+                if let Some(u) = up {
+                    w["up"] = serde_json::json!({ "next": u.next, "acked": u.acked, "conn": u.conn, "exact": u.exact });
+                }
+                w
+            }
+            Control::UpAck { seq } => serde_json::json!({ "type": "up_ack", "seq": seq }),
             Control::Gap(g) => {
                 let mut v = report_json(g);
                 v["type"] = "gap".into();
                 v
             }
             Control::Draining => serde_json::json!({ "type": "draining" }),
-            Control::End { code, reason } => serde_json::json!({ "type": "end", "code": code, "reason": reason }),
+            Control::End { code, reason, up } => {
+                let mut e = serde_json::json!({ "type": "end", "code": code, "reason": reason });
+                if let Some(u) = up {
+                    e["up"] = serde_json::json!({ "acked": u.acked });
+                }
+                e
+            }
         };
         prop_assert_eq!(got, want);
     }

@@ -32,6 +32,7 @@ use super::tap::RawTap;
 use super::{Context, Port};
 use crate::cluster::peer_auth::now_secs;
 use crate::cluster::{forward, Located, OwnerAnswer, Peer, PeerRefused, PEER_HEADER};
+use crate::config::StampMode;
 use crate::net::{has_token, LazyRead};
 use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
@@ -65,6 +66,8 @@ struct Admitted {
     identity: [u8; 32],
     /// The offset the client resumes from (0 without credentials).
     offset: u64,
+    /// The connection opts in to the upstream guarantee.
+    up: bool,
     plan: Plan,
 }
 
@@ -142,8 +145,8 @@ async fn upgrade(
     let reason = bound.gap.as_ref().map_or("none", |g| g.reason.as_str());
     ctx.rt.metrics.resume(bound.outcome.as_str(), reason);
     tracing::info!(session = %bound.session.id, outcome = bound.outcome.as_str(), reason, "client attached");
-    let resp = respond(req.headers(), &admitted.key, &bound, &token);
-    spawn_pump(req, bound, token, ctx);
+    let resp = respond(req.headers(), &admitted.key, &bound, &token, admitted.up);
+    spawn_pump(req, bound, token, admitted.up, ctx);
     Ok(resp)
 }
 
@@ -167,6 +170,12 @@ async fn admit(
     }
     let creds = credentials::parse(req.headers(), req.uri().query())
         .map_err(|e| Refusal::bad_request(credential_error(&e), e.to_string()))?;
+    let up = credentials::parse_up(req.headers(), req.uri().query())
+        .map_err(|e| Refusal::bad_request("malformed_up", e.to_string()))?;
+    if up && ctx.stamper.mode() == StampMode::None {
+        let detail = "stamp.mode = \"none\" sends no control frames, so no upstream acks (docs/PROTOCOL.md §12)";
+        return Err(Refusal::bad_request("upstream_unsupported", detail));
+    }
     if port == Port::Peer || req.headers().contains_key(PEER_HEADER) {
         *peer = check_peer(req, port, creds.as_ref(), ctx)?;
     }
@@ -175,7 +184,7 @@ async fn admit(
         None => (0, Plan::New { gap: None }),
         Some(c) => (c.offset, resolve(c, &identity, port, ctx).await?),
     };
-    Ok(Admitted { key, identity, offset, plan })
+    Ok(Admitted { key, identity, offset, up, plan })
 }
 
 /// Phase 2 of a resume: attaches the session, opening a backend connection
@@ -238,7 +247,7 @@ async fn start_session(
 /// Phase 3: the 101. The backend's own 101 headers pass through when this
 /// request opened the backend connection, except hop-by-hop ones and any
 /// `tether-*` header; tether's are added.
-fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str) -> Response<Full<Bytes>> {
+fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str, up: bool) -> Response<Full<Bytes>> {
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     if let Some(backend) = &bound.backend {
         for (name, value) in backend {
@@ -260,6 +269,7 @@ fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str) -> Respons
         Some(g) => resp.header("tether-gap", gap_header(g)),
         None => resp,
     };
+    let resp = if up { resp.header(credentials::UP_HEADER, credentials::UP_SEQ) } else { resp };
     resp.body(Full::new(Bytes::new())).expect("valid 101")
 }
 
@@ -286,11 +296,11 @@ fn subprotocol(client: &HeaderMap, backend: Option<&HeaderMap>) -> Option<Header
 
 /// Phase 4: once hyper has sent the 101 and hands over the socket, the pump
 /// serves it. If the upgrade fails, the session goes back to where it was.
-fn spawn_pump(req: &mut Request<Incoming>, bound: Bound, token: String, ctx: &Arc<Context>) {
+fn spawn_pump(req: &mut Request<Incoming>, bound: Bound, token: String, up: bool, ctx: &Arc<Context>) {
     let on_upgrade = hyper::upgrade::on(req);
     let ctx = ctx.clone();
     let Bound { session, attachment, outcome, start, gap, .. } = bound;
-    let greeting = Greeting { token, outcome, gap, start };
+    let greeting = Greeting { token, outcome, gap, start, up };
     ctx.rt.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

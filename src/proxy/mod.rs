@@ -3,14 +3,18 @@
 //!
 //! - [`serve`]: the accept loop, one hyper HTTP/1 connection task per client;
 //! - [`handshake`]: one upgrade request, up to the 101, in named phases;
-//! - [`pump`]: one attached client connection, writing through a [`sink`];
+//! - [`pump`]: one attached client connection, writing through a [`sink`],
+//!   its read half a [`reader`] task; [`upward`] is the connection's side of
+//!   the upstream guarantee (stamps checked, acks sent);
 //! - [`refusal`]: every error a client can cause before the upgrade.
 
 mod handshake;
 mod pump;
+mod reader;
 mod refusal;
 mod sink;
 mod tap;
+mod upward;
 
 use std::sync::Arc;
 

@@ -9,22 +9,23 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Error as WsError;
 
+use super::reader::read_client;
 use super::sink::{self, sendable, ClientSink, ClientSocket};
+use super::upward::{ack_due, UpAcks, UpReader};
 use super::Context;
 use crate::config::StampMode;
 use crate::journal::{EndInfo, JournalError, Wire, WireStamp};
-use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange};
+use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange, UpEnd};
 use crate::protocol::unix_ms;
 use crate::session::{Attachment, Session, ToBackend};
 
@@ -36,6 +37,10 @@ const CLOSE_STALLED: u16 = 1013;
 /// Close code when frames were trimmed under a `stamp = "none"` client,
 /// which cannot receive an in-band gap report: resume to see it.
 const CLOSE_GAP: u16 = 4002;
+/// Close code for an upstream message without a valid seq stamp.
+const CLOSE_BAD_STAMP: u16 = 4003;
+/// Close code for an upstream seq that skips ahead.
+const CLOSE_SEQ_GAP: u16 = 4004;
 
 /// What the handshake decided, for the welcome frame.
 pub(super) struct Greeting {
@@ -47,11 +52,13 @@ pub(super) struct Greeting {
     pub(super) gap: Option<GapReport>,
     /// First seq to send.
     pub(super) start: u64,
+    /// The connection opted in to the upstream guarantee.
+    pub(super) up: bool,
 }
 
 /// How a client connection ended, for `tether_client_disconnects_total`.
 #[derive(Debug, Clone, Copy)]
-enum Gone {
+pub(super) enum Gone {
     /// TCP reset, EOF without a close, or an I/O error: no close frame.
     Abnormal,
     /// A close frame other than 1000 (e.g. 1001 going away): detaches.
@@ -67,9 +74,14 @@ enum Gone {
     /// The backend did not make room for the client's next message within
     /// `session.upstream_stall_timeout`.
     Stalled,
+    /// Upstream guarantee: a message without a valid seq stamp (4003).
+    BadStamp,
+    /// Upstream guarantee: a seq that skips ahead (4004).
+    SeqGap,
 }
 
-enum Exit {
+/// Why a pump stops serving its connection.
+pub(super) enum Exit {
     TakenOver,
     Draining,
     ClientClosed(Option<CloseFrame>),
@@ -116,6 +128,8 @@ pub(super) struct Pump {
     ended: watch::Receiver<Option<(u64, EndInfo)>>,
     /// Next seq to send.
     cursor: u64,
+    /// The connection opted in to the upstream guarantee.
+    up: bool,
     /// How replay batches from the journal are stamped (`None`: they go
     /// through tungstenite, as `json` stamps need).
     wire: Option<WireStamp>,
@@ -147,6 +161,7 @@ impl Pump {
             attachment,
             ctx,
             cursor: 0,
+            up: false,
         }
     }
 
@@ -157,30 +172,43 @@ impl Pump {
             tracing::info!(session = %self.session.id, "took the session over from an older connection");
         }
         self.cursor = greeting.start;
+        self.up = greeting.up;
         let replay_to = self.attachment.replay_to;
+        let acks = greeting.up.then(|| UpAcks::subscribe(&self.session));
+        let up = acks.as_ref().map(|_| self.session.up().welcome());
+        if let Some(u) = &up {
+            let m = &self.ctx.rt.metrics.up;
+            if u.exact {
+                m.welcomes_exact.inc()
+            } else {
+                m.welcomes_in_doubt.inc()
+            }
+        }
         let welcome = Control::Welcome {
             v: 1,
             session: greeting.token,
             outcome: greeting.outcome,
             replay: (self.cursor <= replay_to).then_some(SeqRange { from: self.cursor, to: Some(replay_to) }),
             gap: greeting.gap,
+            up,
         };
+        let reader = up.zip(acks.as_ref()).map(|(u, a)| a.reader(u.next));
         let exit = match self.sink.control(welcome).await {
-            Ok(()) => self.serve().await,
+            Ok(()) => self.serve(reader, acks).await,
             Err(_) => Exit::Gone(Gone::Abnormal),
         };
         self.finish(exit).await;
     }
 
-    /// The loop: deliver frames, ping, and watch for the reader's exit, a
-    /// takeover and shutdown.
-    async fn serve(&mut self) -> Exit {
+    /// The loop: deliver frames, ping, ack the client's messages, and watch
+    /// for the reader's exit, a takeover and shutdown.
+    async fn serve(&mut self, up: Option<UpReader>, mut acks: Option<UpAcks>) -> Exit {
         let last_seen = Arc::new(AtomicU64::new(unix_ms()));
         let stream = self.stream.take().expect("served once");
         // The reader's own join handle reports how it left: a channel for that
         // one message would cost every idle session about 1.8 KB.
         let stall = self.ctx.config.session.upstream_stall_timeout;
-        let mut reader = tokio::spawn(read_client(stream, self.session.clone(), last_seen.clone(), stall));
+        let mut reader = tokio::spawn(read_client(stream, self.session.clone(), last_seen.clone(), stall, up));
         let attached_at = Instant::now();
         let replay_to = self.attachment.replay_to;
         let mut replaying = self.cursor <= replay_to;
@@ -194,6 +222,12 @@ impl Pump {
                 _ = &mut kicked => break Exit::TakenOver,
                 _ = shutdown.cancelled() => break Exit::Draining,
                 exit = &mut reader => break exit.unwrap_or(Exit::Gone(Gone::Abnormal)),
+                () = ack_due(&mut acks) => {
+                    let ack = acks.as_mut().map(|a| a.ack(&self.ctx.rt.metrics.up)).expect("due only when opted in");
+                    if self.sink.control(ack).await.is_err() {
+                        break Exit::Gone(Gone::Abnormal);
+                    }
+                }
                 _ = ping.tick() => {
                     let silent = unix_ms().saturating_sub(last_seen.load(Ordering::Relaxed));
                     if u128::from(silent) > self.ctx.config.session.ping_timeout.as_millis() {
@@ -385,13 +419,24 @@ impl Pump {
                 self.sink.close(CLOSE_STALLED, "the backend is not reading; resume later").await;
                 "upstream_stalled"
             }
+            Exit::Gone(Gone::BadStamp) => {
+                self.sink.close(CLOSE_BAD_STAMP, "upstream message without a valid seq stamp").await;
+                "bad_stamp"
+            }
+            Exit::Gone(Gone::SeqGap) => {
+                self.sink.close(CLOSE_SEQ_GAP, "upstream seq skipped ahead; resume and resend from next").await;
+                "seq_gap"
+            }
             Exit::Gone(Gone::Away) => {
                 self.sink.close_reply().await;
                 "away"
             }
             Exit::Gone(Gone::Abnormal) => "abnormal",
             Exit::BackendEnded(info) => {
-                self.sink.last_control(Control::End { code: info.code, reason: info.reason.clone() }).await;
+                // The link task recorded its last mark before ending the
+                // session: messages above it were not written.
+                let up = self.up.then(|| UpEnd { acked: self.session.up().acked() });
+                self.sink.last_control(Control::End { code: info.code, reason: info.reason.clone(), up }).await;
                 let code = match info.code {
                     1005 => 1000,
                     c if sendable(c) => c,
@@ -434,46 +479,5 @@ impl Pump {
             Err(_) => tracing::info!(session = %self.session.id, "close not forwarded: the backend is not reading"),
         }
         "clean"
-    }
-}
-
-/// Forwards the client's frames to the backend and reports how it left.
-/// While the session's queue toward the backend is full, the client is not
-/// read (TCP backpressure); a message that finds no room within `stall` is
-/// not forwarded, and the client is closed (docs/PROTOCOL.md §10).
-async fn read_client(
-    mut stream: SplitStream<ClientSocket>,
-    session: Arc<Session>,
-    last_seen: Arc<AtomicU64>,
-    stall: Duration,
-) -> Exit {
-    loop {
-        let Some(msg) = stream.next().await else { break Exit::Gone(Gone::Abnormal) };
-        last_seen.store(unix_ms(), Ordering::Relaxed);
-        match msg {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                match tokio::time::timeout(stall, session.send_upstream(ToBackend::Data(m))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        tracing::debug!(session = %session.id, "client frame dropped: the session has no backend connection");
-                    }
-                    Err(_) => {
-                        tracing::warn!(session = %session.id, ?stall, "backend is not reading; closing the client");
-                        break Exit::Gone(Gone::Stalled);
-                    }
-                }
-            }
-            Ok(Message::Close(frame)) => {
-                let normal = frame.as_ref().is_some_and(|f| f.code == CloseCode::Normal);
-                break if normal { Exit::ClientClosed(frame) } else { Exit::Gone(Gone::Away) };
-            }
-            Ok(_) => {}
-            Err(WsError::Capacity(_)) => break Exit::Gone(Gone::TooBig),
-            // An EOF without a close is a drop, not a framing error.
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => break Exit::Gone(Gone::Abnormal),
-            Err(WsError::Protocol(_)) => break Exit::Gone(Gone::Protocol),
-            Err(WsError::Utf8(_)) => break Exit::Gone(Gone::InvalidPayload),
-            Err(_) => break Exit::Gone(Gone::Abnormal),
-        }
     }
 }

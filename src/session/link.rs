@@ -23,8 +23,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::up::{Accept, MARK_EVERY};
 use super::{BackendConn, Session, ToBackend};
-use crate::journal::EndInfo;
+use crate::journal::{EndInfo, UpMark};
 use crate::metrics::Flow;
 use crate::protocol::Payload;
 use crate::upstream::BackendSocket;
@@ -61,6 +62,8 @@ struct Link {
     /// Set once the client closed normally: the close was forwarded, and the
     /// backend has until the deadline to answer it.
     client_close: Option<(EndInfo, tokio::time::Instant)>,
+    /// The last upstream mark handed to the journal (see [`super::up`]).
+    marked: u64,
 }
 
 /// The write half: forwards the client's messages from the session's
@@ -70,17 +73,19 @@ struct Link {
 struct Writer {
     sink: SplitSink<BackendSocket, Message>,
     upstream: mpsc::Receiver<Box<ToBackend>>,
-    /// Bytes of a data message handed to the socket but not yet flushed;
-    /// counted as forwarded once flushed.
-    unflushed: Option<usize>,
+    /// Bytes (and seq, if stamped) of a data message handed to the socket
+    /// but not yet flushed; counted as forwarded once flushed.
+    unflushed: Option<(usize, Option<u64>)>,
     /// A close was handed to the socket: only flushing is left.
     closed: bool,
 }
 
 /// What the writer did.
 enum Wrote {
-    /// A data message reached the socket.
-    Data(usize),
+    /// A data message reached the socket (its seq, if stamped).
+    Data(usize, Option<u64>),
+    /// A stamped message was not written: taken before (or out of order).
+    Skipped,
     /// The client's close reached the socket.
     Close(EndInfo),
     /// The session dropped its sender: nothing more will come.
@@ -97,7 +102,8 @@ pub(super) async fn run(
     let shutdown = session.shared.rt.shutdown.clone();
     let (sink, reader) = socket.split();
     let writer = Writer { sink, upstream, unflushed: None, closed: false };
-    let mut link = Link { session, reader, writer, client_close: None };
+    let marked = session.up_used().map_or(0, |up| up.written());
+    let mut link = Link { session, reader, writer, client_close: None, marked };
     let stop = loop {
         let deadline = *linger.borrow_and_update();
         let closing = link.client_close.as_ref().map(|(_, at)| *at);
@@ -105,7 +111,7 @@ pub(super) async fn run(
             biased;
             _ = shutdown.cancelled() => Err(Stop::Away("tether is restarting")),
             msg = link.reader.next() => link.on_backend(msg).await,
-            wrote = link.writer.forward() => link.on_wrote(wrote),
+            wrote = link.writer.forward(&link.session) => link.on_wrote(wrote).await,
             _ = sleep_until(closing) => Err(Stop::Ended(link.client_ended())),
             _ = sleep_until(deadline.map(Into::into)) => link.linger_expired().await,
             changed = linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
@@ -116,10 +122,14 @@ pub(super) async fn run(
     };
     match stop {
         Stop::Ended(end) => {
+            link.settle_up(false).await;
             tracing::info!(session = %link.session.id, code = end.code, "session ended");
             link.session.end(end).await;
         }
-        Stop::Away(reason) => going_away(&mut link.writer.sink, reason).await,
+        Stop::Away(reason) => {
+            link.settle_up(true).await;
+            going_away(&mut link.writer.sink, reason).await
+        }
         Stop::Journal => {}
     }
 }
@@ -186,12 +196,17 @@ impl Link {
 
     /// The writer forwarded a client message; a normal close starts the
     /// wait for the backend's answer.
-    fn on_wrote(&mut self, wrote: Result<Wrote, WsError>) -> Next {
+    async fn on_wrote(&mut self, wrote: Result<Wrote, WsError>) -> Next {
         match wrote {
-            Ok(Wrote::Data(len)) => {
+            Ok(Wrote::Data(len, seq)) => {
                 self.upstream_flow().count(len);
-                Ok(())
+                if let Some(seq) = seq {
+                    self.session.up().wrote(seq);
+                    self.session.shared.rt.metrics.up.forwarded.inc();
+                }
+                self.mark_written().await
             }
+            Ok(Wrote::Skipped) => self.mark_written().await,
             Ok(Wrote::Close(info)) => {
                 self.client_close = Some((info, tokio::time::Instant::now() + CLOSE_WAIT));
                 Ok(())
@@ -201,6 +216,52 @@ impl Link {
                 tracing::debug!(session = %self.session.id, error = %e, "backend write failed");
                 Err(Stop::Ended(self.client_ended()))
             }
+        }
+    }
+
+    /// Hands the upstream mark to the journal when the queue toward the
+    /// backend runs empty, and at least every [`MARK_EVERY`] messages of a
+    /// steady stream: the client's acks follow the journal's commit.
+    async fn mark_written(&mut self) -> Next {
+        let Some(up) = self.session.up_used() else { return Ok(()) };
+        let written = up.written();
+        let due = written >= self.marked + MARK_EVERY || self.writer.upstream.is_empty();
+        if written > self.marked && due {
+            let mark = UpMark { written, stopped: false };
+            self.session
+                .shared
+                .journal
+                .put_up(self.session.id, mark, up.acked_sender())
+                .await
+                .map_err(|_| Stop::Journal)?;
+            self.marked = written;
+        }
+        Ok(())
+    }
+
+    /// The backend connection stops: its last upstream mark says exactly
+    /// what was written, unless a stamped message was handed to the socket
+    /// and not confirmed (then the ones after the mark are in doubt). On a
+    /// drain or linger expiry (`flush_first`) that message is given
+    /// [`GOING_AWAY_WAIT`] to go out first. After the backend ended the
+    /// session, the mark is awaited, so the client's `end` carries it.
+    async fn settle_up(&mut self, flush_first: bool) {
+        let Some(up) = self.session.up_used() else { return };
+        if let (true, Some((len, seq))) = (flush_first, self.writer.unflushed) {
+            if let Ok(Ok(())) = tokio::time::timeout(GOING_AWAY_WAIT, self.writer.flush()).await {
+                self.writer.unflushed = None;
+                self.upstream_flow().count(len);
+                if let Some(seq) = seq {
+                    up.wrote(seq);
+                    self.session.shared.rt.metrics.up.forwarded.inc();
+                }
+            }
+        }
+        let mark = up.stopped(matches!(self.writer.unflushed, Some((_, Some(_)))));
+        let journal = &self.session.shared.journal;
+        if journal.put_up(self.session.id, mark, up.acked_sender()).await.is_ok() && !flush_first {
+            let mut acked = up.watch_acked();
+            let _ = tokio::time::timeout(GOING_AWAY_WAIT, acked.wait_for(|a| *a >= mark.written)).await;
         }
     }
 
@@ -231,11 +292,11 @@ impl Writer {
     /// either still in the channel or already in the socket's buffer (and
     /// `unflushed` says so), so the `select!` may drop this future whenever
     /// another arm fires and call it again later.
-    async fn forward(&mut self) -> Result<Wrote, WsError> {
-        if let Some(len) = self.unflushed {
+    async fn forward(&mut self, session: &Session) -> Result<Wrote, WsError> {
+        if let Some((len, seq)) = self.unflushed {
             self.flush().await?;
             self.unflushed = None;
-            return Ok(Wrote::Data(len));
+            return Ok(Wrote::Data(len, seq));
         }
         if self.closed {
             self.flush().await?;
@@ -244,14 +305,19 @@ impl Writer {
         std::future::poll_fn(|cx| Pin::new(&mut self.sink).poll_ready(cx)).await?;
         let Some(cmd) = self.upstream.recv().await else { return Ok(Wrote::Done) };
         match *cmd {
-            ToBackend::Data(m) => {
-                let len = m.len();
-                Pin::new(&mut self.sink).start_send(m)?;
-                self.unflushed = Some(len);
-                self.flush().await?;
-                self.unflushed = None;
-                Ok(Wrote::Data(len))
-            }
+            ToBackend::Data(m) => self.write(m, None).await,
+            ToBackend::Stamped(seq, m) => match session.up().accept(seq) {
+                Accept::Next => self.write(m, Some(seq)).await,
+                Accept::Duplicate => {
+                    session.shared.rt.metrics.up.duplicate.inc();
+                    Ok(Wrote::Skipped)
+                }
+                Accept::Gap => {
+                    tracing::error!(session = %session.id, seq, "upstream seq out of order; not written");
+                    session.shared.rt.metrics.up.seq_gap.inc();
+                    Ok(Wrote::Skipped)
+                }
+            },
             ToBackend::Close(frame) => {
                 let info = frame
                     .as_ref()
@@ -264,6 +330,16 @@ impl Writer {
                 Ok(Wrote::Close(info))
             }
         }
+    }
+
+    /// Hands `m` to the socket and flushes it (see `unflushed`).
+    async fn write(&mut self, m: Message, seq: Option<u64>) -> Result<Wrote, WsError> {
+        let len = m.len();
+        Pin::new(&mut self.sink).start_send(m)?;
+        self.unflushed = Some((len, seq));
+        self.flush().await?;
+        self.unflushed = None;
+        Ok(Wrote::Data(len, seq))
     }
 
     async fn flush(&mut self) -> Result<(), WsError> {

@@ -21,9 +21,10 @@ mod link;
 mod registry;
 mod retention;
 mod ring;
+mod up;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -40,6 +41,7 @@ use index::{Counted, Index};
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim, SEGMENT_FRAMES};
 use ring::Ring;
+pub(crate) use up::Up;
 
 /// A backend connection and the `limits.max_sessions` slot it holds; the
 /// slot is reserved before dialing and freed when the link task ends.
@@ -64,6 +66,9 @@ impl BackendConn {
 pub(crate) enum ToBackend {
     /// A data message, forwarded as is.
     Data(Message),
+    /// A data message of a connection with the upstream guarantee, its
+    /// stamp removed: written once, in seq order (see [`up`]).
+    Stamped(u64, Message),
     /// The client closed normally; the session ends.
     Close(Option<CloseFrame>),
 }
@@ -134,6 +139,9 @@ pub(crate) struct Session {
     inner: Mutex<Inner>,
     /// The registry's sessions by state, told of every transition.
     index: Arc<Index>,
+    /// The upstream guarantee's accounting, once a client opted in (boxed:
+    /// most sessions never do, and pay 8 bytes for it).
+    up: OnceLock<Box<Up>>,
 }
 
 impl Session {
@@ -163,6 +171,7 @@ impl Session {
             }),
             shared,
             index,
+            up: OnceLock::new(),
         });
         {
             let mut inner = session.lock();
@@ -250,6 +259,22 @@ impl Session {
         }
     }
 
+    /// The instance's metrics.
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.rt.metrics
+    }
+
+    /// The upstream guarantee's accounting, created when the first client
+    /// of the session opts in.
+    pub(crate) fn up(&self) -> &Up {
+        self.up.get_or_init(|| Box::new(Up::new()))
+    }
+
+    /// The accounting, if any client of the session opted in.
+    pub(super) fn up_used(&self) -> Option<&Up> {
+        self.up.get().map(|b| &**b)
+    }
+
     /// Sends a client frame towards the backend.
     pub(crate) async fn send_upstream(&self, msg: ToBackend) -> Result<(), NoBackend> {
         let tx = match &self.lock().life {
@@ -265,6 +290,9 @@ impl Session {
         // 32 unboxed messages would cost each idle session 1.8 KB.
         let (upstream, upstream_rx) = mpsc::channel(64);
         let (linger, linger_rx) = watch::channel(None);
+        if let Some(up) = self.up_used() {
+            up.new_conn();
+        }
         self.shared.rt.tasks.spawn(link::run(self.clone(), conn, upstream_rx, linger_rx));
         Life::Live { upstream, linger }
     }

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::Index;
 use super::retention::Retained;
-use super::{BackendConn, Life, Session, Shared};
+use super::{BackendConn, Life, Session, Shared, Up};
 use crate::journal::{JournalError, RecoveredSession, SessionMeta};
 use crate::protocol::{unix_ms, SessionId};
 
@@ -67,6 +67,9 @@ impl Sessions {
             }
             let life = if ended.is_some() { Life::Ended { since } } else { Life::Orphaned { since } };
             let s = Session::new(r.id, (shared.clone(), index.clone()), life, retained, meta, r.last_seq);
+            if let Some(mark) = r.up {
+                let _ = s.up.set(Box::new(Up::recovered(mark)));
+            }
             if let Some(info) = ended {
                 s.ended.send_replace(Some((r.last_seq, info)));
             }

@@ -183,6 +183,7 @@ const DROPPED: &[&str] = &[
     "sec-websocket-accept",
     credentials::SESSION_HEADER,
     credentials::OFFSET_HEADER,
+    credentials::UP_HEADER,
 ];
 
 /// True for headers that must not cross tether (including those the

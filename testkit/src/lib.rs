@@ -1,6 +1,11 @@
 //! What tether's integration tests and `tether-bench` both need to read
 //! from a running tether: its admin port, over a plain HTTP/1.1 GET; and
-//! ports to start one on.
+//! ports to start one on; and a proxy that cuts connections as real
+//! networks do ([`CutProxy`]).
+
+mod cut;
+
+pub use cut::CutProxy;
 
 use std::net::SocketAddr;
 

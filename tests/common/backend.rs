@@ -64,6 +64,11 @@ impl BackendConn {
     pub async fn recv(&mut self) -> Option<Message> {
         within("a backend message", self.rx.recv()).await.flatten()
     }
+    /// As [`BackendConn::recv`], with no deadline (for a task that records
+    /// a whole connection).
+    pub async fn recv_any(&mut self) -> Option<Message> {
+        self.rx.recv().await.flatten()
+    }
     /// Waits until the connection has ended, returning the close frame if any.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         within("the backend connection to end", async {

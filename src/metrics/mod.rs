@@ -5,8 +5,11 @@
 //! are touched for every frame are bound to their labels once, here, so the
 //! data path does no label lookup.
 
+mod upstream;
+
 use prometheus::core::Collector;
 use prometheus::{histogram_opts, opts, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+pub(crate) use upstream::UpMetrics;
 
 /// Frames and payload bytes in one direction.
 pub(crate) struct Flow {
@@ -111,6 +114,8 @@ pub(crate) struct Metrics {
     /// response head arrived.
     pub(crate) forward_seconds: Histogram,
     peer_refused: IntCounterVec,
+    /// The upstream guarantee's.
+    pub(crate) up: UpMetrics,
 }
 
 /// Builds families and registers each in one registry as it is made.
@@ -288,6 +293,7 @@ impl Metrics {
                 "Requests refused because they did not prove they come from a replica of this cluster, by reason.",
                 &["reason"],
             ),
+            up: UpMetrics::new(&f),
             registry: f.0,
         };
         m.precreate();

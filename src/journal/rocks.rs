@@ -1,0 +1,65 @@
+//! The RocksDB database under the journal: its column families and the
+//! options each one is tuned with.
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+use super::{space, JournalError, CF_FRAMES, CF_META, CF_SESSIONS, CF_UPSTREAM};
+use crate::config::JournalConfig;
+
+/// Range deletes (trims, purges) a memtable of `frames` holds before it is
+/// flushed.
+const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
+
+/// Opens (or creates) the database with every column family.
+pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
+    // A restart after a failed write replays the WAL into memtables without
+    // writing new SST files first, so it needs little free space. The old
+    // WAL is kept until the memtables are flushed. The option has no setter
+    // in the `rocksdb` crate.
+    let mut opts = Options::default().get_options_from_string("avoid_flush_during_recovery=true")?;
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    space::recover_from_full_disk(&mut opts);
+    // The largest memtable is also the free space RocksDB waits for before
+    // it resumes writes after a full disk (and about what a WAL file
+    // preallocates): `journal.memtable_bytes`, not RocksDB's 64 MiB.
+    let memtable = config.memtable_bytes;
+    opts.set_write_buffer_size(memtable);
+    // Most frames are replayed or trimmed while they are young: the memtable
+    // flush (L0) and the first compaction (L1) write them uncompressed, which
+    // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
+    // that lives long enough to reach L2 and below is compressed with lz4.
+    let mut small = Options::default();
+    small.set_write_buffer_size(memtable);
+    // One thread inserts every chunk, and each session's chunks arrive in
+    // key order: a per-session insert hint (the first 16 key bytes) turns
+    // the memtable's skiplist search, 7 % of tether's CPU at 1,000 sessions
+    // × 20 msg/s, into a step from the session's last insert, for ~250
+    // bytes per session with frames in the memtable. RocksDB ignores hints
+    // in concurrent memtable writes, which one writer does not need.
+    opts.set_allow_concurrent_memtable_write(false);
+    let mut frames = Options::default()
+        .get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16")?;
+    frames.set_write_buffer_size(memtable);
+    use rocksdb::DBCompressionType::{Lz4, None as Plain};
+    frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+    let cfs = vec![
+        // Named, or the `rocksdb` crate adds it with RocksDB's default
+        // 64 MiB memtable, which would be the recovery reserve.
+        ColumnFamilyDescriptor::new(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, small.clone()),
+        ColumnFamilyDescriptor::new(CF_FRAMES, frames),
+        ColumnFamilyDescriptor::new(CF_SESSIONS, small.clone()),
+        // Added after layout 2 was released: RocksDB creates it in an
+        // older journal (`create_missing_column_families`).
+        ColumnFamilyDescriptor::new(CF_UPSTREAM, small.clone()),
+        ColumnFamilyDescriptor::new(CF_META, small),
+    ];
+    let db = DB::open_cf_descriptors(&opts, &config.data_dir, cfs)?;
+    // Range tombstones in the memtable are re-fragmented by every iterator,
+    // so each one makes every journal read slower until the memtable is
+    // flushed. Trims come in chunks (session/retention.rs), so this bound is
+    // rarely reached; when it is, the memtable is flushed early.
+    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+    db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
+    Ok(db)
+}
