@@ -348,3 +348,22 @@ test("a rejection nobody awaits is not an unhandled rejection", async () => {
   }
   assert.deepEqual(unhandled, []);
 });
+
+test("a malformed up object or up_ack stops the client (nothing is guessed)", async () => {
+  for (const [what, play] of [
+    ["acked not below next", (ws) => ws.welcome({ up: UP(3, 3) })],
+    ["next 0", (ws) => ws.welcome({ up: UP(0, 0) })],
+    ["no conn", (ws) => ws.welcome({ up: { next: 1, acked: 0, exact: true } })],
+    ["exact not a boolean", (ws) => ws.welcome({ up: { next: 1, acked: 0, conn: 7, exact: 1 } })],
+    ["up_ack without a seq", (ws) => { ws.welcome({ up: UP(1, 0) }); ws.frame({ type: "up_ack" }); }],
+  ]) {
+    const { c, net, errors } = client();
+    const p = track(c.send("a"));
+    play(net.last);
+    await settle();
+    assert.equal(c.state, "closed", what);
+    assert.equal(p.status, "closed", what);
+    assert.equal(errors[0].name, "TetherProtocolError", what);
+    assert.deepEqual(net.last.closedWith, { code: 4000, reason: "client protocol error" }, what);
+  }
+});
