@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use support::{bounded, Backend, Cmd, Proxy, Tether};
 use tether_client::{
-    Backoff, Client, Event, Outcome, Payload, State, UpMessage, Upstream, UpstreamError, UpstreamReason,
+    Backoff, Client, Event, InDoubt, Outcome, Payload, State, UpMessage, Upstream, UpstreamError, UpstreamReason,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -32,6 +32,26 @@ async fn welcome(c: &mut Client) -> tether_client::Welcome {
             Event::Disconnected { .. } => {}
             other => panic!("expected a welcome, got {other:?}"),
         }
+    }
+}
+
+/// Message `i` of a stream: text `u<i>`, or every 7th binary (its 8-byte
+/// index and `0xff`).
+fn payload(i: u64) -> Payload {
+    if i % 7 == 0 {
+        let mut b = i.to_be_bytes().to_vec();
+        b.push(0xff);
+        Payload::Binary(b.into())
+    } else {
+        Payload::Text(format!("u{i}"))
+    }
+}
+
+/// What the backend reads for a payload: the same opcode and bytes.
+fn as_received(p: Payload) -> Message {
+    match p {
+        Payload::Text(t) => Message::text(t),
+        Payload::Binary(b) => Message::binary(b),
     }
 }
 
@@ -69,7 +89,7 @@ async fn reliable_sends_reach_the_backend_once_in_order_across_cuts() {
         async move {
             let mut receipts = Vec::new();
             for i in 1..=N {
-                receipts.push(sender.send_reliable(format!("u{i}")).await.expect("queued"));
+                receipts.push(sender.send_reliable(payload(i)).await.expect("queued"));
                 if i % 10 == 0 {
                     if cut_asked.load(Ordering::SeqCst) && proxy.cut() > 0 {
                         cut_asked.store(false, Ordering::SeqCst);
@@ -105,7 +125,7 @@ async fn reliable_sends_reach_the_backend_once_in_order_across_cuts() {
         .await;
         match step {
             Step::Read(m) => {
-                got.push(text(m.expect("the backend connection lasts")));
+                got.push(m.expect("the backend connection lasts"));
             }
             Step::Event(Event::Welcome(w)) => {
                 assert_eq!(w.outcome, Outcome::Resumed, "{w:?}");
@@ -125,8 +145,8 @@ async fn reliable_sends_reach_the_backend_once_in_order_across_cuts() {
     let results = bounded("every receipt", sending).await.unwrap();
     assert_eq!(results.len(), N as usize);
     assert!(results.iter().all(Result::is_ok), "every send acked: {:?}", results.iter().find(|r| r.is_err()));
-    let expected: Vec<String> = (1..=N).map(|i| format!("u{i}")).collect();
-    assert_eq!(got, expected, "each message once, in order");
+    let expected: Vec<Message> = (1..=N).map(|i| as_received(payload(i))).collect();
+    assert!(got == expected, "each message once, in order: {got:?}");
     // Nothing is written after the last one's ack but what is sent next.
     bounded("the last ack", client.send_reliable("last").await.unwrap()).await.unwrap();
     assert_eq!(text(bounded("the last message", conn.received.recv()).await.unwrap()), "last");
@@ -291,4 +311,109 @@ fn text_of(p: &Payload) -> String {
         Payload::Text(t) => t.clone(),
         Payload::Binary(_) => panic!("binary"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_policy_resend_sends_the_doubtful_again() {
+    const N: u64 = 2000;
+    let mut backend = Backend::start().await;
+    let mut tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let mut client = Client::builder(format!("{}/feed", tether.url))
+        .backoff(fast())
+        .max_failed_resumes(1_000_000)
+        .upstream(Upstream { in_doubt: InDoubt::Resend, ..Upstream::default() })
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut old = backend.next_conn().await;
+    let sender = client.sender();
+    let sending = tokio::spawn(async move {
+        let mut receipts = Vec::new();
+        for i in 1..=N {
+            receipts.push(sender.send_reliable(format!("k{i}")).await.expect("queued"));
+        }
+        let mut results = Vec::new();
+        for r in receipts {
+            results.push(r.await);
+        }
+        results
+    });
+    let mut on_old = Vec::new();
+    while on_old.len() < 500 {
+        on_old.push(text(bounded("a message", old.received.recv()).await.unwrap()));
+    }
+    tether.kill_and_restart().await;
+    while let Some(m) = bounded("the old connection's end", old.received.recv()).await {
+        on_old.push(text(m));
+    }
+    let mut new = backend.next_conn().await;
+    assert_eq!(welcome(&mut client).await.outcome, Outcome::Restarted);
+    let results = bounded("every receipt", sending).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+
+    // The new connection reads from `next` to the end, in order.
+    let mut on_new = Vec::new();
+    while on_new.last().map(String::as_str) != Some(&format!("k{N}")) {
+        on_new.push(text(bounded("a message", new.received.recv()).await.unwrap()));
+    }
+    let index = |m: &String| m[1..].parse::<u64>().unwrap();
+    let (old_seen, new_seen): (Vec<u64>, Vec<u64>) =
+        (on_old.iter().map(index).collect(), on_new.iter().map(index).collect());
+    assert!(old_seen.windows(2).all(|w| w[1] == w[0] + 1) && old_seen[0] == 1, "old: in order, none twice");
+    assert!(new_seen.windows(2).all(|w| w[1] == w[0] + 1), "new: in order, none twice");
+    // Every message reached a backend connection; only doubtful ones may
+    // have reached both (at-least-once across the crash).
+    let first_new = new_seen[0];
+    assert!(
+        first_new <= old_seen.len() as u64 + 1,
+        "nothing skipped: old 1..={}, new from {first_new}",
+        old_seen.len()
+    );
+    let twice = (old_seen.len() as u64 + 1).saturating_sub(first_new);
+    let s = client.upstream_stats();
+    assert!(twice <= s.in_doubt, "{twice} written twice, {} in doubt", s.in_doubt);
+    assert_eq!((s.unacked, s.acked, s.dropped), (0, N, 0));
+    assert!(s.resends >= s.in_doubt);
+    bounded("the last ack", client.send_reliable("k0").await.unwrap()).await.unwrap();
+    assert_eq!(text(bounded("the last message", new.received.recv()).await.unwrap()), "k0", "nothing more");
+    println!("old connection: 1..={}, new: {first_new}..={N}, in doubt and resent: {}", old_seen.len(), s.in_doubt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_fails_what_tether_did_not_ack_and_without_opting_in_nothing_changes() {
+    let mut backend = Backend::start().await;
+    let tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let proxy = Proxy::start(tether.data_port).await;
+    let mut client = Client::builder(format!("ws://127.0.0.1:{}/feed", proxy.port))
+        .backoff(fast())
+        .max_failed_resumes(1_000_000)
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut conn = backend.next_conn().await;
+    bounded("an ack", client.send_reliable("c1").await.unwrap()).await.unwrap();
+    assert_eq!(text(bounded("c1", conn.received.recv()).await.unwrap()), "c1");
+    proxy.block(true);
+    assert_eq!(proxy.cut(), 1);
+    let r2 = client.send_reliable("c2").await.unwrap();
+    client.close("done").await;
+    let e = bounded("c2's receipt", r2).await.unwrap_err();
+    assert_eq!(e, UpstreamError { reason: UpstreamReason::Closed, seq: None, payload: "c2".into() });
+    let e = client.send_reliable("c3").await.unwrap_err();
+    assert_eq!((e.reason, e.payload), (UpstreamReason::Closed, "c3".into()));
+    assert!(matches!(client.send("c4"), Err(tether_client::Error::Stopped(_))));
+    let s = client.upstream_stats();
+    assert_eq!((s.acked, s.unacked, s.sent), (1, 0, 1));
+
+    // Without opting in: plain messages, no stamps, no receipts.
+    proxy.block(false);
+    let mut plain = Client::builder(&tether.url).backoff(fast()).build().unwrap();
+    welcome(&mut plain).await;
+    let mut conn = backend.next_conn().await;
+    plain.send("as is").unwrap();
+    assert_eq!(text(bounded("a plain message", conn.received.recv()).await.unwrap()), "as is");
+    let e = plain.send_reliable("x").await.unwrap_err();
+    assert_eq!((e.reason, e.payload), (UpstreamReason::Disabled, "x".into()));
+    assert_eq!(plain.upstream_stats(), tether_client::UpstreamStats::default());
 }
