@@ -640,6 +640,14 @@ impl Client {
         self.sender().send_reliable(payload).await
     }
 
+    /// Waits until every upstream message queued so far was acked or
+    /// failed (see [`Sender::flush`]): call it before [`Client::close`] to
+    /// close with nothing in flight. Keep reading events meanwhile from
+    /// another task if the event buffer may fill.
+    pub async fn flush(&self) {
+        self.sender().flush().await
+    }
+
     /// A cloneable handle for [`Sender::send_reliable`] from other tasks.
     pub fn sender(&self) -> Sender {
         Sender { up: self.shared.up.clone() }

@@ -219,6 +219,24 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Waits until no message waits for its ack: every message queued so
+    /// far (from any task) was acked or failed. Returns at once without
+    /// [`crate::Builder::upstream`] or after the client stopped.
+    pub async fn flush(&self) {
+        let Some(up) = &self.up else { return };
+        loop {
+            let room = up.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if up.buf().is_empty() {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
 pub(crate) enum Push {
     Full(Payload),
     Stopped(UpstreamError),
@@ -480,6 +498,11 @@ impl Buf {
         }
         self.stamped = 0;
         self.bytes = 0;
+    }
+
+    /// Nothing waits for an ack.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// The connection dropped: nothing is sent until the next welcome.

@@ -417,3 +417,73 @@ async fn close_fails_what_tether_did_not_ack_and_without_opting_in_nothing_chang
     assert_eq!((e.reason, e.payload), (UpstreamReason::Disabled, "x".into()));
     assert_eq!(plain.upstream_stats(), tether_client::UpstreamStats::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_drain_nothing_is_in_doubt_and_each_message_is_written_once() {
+    const N: u64 = 2000;
+    let mut backend = Backend::start().await;
+    let mut tether = Tether::start(&backend.url, "prefix", 100_000).await;
+    let mut client = Client::builder(format!("{}/feed", tether.url))
+        .backoff(fast())
+        .max_failed_resumes(1_000_000)
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut old = backend.next_conn().await;
+    let sender = client.sender();
+    let sending = tokio::spawn(async move {
+        let mut receipts = Vec::new();
+        for i in 1..=N {
+            receipts.push(sender.send_reliable(format!("d{i}")).await.expect("queued"));
+        }
+        let mut results = Vec::new();
+        for r in receipts {
+            results.push(r.await);
+        }
+        results
+    });
+    let mut written = Vec::new();
+    while written.len() < 500 {
+        written.push(text(bounded("a message", old.received.recv()).await.unwrap()));
+    }
+    // SIGTERM: tether drains (its mark is exact), and comes back.
+    tether.restart().await;
+    while let Some(m) = bounded("the old connection's end", old.received.recv()).await {
+        written.push(text(m));
+    }
+    let mut new = backend.next_conn().await;
+    let results = bounded("every receipt", sending).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{:?}", results.iter().find(|r| r.is_err()));
+    while written.len() < N as usize {
+        written.push(text(bounded("a message", new.received.recv()).await.unwrap()));
+    }
+    let expected: Vec<String> = (1..=N).map(|i| format!("d{i}")).collect();
+    assert_eq!(written, expected, "each message once, in order, across the two backend connections");
+    bounded("the last ack", client.send_reliable("d0").await.unwrap()).await.unwrap();
+    assert_eq!(text(bounded("the last message", new.received.recv()).await.unwrap()), "d0", "nothing more");
+    let s = client.upstream_stats();
+    assert_eq!((s.unacked, s.acked, s.in_doubt, s.dropped), (0, N + 1, 0, 0));
+    // The events: draining, the 1012 close, then a welcome on a new backend connection.
+    assert_eq!(next(&mut client).await, Event::Draining);
+    assert_eq!(welcome(&mut client).await.outcome, Outcome::Restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_stamp_mode_upstream_uses_the_prefix_form() {
+    let mut backend = Backend::start().await;
+    let tether = Tether::start(&backend.url, "json", 100_000).await;
+    let mut client = Client::builder(format!("{}/feed", tether.url))
+        .stamp_mode(tether_client::StampMode::Json)
+        .upstream(Upstream::default())
+        .build()
+        .unwrap();
+    welcome(&mut client).await;
+    let mut conn = backend.next_conn().await;
+    for p in [r#"{"a":1}"#, "12:x", "#{\"type\":\"ack\"}"] {
+        bounded("an ack", client.send_reliable(p).await.unwrap()).await.unwrap();
+        assert_eq!(text(bounded("a message", conn.received.recv()).await.unwrap()), p, "byte for byte");
+    }
+    client.flush().await;
+    assert_eq!((client.upstream_stats().acked_seq, client.upstream_stats().next_seq), (3, 4));
+}
