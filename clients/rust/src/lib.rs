@@ -548,7 +548,8 @@ enum Item {
 /// on its own until [`Client::close`], an [`Event::End`] or an
 /// [`Event::TakenOver`]. Dropping it drops the connection without ending the
 /// session (tether keeps it for `session.linger`, resumable with
-/// [`Builder::resume`]).
+/// [`Builder::resume`]); upstream messages not acked by then fail with
+/// [`UpstreamReason::Closed`].
 pub struct Client {
     rx: mpsc::Receiver<Item>,
     out: mpsc::Sender<Payload>,
@@ -642,8 +643,10 @@ impl Client {
 
     /// Waits until every upstream message queued so far was acked or
     /// failed (see [`Sender::flush`]): call it before [`Client::close`] to
-    /// close with nothing in flight. Keep reading events meanwhile from
-    /// another task if the event buffer may fill.
+    /// close with nothing in flight. Acks are read by the task that fills
+    /// the event stream: if more than [`Builder::buffer`] events may arrive
+    /// meanwhile, flush with a [`Sender`] in another task and keep reading
+    /// events here.
     pub async fn flush(&self) {
         self.sender().flush().await
     }

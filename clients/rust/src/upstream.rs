@@ -243,13 +243,19 @@ pub(crate) enum Push {
 }
 
 /// What the client and its connection task share.
-#[derive(Debug)]
 pub(crate) struct UpShared {
     buf: Mutex<Buf>,
     /// Woken when the buffer made room or stopped.
     pub(crate) room: Notify,
     /// Woken when there is something to send.
     pub(crate) work: Notify,
+}
+
+impl fmt::Debug for UpShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The counters, not every payload.
+        f.debug_struct("UpShared").field("stats", &self.buf().stats()).finish_non_exhaustive()
+    }
 }
 
 impl UpShared {
