@@ -6,14 +6,43 @@
 //!
 //! Cut the network (or restart tether) while it runs: it resumes, and the
 //! seqs continue with nothing lost and nothing twice.
+//!
+//! With `--up` it also sends each line of stdin to the backend under the
+//! upstream guarantee, and says when tether acked it (or why not):
+//!
+//! ```text
+//! cargo run -p tether-client --example follow -- ws://127.0.0.1:8080/demo --up
+//! ```
 
 use futures_util::StreamExt;
-use tether_client::{Client, Event, Payload};
+use tether_client::{Client, Event, Payload, Upstream};
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "ws://127.0.0.1:8080/demo".into());
-    let mut client = Client::builder(url).build()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let up = args.iter().any(|a| a == "--up");
+    let url = args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "ws://127.0.0.1:8080/demo".into());
+    let mut builder = Client::builder(url);
+    if up {
+        builder = builder.upstream(Upstream::default());
+    }
+    let mut client = builder.build()?;
+    if up {
+        let sender = client.sender();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(receipt) = sender.send_reliable(line.clone()).await else { return };
+                tokio::spawn(async move {
+                    match receipt.await {
+                        Ok(()) => eprintln!("-- acked: {line}"),
+                        Err(e) => eprintln!("-- not acked ({}): {line}", e.reason),
+                    }
+                });
+            }
+        });
+    }
     loop {
         let event = tokio::select! {
             e = client.next() => e,
@@ -37,6 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Event::Draining => eprintln!("-- tether is draining"),
             Event::End { code, reason } => eprintln!("-- session ended: {code} {reason}"),
             Event::TakenOver => eprintln!("-- another client took the session over"),
+            Event::InDoubt(m) => eprintln!("-- {} sent messages may or may not have reached the backend", m.len()),
             other => eprintln!("-- {other:?}"),
         }
     }
