@@ -21,6 +21,8 @@
 //!   or in tether's journal;
 //! - it stops early when the connection closes.
 //!
+//! On the path `/sink` it receives instead ([`crate::sink`]).
+//!
 //! The padding is random alphanumeric text, so lz4 in the journal cannot
 //! shrink it much (write amplification is not flattered by compression).
 
@@ -140,7 +142,8 @@ async fn listen_wide(listen: &str) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-fn padding() -> String {
+/// Random printable padding, [`PAD_LEN`] bytes.
+pub fn padding() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut rng = Rng::new();
     (0..PAD_LEN).map(|_| ALPHABET[(rng.next_u64() % 64) as usize] as char).collect()
@@ -156,6 +159,9 @@ async fn serve(tcp: TcpStream, pad: Arc<str>, pacer: Arc<Pacer>) {
     };
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await else { return };
+    if path == crate::sink::PATH {
+        return crate::sink::serve(ws).await;
+    }
     // The pacer writes through a duplicate of it while `ws` lives.
     let fd = ws.get_ref().as_raw_fd();
     let (mut sink, mut stream) = ws.split();

@@ -28,6 +28,9 @@ pub enum Command {
     Tls(crate::tls::TlsOpts),
     /// Scale-out: 3 replicas in cluster mode behind HAProxy (forwarded resume latency, throughput, reconnect storm).
     Cluster(crate::cluster::ClusterOpts),
+    /// Client → backend throughput with the upstream guarantee (acks) ÷
+    /// without, ÷ the relay, and ack latency; Markdown on stdout.
+    Upstream(crate::upstream::UpOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

@@ -152,6 +152,48 @@ pub fn nofile_limit(pid: u32) -> u64 {
         .unwrap_or(1024)
 }
 
+/// nproc, CPU model, kernel, rustc, load average, memory.
+pub fn machine(nofile: u64) -> String {
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rustc unknown".into());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{nproc} CPUs ({cpu}), Linux {}, {rustc}, open-files limit {nofile}, load average at start {}, {}",
+        kernel.trim(),
+        load.join(" "),
+        memory()
+    )
+}
+
+/// Free memory and page cache at start: tether's figures moved with the
+/// page cache on the benchmark VM, the relay's did not (docs/BENCHMARKS.md,
+/// "Limits of these figures").
+fn memory() -> String {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let gib = |field: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix(" kB")?.trim().parse::<f64>().ok())
+            .map(|kb| format!("{:.1} GiB", kb / (1 << 20) as f64))
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("memory free {}, page cache {}", gib("MemFree:"), gib("Cached:"))
+}
+
 /// A small xorshift generator: phases, pauses and padding need no more.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
