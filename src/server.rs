@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::cluster::Cluster;
-use crate::config::{file, BadUpstream, Config, UpstreamUrl};
+use crate::config::{file, BackendOnRestart, BadUpstream, Config, UpstreamUrl};
 use crate::journal::{Journal, Opened, RecoveredSession};
 use crate::metrics::Metrics;
 use crate::protocol::token::TokenKey;
@@ -22,7 +22,7 @@ use crate::proxy::{self, Context, Parts};
 use crate::runtime::Runtime;
 use crate::session::{Sessions, Shared};
 use crate::tls::{self, ServerTls};
-use crate::upstream::Upstream;
+use crate::upstream::{SavedKey, Upstream};
 
 pub use crate::journal::JournalError;
 pub use crate::protocol::token::BadIdentityHeader;
@@ -128,11 +128,18 @@ async fn serve(
     let secret_generated = stored_secret.is_some();
     let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
     let cluster = Arc::new(Cluster::new(&config.cluster, &secret, config.limits.max_header_bytes, rt.metrics.clone()));
+    let eager = config.session.backend_on_restart == BackendOnRestart::Eager;
+    let restart_key = eager.then(|| Arc::new(SavedKey::new(&secret)));
     let tokens = TokenKey::new(secret, &config.token.identity_headers)?.for_cluster(&config.cluster.name);
     let target = UpstreamUrl::parse(&config.server.upstream)?;
-    let shared = Arc::new(Shared { journal: journal.clone(), rt: rt.clone(), config: config.clone() });
+    let shared = Arc::new(Shared {
+        journal: journal.clone(),
+        rt: rt.clone(),
+        config: config.clone(),
+        restart_key: restart_key.clone(),
+    });
     let restored = recovered.len();
-    let sessions = Sessions::restore(shared, recovered).await?;
+    let (sessions, reopen) = Sessions::restore(shared, recovered).await?;
     tracing::info!(sessions = restored, epoch = journal.epoch(), "journal open");
 
     let (data, data_addr) = bind(config.server.listen).await?;
@@ -164,6 +171,7 @@ async fn serve(
         max_head_bytes: config.limits.max_header_bytes,
         metrics: rt.metrics.clone(),
     };
+    let reopener = upstream.clone();
     let parts = Parts {
         rt: rt.clone(),
         sessions: sessions.clone(),
@@ -189,7 +197,10 @@ async fn serve(
     }
     tokio::spawn(proxy::serve(data, ctx));
     tokio::spawn(admin::serve(admin_listener, admin.clone()));
-    tokio::spawn(sessions.janitor());
+    tokio::spawn(sessions.clone().janitor());
+    if let (Some(key), false) = (restart_key, reopen.is_empty()) {
+        rt.tasks.spawn(sessions.reopen_all(reopener, key, reopen));
+    }
     if let Some(server_tls) = server_tls {
         let (every, stop) = (config.tls.reload_interval, rt.shutdown.clone());
         tokio::spawn(server_tls.watch(every, rt.metrics.clone(), stop));

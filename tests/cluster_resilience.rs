@@ -186,15 +186,28 @@ async fn owner_killed_then_back_serves_its_sessions_as_restarted() {
     assert_eq!(cluster.sum(r#"tether_refusals_total{error="owner_unavailable",status="503"}"#).await, 3.0);
 
     cluster.up(0).await;
+    // The owner reopens its sessions' backend connections as it starts
+    // (session.backend_on_restart = "eager"), in its own order.
+    let mut reopened = HashMap::new();
+    for _ in 0..3 {
+        let conn = backend.next_conn().await;
+        reopened.insert(conn.path.clone(), conn);
+    }
+    within("the owner's reopens", async {
+        while metric(&cluster.metrics(0).await, r#"tether_backend_reopens_total{result="ok"}"#) < 3.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     for (i, token) in tokens.iter().enumerate() {
         let mut ws = resume(&cluster.url(2 - i % 2, &format!("/s{i}")), token, 10).await;
         let (w, token2) = welcome(&mut ws).await;
         assert_eq!(w["outcome"], "restarted", "{w}");
         assert_eq!(w["replay"], json!({"from": 11, "to": 30}));
+        assert_eq!(w["backend"], json!({"since": 31, "early": true, "error": null}), "{w}");
         assert_eq!(&token2, token);
         expect_stream(&mut ws, 11, 30).await;
-        let conn = backend.next_conn().await;
-        assert_eq!(conn.path, format!("/s{i}"));
+        let conn = &reopened[&format!("/s{i}")];
         conn.stream(31, 32);
         expect_stream(&mut ws, 31, 32).await;
     }

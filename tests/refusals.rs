@@ -95,7 +95,7 @@ async fn token_bound_to_identity() {
 
 #[tokio::test]
 async fn backend_down_or_refusing_is_502() {
-    let refusing = Backend::start_with(BackendOptions { subprotocol: None, refuse: Some(403) }).await;
+    let refusing = Backend::start_with(BackendOptions { refuse: Some(403), ..Default::default() }).await;
     let t = Tether::start(&refusing).await;
     let r = assert_refused(connect(&t.url("/"), &[]).await, 502, "backend_refused");
     assert!(r.body["detail"].as_str().unwrap().contains("403"), "{}", r.body);

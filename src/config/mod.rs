@@ -12,11 +12,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod cluster;
+mod session;
 mod upstream;
 mod validate;
 
 pub(crate) use cluster::ordinal;
 pub use cluster::{ClusterConfig, ClusterMode};
+pub use session::{BackendOnRestart, SessionConfig, SlowConsumer};
 pub use upstream::{BadUpstream, UpstreamUrl};
 
 /// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
@@ -232,36 +234,6 @@ impl Default for LimitsConfig {
             max_retained_sessions: 100_000,
             ring_bytes: 64 * 1024,
             replay_batch_bytes: 256 * 1024,
-        }
-    }
-}
-
-/// `[session]`: how long a backend connection outlives its client.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionConfig {
-    /// How long the backend connection is kept open after the client vanished.
-    #[serde(with = "humantime_serde")]
-    pub linger: Duration,
-    /// How often tether pings an attached client.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// A client silent for this long (no frame, no pong) is detached.
-    #[serde(with = "humantime_serde")]
-    pub ping_timeout: Duration,
-    /// How long a client's message may wait for room on the way to a backend
-    /// that does not read; then the client is closed with 1013.
-    #[serde(with = "humantime_serde")]
-    pub upstream_stall_timeout: Duration,
-}
-
-impl Default for SessionConfig {
-    fn default() -> Self {
-        Self {
-            linger: Duration::from_secs(120),
-            ping_interval: Duration::from_secs(15),
-            ping_timeout: Duration::from_secs(45),
-            upstream_stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use super::{Config, ConfigError, UpstreamUrl};
+use super::{Config, ConfigError, SlowConsumer, UpstreamUrl};
+
+/// Frames per retention segment (`session::retention`): trims remove
+/// whole segments, so backpressure keeps two of them in hand.
+const SEGMENT: u64 = 64;
 
 impl Config {
     /// Rejects values that parse but cannot work.
@@ -29,7 +33,34 @@ impl Config {
         if self.stamp.json_field.is_empty() {
             return bad("stamp.json_field must not be empty");
         }
+        self.check_slow_consumer()?;
+        let se = &self.session;
+        if se.restart_dials_per_second == 0 || se.restart_dial_concurrency == 0 {
+            return bad("session.restart_dials_per_second and restart_dial_concurrency must be positive");
+        }
         self.check_cluster()
+    }
+
+    /// A disconnect bound retention cannot overtake, and room for a batch
+    /// under backpressure.
+    fn check_slow_consumer(&self) -> Result<(), ConfigError> {
+        let (se, j) = (&self.session, &self.journal);
+        match se.slow_consumer {
+            SlowConsumer::Disconnect if se.slow_consumer_lag == 0 || se.slow_consumer_lag >= j.max_session_frames => {
+                Err(ConfigError::Invalid(format!(
+                    "session.slow_consumer_lag must be between 1 and journal.max_session_frames - 1 ({}) with \
+                     slow_consumer = \"disconnect\", not {}: retention would trim a slow client before it is cut",
+                    j.max_session_frames - 1,
+                    se.slow_consumer_lag
+                )))
+            }
+            SlowConsumer::Backpressure if j.max_session_frames < 4 * SEGMENT => Err(ConfigError::Invalid(format!(
+                "journal.max_session_frames must be at least {} with slow_consumer = \"backpressure\", not {}",
+                4 * SEGMENT,
+                j.max_session_frames
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Every duration is positive (a zero timeout would fire at once, a zero

@@ -7,6 +7,8 @@
 //! - `sessions`: `session id` → [`SessionMeta`] as JSON
 //! - `upstream`: `session id` → the upstream guarantee's written mark
 //!   ([`UpMark`]), for sessions whose clients opted in
+//! - `requests`: `session id` → the upgrade request that opened the
+//!   session's backend connection (`session::eager`), when reopened eagerly
 //! - `meta`: `layout` (u32, big-endian: 2), `epoch` (8 bytes, big-endian),
 //!   if none is configured, `secret`, and `clean_stop` between a drain and
 //!   the next start
@@ -39,6 +41,9 @@ const CF_SESSIONS: &str = "sessions";
 const CF_META: &str = "meta";
 /// Per session, the upstream guarantee's written mark ([`UpMark`]).
 const CF_UPSTREAM: &str = "upstream";
+/// Per session, the request its backend connection was opened with, for
+/// `session.backend_on_restart = "eager"`.
+const CF_REQUESTS: &str = "requests";
 
 pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
 pub(crate) use upmark::UpMark;
@@ -138,6 +143,8 @@ pub(crate) struct RecoveredSession {
     /// The upstream guarantee's mark, if its clients opted in; `stopped`
     /// only if the journal was also closed by a clean drain.
     pub(crate) up: Option<UpMark>,
+    /// The stored backend request (`put_request`), if any.
+    pub(crate) request: Option<Vec<u8>>,
 }
 
 /// One journal operation, applied in order by the writer.
@@ -169,6 +176,11 @@ pub(crate) enum Op {
         session: SessionId,
         mark: UpMark,
         acked: Arc<watch::Sender<u64>>,
+    },
+    /// The request a session's backend connection was opened with.
+    PutRequest {
+        session: SessionId,
+        request: Vec<u8>,
     },
     /// Sync, then stop the writer: later operations fail with `Closed`.
     /// `clean`: every session stopped in order (its marks are exact).
@@ -332,6 +344,12 @@ impl Journal {
         acked: Arc<watch::Sender<u64>>,
     ) -> Result<(), JournalError> {
         self.send(Op::PutUp { session, mark, acked }).await
+    }
+
+    /// Stores the request a session's backend connection was opened with
+    /// (opaque bytes, see `session::eager`).
+    pub(crate) async fn put_request(&self, session: SessionId, request: Vec<u8>) -> Result<(), JournalError> {
+        self.send(Op::PutRequest { session, request }).await
     }
 
     /// Stores a session's record.

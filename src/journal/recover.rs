@@ -6,7 +6,9 @@ use std::path::Path;
 use rocksdb::{IteratorMode, DB};
 
 use super::chunk::{self, chunk_key};
-use super::{upmark, JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_SESSIONS, CF_UPSTREAM};
+use super::{
+    upmark, JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM,
+};
 use crate::protocol::SessionId;
 
 /// Layout 1 (one key per frame, no `layout` key) is refused rather than
@@ -47,10 +49,19 @@ pub(super) fn recover(db: &DB, clean_stop: bool) -> Result<Vec<RecoveredSession>
         let meta: SessionMeta =
             serde_json::from_slice(&v).map_err(|e| JournalError::Corrupt(format!("session {id}: {e}")))?;
         let last_seq = meta.trimmed_to;
-        out.push(RecoveredSession { id, meta, last_seq, frames: 0, bytes: 0, up: None });
+        out.push(RecoveredSession { id, meta, last_seq, frames: 0, bytes: 0, up: None, request: None });
     }
     out.sort_by_key(|s| s.id);
     let upstream = db.cf_handle(CF_UPSTREAM).expect("upstream cf");
+    let requests = db.cf_handle(CF_REQUESTS).expect("requests cf");
+    for item in db.iterator_cf(requests, IteratorMode::Start) {
+        let (k, v) = item?;
+        let id = SessionId(k.as_ref().try_into().map_err(|_| JournalError::Corrupt("request key".into()))?);
+        match out.binary_search_by_key(&id, |s| s.id) {
+            Ok(i) => out[i].request = Some(v.to_vec()),
+            Err(_) => db.delete_cf(requests, id.0)?,
+        }
+    }
     for (id, mut mark) in upmark::read_all(db)? {
         mark.stopped &= clean_stop;
         match out.binary_search_by_key(&id, |s| s.id) {

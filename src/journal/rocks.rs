@@ -3,7 +3,7 @@
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-use super::{space, JournalError, CF_FRAMES, CF_META, CF_SESSIONS, CF_UPSTREAM};
+use super::{space, JournalError, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::JournalConfig;
 
 /// Range deletes (trims, purges) a memtable of `frames` holds before it is
@@ -52,6 +52,7 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
         // Added after layout 2 was released: RocksDB creates it in an
         // older journal (`create_missing_column_families`).
         ColumnFamilyDescriptor::new(CF_UPSTREAM, small.clone()),
+        ColumnFamilyDescriptor::new(CF_REQUESTS, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small),
     ];
     let db = DB::open_cf_descriptors(&opts, &config.data_dir, cfs)?;

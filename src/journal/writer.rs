@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
 use super::space;
-use super::{upmark, Op, CF_FRAMES, CF_SESSIONS, CF_UPSTREAM};
+use super::{upmark, Op, CF_FRAMES, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
@@ -218,6 +218,7 @@ impl Writer {
         let frames = self.db.cf_handle(CF_FRAMES).expect("frames cf");
         let sessions = self.db.cf_handle(CF_SESSIONS).expect("sessions cf");
         let upstream = self.db.cf_handle(CF_UPSTREAM).expect("upstream cf");
+        let requests = self.db.cf_handle(CF_REQUESTS).expect("requests cf");
         let mut batch = WriteBatch::default();
         for op in ops {
             match op {
@@ -237,7 +238,9 @@ impl Writer {
                     batch.delete_range_cf(frames, chunk_key(session, 0), chunk_key(session, u64::MAX));
                     batch.delete_cf(sessions, session.0);
                     batch.delete_cf(upstream, session.0);
+                    batch.delete_cf(requests, session.0);
                 }
+                Op::PutRequest { session, request } => batch.put_cf(requests, session.0, request),
                 Op::PutUp { session, mark, .. } => batch.put_cf(upstream, session.0, mark.encode()),
                 Op::Close { clean: true, .. } => upmark::put_clean_stop(&self.db, &mut batch),
                 Op::Close { clean: false, .. } => {}

@@ -116,6 +116,15 @@ pub(crate) struct Metrics {
     peer_refused: IntCounterVec,
     /// The upstream guarantee's.
     pub(crate) up: UpMetrics,
+    /// Clients closed with 4005 (`slow_consumer = "disconnect"`).
+    pub(crate) slow_consumer_disconnect: IntCounter,
+    /// Times a link task stopped reading its backend
+    /// (`slow_consumer = "backpressure"`).
+    pub(crate) slow_consumer_backpressure: IntCounter,
+    backend_reopens: IntCounterVec,
+    /// Frames journaled from backend connections reopened at start-up
+    /// before their client returned.
+    pub(crate) backend_orphan_frames: IntCounter,
 }
 
 /// Builds families and registers each in one registry as it is made.
@@ -167,6 +176,11 @@ impl Metrics {
             "tether_accept_errors_total",
             "Failed accepts (e.g. no file descriptor left), by listener; each is followed by a 50 ms pause.",
             &["listener"],
+        );
+        let slow_consumer = f.counters(
+            "tether_slow_consumer_actions_total",
+            "What session.slow_consumer did to a client that fell behind, by action (disconnect, backpressure).",
+            &["action"],
         );
         let build_info = f.gauges(
             "tether_build_info",
@@ -294,6 +308,23 @@ impl Metrics {
                 &["reason"],
             ),
             up: UpMetrics::new(&f),
+            slow_consumer_disconnect: slow_consumer.with_label_values(&["disconnect"]),
+            slow_consumer_backpressure: slow_consumer.with_label_values(&["backpressure"]),
+            backend_reopens: {
+                let c = f.counters(
+                    "tether_backend_reopens_total",
+                    "Backend connections reopened at start-up (session.backend_on_restart = eager), by result.",
+                    &["result"],
+                );
+                for result in ["ok", "refused", "error", "over_capacity", "skipped"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
+            backend_orphan_frames: f.counter(
+                "tether_backend_orphan_frames_total",
+                "Frames journaled from backend connections reopened at start-up, before their client returned.",
+            ),
             registry: f.0,
         };
         m.precreate();
@@ -383,6 +414,11 @@ impl Metrics {
     /// Counts a backend connection attempt.
     pub(crate) fn backend_connect(&self, result: &str) {
         self.backend_connects.with_label_values(&[result]).inc();
+    }
+
+    /// Counts an eager reopen at start-up by result.
+    pub(crate) fn backend_reopen(&self, result: &str) {
+        self.backend_reopens.with_label_values(&[result]).inc();
     }
 
     /// Counts a client disconnect.

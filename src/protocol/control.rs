@@ -98,6 +98,20 @@ pub(crate) struct UpWelcome {
     pub(crate) exact: bool,
 }
 
+/// How a session's current backend connection came to be, after tether
+/// restarted or linger expired: in the welcome of outcome `restarted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct RestartNote {
+    /// The first seq the new backend connection produced (frames before it
+    /// came from the old one).
+    pub(crate) since: u64,
+    /// tether opened it at start-up, before the client returned
+    /// (`session.backend_on_restart = "eager"`).
+    pub(crate) early: bool,
+    /// Why tether could not open it early, if it tried.
+    pub(crate) error: Option<String>,
+}
+
 /// What was written toward the backend when the session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub(crate) struct UpEnd {
@@ -124,6 +138,9 @@ pub(crate) enum Control {
         /// Upstream accounting, on connections that opted in only.
         #[serde(skip_serializing_if = "Option::is_none")]
         up: Option<UpWelcome>,
+        /// For outcome `restarted`: where the new backend connection began.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        backend: Option<RestartNote>,
     },
     /// Client messages up to `seq` were written to the backend connection.
     UpAck {
@@ -174,6 +191,7 @@ mod tests {
                 lost: SeqRange { from: 2, to: Some(4) },
             }),
             up: None,
+            backend: None,
         };
         assert_eq!(
             w.to_message(),
@@ -194,11 +212,12 @@ mod tests {
             replay: None,
             gap: None,
             up: Some(UpWelcome { next: 42, acked: 40, conn: 7, exact: true }),
+            backend: Some(RestartNote { since: 11, early: true, error: None }),
         };
         assert_eq!(
             w.to_message(),
             Message::text(
-                r##"#{"type":"welcome","v":1,"session":"tok","outcome":"resumed","replay":null,"gap":null,"up":{"next":42,"acked":40,"conn":7,"exact":true}}"##
+                r##"#{"type":"welcome","v":1,"session":"tok","outcome":"resumed","replay":null,"gap":null,"up":{"next":42,"acked":40,"conn":7,"exact":true},"backend":{"since":11,"early":true,"error":null}}"##
             )
         );
     }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::control::{Control, GapReason, GapReport, Outcome, SeqRange, UpEnd, UpWelcome};
+use super::control::{Control, GapReason, GapReport, Outcome, RestartNote, SeqRange, UpEnd, UpWelcome};
 use super::credentials::{self, BadCredentials, Credentials};
 use super::stamp::Stamper;
 use super::token::{RawToken, TokenKey};
@@ -260,6 +260,8 @@ fn control() -> impl Strategy<Value = Control> {
         first_available: f,
         lost,
     });
+    let backend = (any::<u64>(), any::<bool>(), proptest::option::of("\\PC{0,40}"))
+        .prop_map(|(since, early, error)| RestartNote { since, early, error });
     let up = (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>())
         .prop_map(|(next, acked, conn, exact)| UpWelcome { next, acked, conn, exact });
     prop_oneof![
@@ -268,15 +270,17 @@ fn control() -> impl Strategy<Value = Control> {
             outcome,
             proptest::option::of(range),
             proptest::option::of(report.clone()),
-            proptest::option::of(up)
+            proptest::option::of(up),
+            proptest::option::of(backend)
         )
-            .prop_map(|(session, outcome, replay, gap, up)| Control::Welcome {
+            .prop_map(|(session, outcome, replay, gap, up, backend)| Control::Welcome {
                 v: 1,
                 session,
                 outcome,
                 replay,
                 gap,
-                up
+                up,
+                backend
             }),
         any::<u64>().prop_map(|seq| Control::UpAck { seq }),
         report.prop_map(Control::Gap),
@@ -312,13 +316,16 @@ proptest! {
         let body = t.as_str().strip_prefix('#').expect("starts with #");
         let got: Value = serde_json::from_str(body).unwrap();
         let want = match &c {
-            Control::Welcome { v, session, outcome, replay, gap, up } => {
+            Control::Welcome { v, session, outcome, replay, gap, up, backend } => {
                 let mut w = serde_json::json!({
                     "type": "welcome", "v": v, "session": session, "outcome": outcome.as_str(),
                     "replay": replay.as_ref().map(range_json), "gap": gap.as_ref().map(report_json),
                 });
                 if let Some(u) = up {
                     w["up"] = serde_json::json!({ "next": u.next, "acked": u.acked, "conn": u.conn, "exact": u.exact });
+                }
+                if let Some(b) = backend {
+                    w["backend"] = serde_json::json!({ "since": b.since, "early": b.early, "error": b.error });
                 }
                 w
             }

@@ -32,14 +32,14 @@ use super::tap::RawTap;
 use super::{Context, Port};
 use crate::cluster::peer_auth::now_secs;
 use crate::cluster::{forward, Located, OwnerAnswer, Peer, PeerRefused, PEER_HEADER};
-use crate::config::StampMode;
+use crate::config::{BackendOnRestart, StampMode};
 use crate::net::{has_token, LazyRead};
 use crate::protocol::control::{GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
 use crate::protocol::token::RawToken;
 use crate::protocol::unix_ms;
 use crate::session::{AttachError, Attached, Attachment, BackendConn, Session};
-use crate::upstream::{has_dot_segment, is_hop_header};
+use crate::upstream::{has_dot_segment, is_hop_header, SavedRequest};
 
 /// What the credentials resolve to.
 enum Plan {
@@ -199,7 +199,15 @@ async fn bind(
     ctx: &Context,
 ) -> Result<Bound, Refusal> {
     let expired = || Some(lost_session(GapReason::Expired, offset));
-    let (attachment, backend) = match session.attach() {
+    let attached = match session.attach() {
+        // Being reopened at start-up: join that connection, not a second one.
+        Err(AttachError::NeedsBackend) => {
+            session.reopened().await;
+            session.attach()
+        }
+        other => other,
+    };
+    let (attachment, backend) = match attached {
         Ok(a) => (a, None),
         Err(AttachError::Purged) => return start_session(dial(req, peer, ctx).await?, expired(), ctx).await,
         Err(AttachError::NeedsBackend) => {
@@ -214,6 +222,8 @@ async fn bind(
     let outcome = match (gap.is_some(), attachment.kind) {
         (true, _) => Outcome::Gap,
         (false, Attached::Restarted) => Outcome::Restarted,
+        // Reopened at start-up, before this client came back.
+        (false, Attached::Live) if attachment.restart.is_some() => Outcome::Restarted,
         (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
     };
     Ok(Bound { session, attachment, outcome, start, gap, backend })
@@ -229,7 +239,10 @@ async fn dial(req: &Request<Incoming>, peer: SocketAddr, ctx: &Context) -> Resul
     }
     let permit = ctx.sessions.reserve().ok_or_else(|| over_capacity(ctx))?;
     let connected = ctx.upstream.connect(req.uri(), req.headers(), peer).await?;
-    Ok((BackendConn { socket: connected.socket, permit }, connected.headers))
+    let session = &ctx.config.session;
+    let saved = (session.backend_on_restart == BackendOnRestart::Eager)
+        .then(|| SavedRequest::new(req.uri(), req.headers(), peer, session));
+    Ok((BackendConn { socket: connected.socket, permit, saved }, connected.headers))
 }
 
 /// A new session around `conn`, attached to this request.

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{BackendConn, Inner, Life, Session};
 use crate::journal::{JournalError, Wire, WireStamp};
+use crate::protocol::control::RestartNote;
 
 /// How long a takeover waits for the kicked connection's pump to exit.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
@@ -44,6 +45,9 @@ pub(crate) struct Attachment {
     /// The committed seq when the client attached: frames up to it are
     /// replays, later ones live (including a restarted backend's first frames).
     pub(crate) replay_to: u64,
+    /// How the backend connection was reopened after a restart, for the
+    /// welcome (outcome `restarted`).
+    pub(crate) restart: Option<Box<RestartNote>>,
     /// Fires when a newer connection takes the session over.
     kicked: Option<oneshot::Receiver<()>>,
     /// Dropped when this connection's pump exits.
@@ -99,7 +103,7 @@ impl Claims {
         self.gen += 1;
         let gen = self.gen;
         let previous = self.current.replace(Slot { gen, kick, exited });
-        Attachment { kind, gen, replay_to, kicked: Some(kicked), exited: Some(exited_tx), previous }
+        Attachment { kind, gen, replay_to, restart: None, kicked: Some(kicked), exited: Some(exited_tx), previous }
     }
 }
 
@@ -146,7 +150,10 @@ impl Session {
             Life::Orphaned { .. } => return Err(AttachError::NeedsBackend),
             Life::Purged => return Err(AttachError::Purged),
         };
-        let attachment = inner.claims.claim(kind, self.committed());
+        let mut attachment = inner.claims.claim(kind, self.committed());
+        if kind == Attached::Live {
+            attachment.restart = inner.restart.take();
+        }
         self.recount(inner);
         Ok(attachment)
     }
@@ -155,7 +162,8 @@ impl Session {
     /// records that it is no longer orphaned. If a concurrent resume
     /// revived or ended it first, `conn` is not needed and is closed; if
     /// the janitor purged it, `conn` is handed back to serve a new session.
-    pub(crate) async fn restart(self: &Arc<Self>, conn: BackendConn) -> Result<Attachment, BackendConn> {
+    pub(crate) async fn restart(self: &Arc<Self>, mut conn: BackendConn) -> Result<Attachment, BackendConn> {
+        let saved = conn.saved.take();
         let (attachment, restarted) = {
             let mut inner = self.lock();
             match self.claim(&mut inner) {
@@ -163,7 +171,10 @@ impl Session {
                 Err(AttachError::NeedsBackend) => {
                     inner.life = self.start_link(conn);
                     inner.meta.orphaned_ms = None;
-                    let attachment = inner.claims.claim(Attached::Restarted, self.committed());
+                    let mut attachment = inner.claims.claim(Attached::Restarted, self.committed());
+                    let error = inner.restart.take().and_then(|r| r.error);
+                    attachment.restart =
+                        Some(Box::new(RestartNote { since: self.committed() + 1, early: false, error }));
                     self.recount(&mut inner);
                     (attachment, Ok(inner.meta.clone()))
                 }
@@ -171,7 +182,12 @@ impl Session {
             }
         };
         match restarted {
-            Ok(meta) => self.persist(meta).await,
+            Ok(meta) => {
+                self.persist(meta).await;
+                if let Err(e) = self.save_request(saved).await {
+                    tracing::warn!(session = %self.id, error = %e, "backend request not stored");
+                }
+            }
             Err(spare) => spare.close(),
         }
         Ok(attachment)

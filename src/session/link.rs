@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::up::{Accept, MARK_EVERY};
 use super::{BackendConn, Session, ToBackend};
+use crate::config::SlowConsumer;
 use crate::journal::{EndInfo, UpMark};
 use crate::metrics::Flow;
 use crate::protocol::Payload;
@@ -98,19 +99,30 @@ pub(super) async fn run(
     upstream: mpsc::Receiver<Box<ToBackend>>,
     mut linger: watch::Receiver<Option<Instant>>,
 ) {
-    let BackendConn { socket, permit: _slot } = conn;
+    let BackendConn { socket, permit: _slot, .. } = conn;
     let shutdown = session.shared.rt.shutdown.clone();
     let (sink, reader) = socket.split();
     let writer = Writer { sink, upstream, unflushed: None, closed: false };
     let marked = session.up_used().map_or(0, |up| up.written());
     let mut link = Link { session, reader, writer, client_close: None, marked };
+    let backpressure = link.session.shared.config.session.slow_consumer == SlowConsumer::Backpressure;
+    let mut held = false;
     let stop = loop {
+        // Under backpressure the backend is not read while one more batch
+        // could trim a frame no client was sent (see `backpressure`).
+        let hold = backpressure && !link.session.room_for_batch(MAX_BATCH_BYTES as u64);
+        if hold && !held {
+            link.session.metrics().slow_consumer_backpressure.inc();
+            tracing::debug!(session = %link.session.id, "client behind: backend no longer read");
+        }
+        held = hold;
         let deadline = *linger.borrow_and_update();
         let closing = link.client_close.as_ref().map(|(_, at)| *at);
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => Err(Stop::Away("tether is restarting")),
-            msg = link.reader.next() => link.on_backend(msg).await,
+            msg = link.reader.next(), if !hold => link.on_backend(msg).await,
+            () = link.session.sent_more(), if hold => Ok(()),
             wrote = link.writer.forward(&link.session) => link.on_wrote(wrote).await,
             _ = sleep_until(closing) => Err(Stop::Ended(link.client_ended())),
             _ = sleep_until(deadline.map(Into::into)) => link.linger_expired().await,

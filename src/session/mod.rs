@@ -16,6 +16,8 @@
 //! session's own lock; the registry and the proxy only call them.
 
 mod attach;
+mod backpressure;
+mod eager;
 mod index;
 mod link;
 mod registry;
@@ -33,10 +35,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Config;
 use crate::journal::{encode_frame, EndInfo, Journal, JournalError, SessionMeta, FRAME_HEADER};
+use crate::protocol::control::RestartNote;
 use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
-use crate::upstream::BackendSocket;
+use crate::upstream::{BackendSocket, SavedKey, SavedRequest};
 pub(crate) use attach::{AttachError, Attached, Attachment};
+pub(crate) use eager::Reopen;
 use index::{Counted, Index};
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim, SEGMENT_FRAMES};
@@ -50,6 +54,9 @@ pub(crate) struct BackendConn {
     pub(crate) socket: BackendSocket,
     /// The reserved slot.
     pub(crate) permit: OwnedSemaphorePermit,
+    /// The request it was opened with, to store for an eager reopen after
+    /// a restart (`None` when not stored, or already stored).
+    pub(crate) saved: Option<SavedRequest>,
 }
 
 impl BackendConn {
@@ -86,6 +93,9 @@ pub(crate) struct Shared {
     pub(crate) rt: Runtime,
     /// `session.*`, `limits.ring_bytes` and the `journal.*` retention limits.
     pub(crate) config: Arc<Config>,
+    /// Seals stored requests' credentials; `None` unless
+    /// `session.backend_on_restart = "eager"` (nothing is stored then).
+    pub(crate) restart_key: Option<Arc<SavedKey>>,
 }
 
 /// Where a session stands.
@@ -121,6 +131,12 @@ struct Inner {
     counted_bytes: u64,
     /// Whether the index's aging queue holds the session.
     aging: bool,
+    /// How the backend connection was reopened, for the next client to
+    /// attach (see [`eager`]).
+    restart: Option<Box<RestartNote>>,
+    /// Closed when an eager reopen in flight is done: a resume waits for
+    /// it rather than dial a second connection.
+    reopening: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// One session.
@@ -142,6 +158,9 @@ pub(crate) struct Session {
     /// The upstream guarantee's accounting, once a client opted in (boxed:
     /// most sessions never do, and pay 8 bytes for it).
     up: OnceLock<Box<Up>>,
+    /// Wakes a link task held back by `slow_consumer = "backpressure"` when
+    /// a client was sent more (see [`backpressure`]); made on first use.
+    sent_more: OnceLock<Box<tokio::sync::Notify>>,
 }
 
 impl Session {
@@ -168,10 +187,13 @@ impl Session {
                 counted: None,
                 counted_bytes: 0,
                 aging: false,
+                restart: None,
+                reopening: None,
             }),
             shared,
             index,
             up: OnceLock::new(),
+            sent_more: OnceLock::new(),
         });
         {
             let mut inner = session.lock();
@@ -236,6 +258,9 @@ impl Session {
     /// Records that the attached client has been sent everything up to `seq`.
     pub(crate) fn set_delivered(&self, seq: u64) {
         self.delivered.store(seq, Ordering::Relaxed);
+        if let Some(wake) = self.sent_more.get() {
+            wake.notify_one();
+        }
     }
 
     /// Frames committed but not yet written to the attached client.
@@ -327,6 +352,9 @@ impl Session {
             let mut inner = self.lock();
             for (seq, p) in (first..).zip(batch.iter()) {
                 inner.retained.push(seq, p.len() as u64, now);
+            }
+            if inner.restart.as_ref().is_some_and(|r| r.early) {
+                self.shared.rt.metrics.backend_orphan_frames.inc_by(n);
             }
             let j = &self.shared.config.journal;
             let trim = inner.retained.enforce(j.max_session_frames, j.max_session_bytes);

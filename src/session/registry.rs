@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::index::Index;
 use super::retention::Retained;
-use super::{BackendConn, Life, Session, Shared, Up};
+use super::{BackendConn, Life, Reopen, Session, Shared, Up};
 use crate::journal::{JournalError, RecoveredSession, SessionMeta};
 use crate::protocol::{unix_ms, SessionId};
 
@@ -21,7 +21,7 @@ const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 
 /// Every session of this instance.
 pub(crate) struct Sessions {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     map: Mutex<HashMap<SessionId, Arc<Session>>>,
     /// One permit per backend connection (`limits.max_sessions`), reserved
     /// before dialing and held by the session's link task: orphaned and
@@ -43,7 +43,8 @@ impl Sessions {
     pub(crate) async fn restore(
         shared: Arc<Shared>,
         recovered: Vec<RecoveredSession>,
-    ) -> Result<Arc<Sessions>, JournalError> {
+    ) -> Result<(Arc<Sessions>, Vec<Reopen>), JournalError> {
+        let mut reopen = Vec::new();
         let mut map = HashMap::new();
         let index = Arc::new(Index::new(shared.rt.metrics.clone()));
         let now = Instant::now();
@@ -51,7 +52,9 @@ impl Sessions {
             let mut meta = r.meta;
             let retained = Retained::recovered(meta.trimmed_to, r.last_seq, r.frames, r.bytes);
             let ended = meta.ended.clone();
-            if ended.is_none() && meta.orphaned_ms.is_none() {
+            // It had a backend connection when tether stopped.
+            let was_live = ended.is_none() && meta.orphaned_ms.is_none();
+            if was_live {
                 meta.orphaned_ms = Some(unix_ms());
                 shared.journal.put_meta(r.id, meta.clone()).await?;
             }
@@ -70,13 +73,16 @@ impl Sessions {
             if let Some(mark) = r.up {
                 let _ = s.up.set(Box::new(Up::recovered(mark)));
             }
+            if let (true, Some(request), true) = (was_live, r.request, shared.restart_key.is_some()) {
+                reopen.push(Reopen { session: s.clone(), request });
+            }
             if let Some(info) = ended {
                 s.ended.send_replace(Some((r.last_seq, info)));
             }
             map.insert(r.id, s);
         }
         let capacity = Arc::new(Semaphore::new(shared.config.limits.max_sessions));
-        Ok(Arc::new(Sessions { shared, map: Mutex::new(map), capacity, index }))
+        Ok((Arc::new(Sessions { shared, map: Mutex::new(map), capacity, index }), reopen))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
@@ -104,11 +110,12 @@ impl Sessions {
     }
 
     /// Creates a session around a connected backend and starts its link task.
-    pub(crate) async fn create(&self, conn: BackendConn) -> Result<Arc<Session>, JournalError> {
+    pub(crate) async fn create(&self, mut conn: BackendConn) -> Result<Arc<Session>, JournalError> {
         let id = SessionId::generate();
         let meta = SessionMeta::default();
         // The record goes into the journal queue before any frame of the session.
         self.shared.journal.put_meta(id, meta.clone()).await?;
+        let saved = conn.saved.take();
         let orphan = Life::Orphaned { since: Instant::now() };
         let parts = (self.shared.clone(), self.index.clone());
         let session = Session::new(id, parts, orphan, Retained::default(), meta, 0);
@@ -117,6 +124,7 @@ impl Sessions {
             inner.life = session.start_link(conn);
             session.recount(&mut inner);
         }
+        session.save_request(saved).await?;
         self.lock().insert(id, session.clone());
         // Each new session will be retired one day: keep the cap here too,
         // not only once a second, however fast sessions come and go.

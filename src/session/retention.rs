@@ -121,6 +121,12 @@ impl Retained {
     }
 
     /// First seq still retained (or that the next frame will have).
+    /// Payload bytes of the segments that hold any frame after `seq` (whole
+    /// segments: an upper bound).
+    pub(crate) fn bytes_after(&self, seq: u64) -> u64 {
+        self.segments.iter().rev().take_while(|s| s.last > seq).map(|s| s.bytes).sum()
+    }
+
     pub(crate) fn first_available(&self) -> u64 {
         self.trimmed_to + 1
     }

@@ -33,9 +33,12 @@ pub(crate) struct Up {
     acked: Arc<watch::Sender<u64>>,
     /// Names the current backend connection.
     conn: AtomicU64,
-    /// Whether the previous backend connection stopped with nothing in
-    /// flight (its last write is exactly `written`).
+    /// Whether `written` is exactly where writing stopped, for every
+    /// message a client may still hold from an earlier backend connection.
     exact: AtomicBool,
+    /// A message was taken on the current backend connection: its client
+    /// read this connection's welcome (clients send nothing before it).
+    taken: AtomicBool,
 }
 
 impl Up {
@@ -53,12 +56,14 @@ impl Up {
             acked: Arc::new(watch::Sender::new(mark.written)),
             conn: AtomicU64::new(conn_id()),
             exact: AtomicBool::new(mark.stopped),
+            taken: AtomicBool::new(false),
         }
     }
 
     /// A new backend connection starts: the next welcome names it.
     pub(super) fn new_conn(&self) {
         self.conn.store(conn_id(), Ordering::Relaxed);
+        self.taken.store(false, Ordering::Relaxed);
     }
 
     /// The welcome's `up` object.
@@ -89,6 +94,7 @@ impl Up {
             Accept::Duplicate
         } else if seq == a + 1 {
             self.accepted.store(seq, Ordering::Release);
+            self.taken.store(true, Ordering::Relaxed);
             Accept::Next
         } else {
             Accept::Gap
@@ -108,11 +114,18 @@ impl Up {
     /// The backend connection stopped; messages taken but not written are
     /// gone with its queue (the client sends them again from `next`).
     /// `in_flight`: one was handed to the socket and may have been written.
+    ///
+    /// Doubt left by an earlier connection (a kill -9) stays until a client
+    /// has sent on a later one, which proves it read a welcome that reported
+    /// the doubt: otherwise a client that missed that welcome would be told
+    /// `exact` by the next, and resend messages that may have been written.
     pub(super) fn stopped(&self, in_flight: bool) -> UpMark {
         let written = self.written();
         self.accepted.store(written, Ordering::Release);
-        self.exact.store(!in_flight, Ordering::Relaxed);
-        UpMark { written, stopped: !in_flight }
+        let settled = self.exact.load(Ordering::Relaxed) || self.taken.load(Ordering::Relaxed);
+        let exact = !in_flight && settled;
+        self.exact.store(exact, Ordering::Relaxed);
+        UpMark { written, stopped: exact }
     }
 
     /// The journal's commit handle for marks.
@@ -162,5 +175,20 @@ mod tests {
         assert_eq!((w.next, w.acked, w.exact), (2, 0, false));
         assert_ne!(w.conn, conn);
         assert!(w.conn < 1 << 53);
+    }
+
+    #[test]
+    fn doubt_stays_until_a_client_sent_on_a_later_connection() {
+        let up = Up::recovered(UpMark { written: 5, stopped: false });
+        // A connection whose client never sent (it may have missed the
+        // welcome that reported the doubt) stops cleanly: still in doubt.
+        assert_eq!(up.stopped(false), UpMark { written: 5, stopped: false });
+        up.new_conn();
+        assert!(!up.welcome().exact);
+        assert_eq!(up.accept(6), Accept::Next);
+        up.wrote(6);
+        assert_eq!(up.stopped(false), UpMark { written: 6, stopped: true });
+        up.new_conn();
+        assert!(up.welcome().exact);
     }
 }

@@ -4,6 +4,7 @@
 //! hop-by-hop headers dropped. [`dial`] does the RFC 6455 client handshake.
 
 mod dial;
+mod saved;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::net::{has_token, LazyRead};
 use crate::protocol::credentials;
 use crate::tls::{self, MaybeTls};
 pub(crate) use dial::DialError;
+pub(crate) use saved::{SavedKey, SavedRequest};
 
 /// A connected backend WebSocket, over TCP (`ws://`) or TLS (`wss://`).
 pub(crate) type BackendSocket = WebSocketStream<LazyRead<MaybeTls>>;
@@ -90,6 +92,7 @@ impl ConnectError {
 
 /// Opens backend connections: the target plus the limits every backend
 /// socket gets.
+#[derive(Clone)]
 pub(crate) struct Upstream {
     /// Where the backend is.
     pub(crate) target: UpstreamUrl,

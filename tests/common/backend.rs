@@ -90,6 +90,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
+    /// Handshakes in flight.
+    pub in_flight: Arc<InFlight>,
     conns: mpsc::UnboundedReceiver<BackendConn>,
 }
 
@@ -100,6 +102,17 @@ pub struct BackendOptions {
     pub subprotocol: Option<String>,
     /// Answer this status instead of 101.
     pub refuse: Option<u16>,
+    /// Answer 401 to an upgrade without this header.
+    pub require_header: Option<&'static str>,
+}
+
+/// Upgrades the backend is answering now, and the most at once so far
+/// (while [`Backend::delay_handshakes`] holds each one back).
+#[derive(Default)]
+pub struct InFlight {
+    now: AtomicUsize,
+    pub max: AtomicUsize,
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Backend {
@@ -114,14 +127,15 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let (tx, conns) = mpsc::unbounded_channel();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let in_flight = Arc::new(InFlight::default());
+        let (count, flight) = (accepted.clone(), in_flight.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                tokio::spawn(serve_backend_conn(tcp, opts.clone(), tx.clone(), count.clone()));
+                tokio::spawn(serve_backend_conn(tcp, opts.clone(), tx.clone(), count.clone(), flight.clone()));
             }
         });
-        Backend { addr, accepted, conns }
+        Backend { addr, accepted, in_flight, conns }
     }
 
     /// The upstream URL for tether.
@@ -139,6 +153,11 @@ impl Backend {
         within("a backend connection", self.conns.recv()).await.expect("backend stopped")
     }
 
+    /// Holds each later upgrade back for `ms` before answering it.
+    pub fn delay_handshakes(&self, ms: u64) {
+        self.in_flight.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn count(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -150,10 +169,22 @@ async fn serve_backend_conn(
     opts: BackendOptions,
     conns: mpsc::UnboundedSender<BackendConn>,
     count: Arc<AtomicUsize>,
+    flight: Arc<InFlight>,
 ) {
+    let now = flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+    flight.max.fetch_max(now, Ordering::SeqCst);
+    let delay = flight.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let mut seen: Option<(String, HeaderMap)> = None;
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         seen = Some((req.uri().to_string(), req.headers().clone()));
+        if let Some(h) = opts.require_header.filter(|h| !req.headers().contains_key(*h)) {
+            let mut e = ErrorResponse::new(Some(format!("{h} required")));
+            *e.status_mut() = http::StatusCode::UNAUTHORIZED;
+            return Err(e);
+        }
         if let Some(status) = opts.refuse {
             let mut e = ErrorResponse::new(Some("refused by test backend".into()));
             *e.status_mut() = http::StatusCode::from_u16(status).unwrap();
@@ -168,7 +199,9 @@ async fn serve_backend_conn(
         resp.headers_mut().insert("x-backend", "yes".parse().unwrap());
         Ok(resp)
     };
-    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else { return };
+    let ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await;
+    flight.now.fetch_sub(1, Ordering::SeqCst);
+    let Ok(mut ws) = ws else { return };
     count.fetch_add(1, Ordering::SeqCst);
     let (path, headers) = seen.expect("callback ran");
     let (cmd_tx, mut cmds) = mpsc::unbounded_channel();

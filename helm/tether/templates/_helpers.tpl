@@ -156,7 +156,7 @@ keys:
   server: [upstream, backend_connect_timeout, handshake_timeout, allowed_origins, retry_after_secs, shutdown_grace]
   tls: [cert_file, key_file, reload_interval, upstream_ca_file, upstream_client_cert_file, upstream_client_key_file]
   limits: [max_message_bytes, max_frame_bytes, max_header_bytes, write_buffer_bytes, max_write_buffer_bytes, read_buffer_bytes, max_sessions, max_retained_sessions, ring_bytes, replay_batch_bytes]
-  session: [linger, ping_interval, ping_timeout, upstream_stall_timeout]
+  session: [linger, ping_interval, ping_timeout, upstream_stall_timeout, slow_consumer, slow_consumer_lag, backend_on_restart, restart_dials_per_second, restart_dial_concurrency, restart_credential_headers, restart_keep_credentials]
   token: [identity_headers]
   stamp: [mode, json_field]
   journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes, commit_delay]

@@ -7,6 +7,8 @@
 //! construction. Upstream, a reader task forwards the client's frames to the
 //! session's link task.
 
+mod exit;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,32 +17,18 @@ use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::reader::read_client;
-use super::sink::{self, sendable, ClientSink, ClientSocket};
+use super::sink::{self, ClientSink, ClientSocket};
 use super::upward::{ack_due, UpAcks, UpReader};
 use super::Context;
-use crate::config::StampMode;
+use crate::config::{SlowConsumer, StampMode};
 use crate::journal::{EndInfo, JournalError, Wire, WireStamp};
-use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange, UpEnd};
+use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::unix_ms;
-use crate::session::{Attachment, Session, ToBackend};
-
-/// Close code sent to a connection whose session was taken over.
-const CLOSE_TAKEN_OVER: u16 = 4001;
-/// Close code for a client whose message found no room toward a backend
-/// that does not read, for `session.upstream_stall_timeout` (Try Again Later).
-const CLOSE_STALLED: u16 = 1013;
-/// Close code when frames were trimmed under a `stamp = "none"` client,
-/// which cannot receive an in-band gap report: resume to see it.
-const CLOSE_GAP: u16 = 4002;
-/// Close code for an upstream message without a valid seq stamp.
-const CLOSE_BAD_STAMP: u16 = 4003;
-/// Close code for an upstream seq that skips ahead.
-const CLOSE_SEQ_GAP: u16 = 4004;
+use crate::session::{Attachment, Session};
+pub(super) use exit::{Exit, Gone};
 
 /// What the handshake decided, for the welcome frame.
 pub(super) struct Greeting {
@@ -54,41 +42,6 @@ pub(super) struct Greeting {
     pub(super) start: u64,
     /// The connection opted in to the upstream guarantee.
     pub(super) up: bool,
-}
-
-/// How a client connection ended, for `tether_client_disconnects_total`.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Gone {
-    /// TCP reset, EOF without a close, or an I/O error: no close frame.
-    Abnormal,
-    /// A close frame other than 1000 (e.g. 1001 going away): detaches.
-    Away,
-    /// No frame or pong within `session.ping_timeout`.
-    Timeout,
-    /// The client sent a message over the size limits.
-    TooBig,
-    /// The client broke the framing rules (RFC 6455 §5): answered 1002.
-    Protocol,
-    /// The client sent text (or a close reason) that is not UTF-8: 1007.
-    InvalidPayload,
-    /// The backend did not make room for the client's next message within
-    /// `session.upstream_stall_timeout`.
-    Stalled,
-    /// Upstream guarantee: a message without a valid seq stamp (4003).
-    BadStamp,
-    /// Upstream guarantee: a seq that skips ahead (4004).
-    SeqGap,
-}
-
-/// Why a pump stops serving its connection.
-pub(super) enum Exit {
-    TakenOver,
-    Draining,
-    ClientClosed(Option<CloseFrame>),
-    Gone(Gone),
-    BackendEnded(EndInfo),
-    GapUnreportable,
-    Journal(JournalError),
 }
 
 enum Step {
@@ -191,6 +144,7 @@ impl Pump {
             replay: (self.cursor <= replay_to).then_some(SeqRange { from: self.cursor, to: Some(replay_to) }),
             gap: greeting.gap,
             up,
+            backend: self.attachment.restart.take().map(|note| *note),
         };
         let reader = up.zip(acks.as_ref()).map(|(u, a)| a.reader(u.next));
         let exit = match self.sink.control(welcome).await {
@@ -216,12 +170,25 @@ impl Pump {
         ping.reset();
         let shutdown = self.ctx.rt.shutdown.clone();
         let mut kicked = self.attachment.take_kicked();
+        // `slow_consumer = "disconnect"`: checked whenever the backend's
+        // frames advance. Only frames committed after the welcome's replay
+        // count, so a resume far behind is never cut for catching up.
+        let session_config = &self.ctx.config.session;
+        let too_slow =
+            (session_config.slow_consumer == SlowConsumer::Disconnect).then_some(session_config.slow_consumer_lag);
+        let mut behind = too_slow.map(|_| self.session.watch_committed());
         let exit = loop {
             tokio::select! {
                 biased;
                 _ = &mut kicked => break Exit::TakenOver,
                 _ = shutdown.cancelled() => break Exit::Draining,
                 exit = &mut reader => break exit.unwrap_or(Exit::Gone(Gone::Abnormal)),
+                () = advanced(&mut behind) => {
+                    let sent = self.cursor.saturating_sub(1).max(replay_to);
+                    if too_slow.is_some_and(|lag| self.session.committed().saturating_sub(sent) > lag) {
+                        break Exit::Gone(Gone::TooSlow);
+                    }
+                }
                 () = ack_due(&mut acks) => {
                     let ack = acks.as_mut().map(|a| a.ack(&self.ctx.rt.metrics.up)).expect("due only when opted in");
                     if self.sink.control(ack).await.is_err() {
@@ -383,101 +350,16 @@ impl Pump {
         self.sink.flush().await?;
         Ok(())
     }
+}
 
-    /// Says goodbye as `exit` calls for, counts the disconnect and detaches.
-    async fn finish(mut self, exit: Exit) {
-        let id = self.session.id;
-        let kind = match exit {
-            Exit::TakenOver => {
-                self.sink.close(CLOSE_TAKEN_OVER, "session taken over by a newer connection").await;
-                // The newer connection holds the session now: no detach.
-                self.attachment.finish();
-                self.ctx.rt.metrics.client_disconnect("takeover");
-                return;
+/// Resolves when the session's committed seq moves; never without a watch.
+async fn advanced(committed: &mut Option<watch::Receiver<u64>>) {
+    match committed {
+        Some(c) => {
+            if c.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
-            Exit::Draining => {
-                self.sink.last_control(Control::Draining).await;
-                self.sink.close(1012, "tether is restarting; resume with your token").await;
-                "draining"
-            }
-            Exit::ClientClosed(frame) => self.client_closed(frame).await,
-            Exit::Gone(Gone::TooBig) => {
-                self.sink.close(1009, "message too big").await;
-                "too_big"
-            }
-            // RFC 6455 §7.1.7: fail the connection with a close frame.
-            Exit::Gone(Gone::Protocol) => {
-                self.sink.close(1002, "protocol error").await;
-                "protocol_error"
-            }
-            Exit::Gone(Gone::InvalidPayload) => {
-                self.sink.close(1007, "invalid UTF-8").await;
-                "invalid_payload"
-            }
-            Exit::Gone(Gone::Timeout) => "timeout",
-            Exit::Gone(Gone::Stalled) => {
-                self.sink.close(CLOSE_STALLED, "the backend is not reading; resume later").await;
-                "upstream_stalled"
-            }
-            Exit::Gone(Gone::BadStamp) => {
-                self.sink.close(CLOSE_BAD_STAMP, "upstream message without a valid seq stamp").await;
-                "bad_stamp"
-            }
-            Exit::Gone(Gone::SeqGap) => {
-                self.sink.close(CLOSE_SEQ_GAP, "upstream seq skipped ahead; resume and resend from next").await;
-                "seq_gap"
-            }
-            Exit::Gone(Gone::Away) => {
-                self.sink.close_reply().await;
-                "away"
-            }
-            Exit::Gone(Gone::Abnormal) => "abnormal",
-            Exit::BackendEnded(info) => {
-                // The link task recorded its last mark before ending the
-                // session: messages above it were not written.
-                let up = self.up.then(|| UpEnd { acked: self.session.up().acked() });
-                self.sink.last_control(Control::End { code: info.code, reason: info.reason.clone(), up }).await;
-                let code = match info.code {
-                    1005 => 1000,
-                    c if sendable(c) => c,
-                    _ => 1011,
-                };
-                self.sink.close(code, &info.reason).await;
-                "backend_ended"
-            }
-            Exit::GapUnreportable => {
-                self.sink.close(CLOSE_GAP, "frames were trimmed; resume to get the gap report").await;
-                "gap"
-            }
-            Exit::Journal(e) => {
-                tracing::error!(session = %id, error = %e, "journal read failed");
-                self.sink.close(1011, "journal read failed").await;
-                "journal_error"
-            }
-        };
-        tracing::info!(session = %id, kind, "client detached");
-        self.ctx.rt.metrics.client_disconnect(kind);
-        self.session.detach(&self.attachment);
-        self.attachment.finish();
-    }
-
-    /// The client sent a close: 1000 ends the session, anything else only
-    /// detaches.
-    async fn client_closed(&mut self, frame: Option<CloseFrame>) -> &'static str {
-        let normal = frame.as_ref().is_some_and(|f| f.code == CloseCode::Normal);
-        self.sink.close_reply().await;
-        if !normal {
-            return "away";
         }
-        tracing::info!(session = %self.session.id, "client closed normally; ending the session");
-        // Bounded like every upstream message: a backend that does not read
-        // must not keep this pump (and its claim on the session) alive.
-        let stall = self.ctx.config.session.upstream_stall_timeout;
-        match tokio::time::timeout(stall, self.session.send_upstream(ToBackend::Close(frame))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => tracing::debug!(session = %self.session.id, "no backend connection to forward the close to"),
-            Err(_) => tracing::info!(session = %self.session.id, "close not forwarded: the backend is not reading"),
-        }
-        "clean"
+        None => std::future::pending().await,
     }
 }
