@@ -51,7 +51,8 @@ async fn text_binary_and_fragmented_both_ways() {
 
 #[tokio::test]
 async fn path_query_headers_and_subprotocol() {
-    let mut backend = Backend::start_with(BackendOptions { subprotocol: Some("chat.v2".into()), ..Default::default() }).await;
+    let mut backend =
+        Backend::start_with(BackendOptions { subprotocol: Some("chat.v2".into()), ..Default::default() }).await;
     let t = Tether::start(&backend).await;
     let (mut ws, resp) = connect(
         &t.url("/rooms/7?x=1&tether_foo=2"),

@@ -20,12 +20,6 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
-    /// Counts one frame of `len` bytes.
-    pub(crate) fn count(&self, len: usize) {
-        self.frames.inc();
-        self.bytes.inc_by(len as u64);
-    }
-
     /// Counts `frames` frames of `bytes` bytes in all.
     pub(crate) fn count_many(&self, frames: u64, bytes: u64) {
         self.frames.inc_by(frames);

@@ -12,24 +12,25 @@
 //! and linger win even while a write to a backend that stopped reading is
 //! blocked.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::up::{Accept, MARK_EVERY};
+mod writer;
+
+use super::up::MARK_EVERY;
 use super::{BackendConn, Session, ToBackend};
 use crate::config::SlowConsumer;
 use crate::journal::{EndInfo, UpMark};
-use crate::metrics::Flow;
 use crate::protocol::Payload;
 use crate::upstream::BackendSocket;
+use writer::{Batch, Writer, Wrote};
 
 /// How long tether waits for the backend to answer a close it forwarded.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -67,32 +68,6 @@ struct Link {
     marked: u64,
 }
 
-/// The write half: forwards the client's messages from the session's
-/// bounded channel. At most one message is in the socket's write buffer at
-/// a time, so what waits for the backend is bounded by the channel (64
-/// messages) plus one message.
-struct Writer {
-    sink: SplitSink<BackendSocket, Message>,
-    upstream: mpsc::Receiver<Box<ToBackend>>,
-    /// Bytes (and seq, if stamped) of a data message handed to the socket
-    /// but not yet flushed; counted as forwarded once flushed.
-    unflushed: Option<(usize, Option<u64>)>,
-    /// A close was handed to the socket: only flushing is left.
-    closed: bool,
-}
-
-/// What the writer did.
-enum Wrote {
-    /// A data message reached the socket (its seq, if stamped).
-    Data(usize, Option<u64>),
-    /// A stamped message was not written: taken before (or out of order).
-    Skipped,
-    /// The client's close reached the socket.
-    Close(EndInfo),
-    /// The session dropped its sender: nothing more will come.
-    Done,
-}
-
 pub(super) async fn run(
     session: Arc<Session>,
     conn: BackendConn,
@@ -102,7 +77,7 @@ pub(super) async fn run(
     let BackendConn { socket, permit: _slot, .. } = conn;
     let shutdown = session.shared.rt.shutdown.clone();
     let (sink, reader) = socket.split();
-    let writer = Writer { sink, upstream, unflushed: None, closed: false };
+    let writer = Writer::new(sink, upstream);
     let marked = session.up_used().map_or(0, |up| up.written());
     let mut link = Link { session, reader, writer, client_close: None, marked };
     let backpressure = link.session.shared.config.session.slow_consumer == SlowConsumer::Backpressure;
@@ -210,12 +185,8 @@ impl Link {
     /// wait for the backend's answer.
     async fn on_wrote(&mut self, wrote: Result<Wrote, WsError>) -> Next {
         match wrote {
-            Ok(Wrote::Data(len, seq)) => {
-                self.upstream_flow().count(len);
-                if let Some(seq) = seq {
-                    self.session.up().wrote(seq);
-                    self.session.shared.rt.metrics.up.forwarded.inc();
-                }
+            Ok(Wrote::Data(batch)) => {
+                self.wrote(batch);
                 self.mark_written().await
             }
             Ok(Wrote::Skipped) => self.mark_written().await,
@@ -259,17 +230,13 @@ impl Link {
     /// session, the mark is awaited, so the client's `end` carries it.
     async fn settle_up(&mut self, flush_first: bool) {
         let Some(up) = self.session.up_used() else { return };
-        if let (true, Some((len, seq))) = (flush_first, self.writer.unflushed) {
+        if let (true, Some(batch)) = (flush_first, self.writer.unflushed) {
             if let Ok(Ok(())) = tokio::time::timeout(GOING_AWAY_WAIT, self.writer.flush()).await {
                 self.writer.unflushed = None;
-                self.upstream_flow().count(len);
-                if let Some(seq) = seq {
-                    up.wrote(seq);
-                    self.session.shared.rt.metrics.up.forwarded.inc();
-                }
+                self.wrote(batch);
             }
         }
-        let mark = up.stopped(matches!(self.writer.unflushed, Some((_, Some(_)))));
+        let mark = up.stopped(self.writer.unflushed.is_some_and(|b| b.last_seq.is_some()));
         let journal = &self.session.shared.journal;
         if journal.put_up(self.session.id, mark, up.acked_sender()).await.is_ok() && !flush_first {
             let mut acked = up.watch_acked();
@@ -277,8 +244,14 @@ impl Link {
         }
     }
 
-    fn upstream_flow(&self) -> &Flow {
-        &self.session.shared.rt.metrics.upstream
+    /// Counts a batch the writer flushed to the backend.
+    fn wrote(&self, batch: Batch) {
+        let metrics = &self.session.shared.rt.metrics;
+        metrics.upstream.count_many(u64::from(batch.frames), batch.bytes as u64);
+        if let Some(seq) = batch.last_seq {
+            self.session.up().wrote(seq);
+            metrics.up.forwarded.inc_by(u64::from(batch.stamped));
+        }
     }
 
     /// How the session ends when the backend connection does: with the
@@ -295,67 +268,6 @@ impl Link {
         }
         tracing::info!(session = %self.session.id, "linger expired; backend connection closed, session resumable as restarted");
         Err(Stop::Away("client did not return"))
-    }
-}
-
-impl Writer {
-    /// Flushes what the socket holds, then hands it the client's next
-    /// message and flushes that. Cancel-safe at every await: a message is
-    /// either still in the channel or already in the socket's buffer (and
-    /// `unflushed` says so), so the `select!` may drop this future whenever
-    /// another arm fires and call it again later.
-    async fn forward(&mut self, session: &Session) -> Result<Wrote, WsError> {
-        if let Some((len, seq)) = self.unflushed {
-            self.flush().await?;
-            self.unflushed = None;
-            return Ok(Wrote::Data(len, seq));
-        }
-        if self.closed {
-            self.flush().await?;
-            return std::future::pending().await;
-        }
-        std::future::poll_fn(|cx| Pin::new(&mut self.sink).poll_ready(cx)).await?;
-        let Some(cmd) = self.upstream.recv().await else { return Ok(Wrote::Done) };
-        match *cmd {
-            ToBackend::Data(m) => self.write(m, None).await,
-            ToBackend::Stamped(seq, m) => match session.up().accept(seq) {
-                Accept::Next => self.write(m, Some(seq)).await,
-                Accept::Duplicate => {
-                    session.shared.rt.metrics.up.duplicate.inc();
-                    Ok(Wrote::Skipped)
-                }
-                Accept::Gap => {
-                    tracing::error!(session = %session.id, seq, "upstream seq out of order; not written");
-                    session.shared.rt.metrics.up.seq_gap.inc();
-                    Ok(Wrote::Skipped)
-                }
-            },
-            ToBackend::Close(frame) => {
-                let info = frame
-                    .as_ref()
-                    .map_or_else(EndInfo::normal, |f| EndInfo { code: f.code.into(), reason: f.reason.to_string() });
-                Pin::new(&mut self.sink).start_send(Message::Close(frame))?;
-                // The backend's answer is awaited from now on, whether or not
-                // the close can be flushed: a backend that stopped reading
-                // must not keep the session open.
-                self.closed = true;
-                Ok(Wrote::Close(info))
-            }
-        }
-    }
-
-    /// Hands `m` to the socket and flushes it (see `unflushed`).
-    async fn write(&mut self, m: Message, seq: Option<u64>) -> Result<Wrote, WsError> {
-        let len = m.len();
-        Pin::new(&mut self.sink).start_send(m)?;
-        self.unflushed = Some((len, seq));
-        self.flush().await?;
-        self.unflushed = None;
-        Ok(Wrote::Data(len, seq))
-    }
-
-    async fn flush(&mut self) -> Result<(), WsError> {
-        std::future::poll_fn(|cx| Pin::new(&mut self.sink).poll_flush(cx)).await
     }
 }
 
