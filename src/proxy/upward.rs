@@ -4,6 +4,7 @@
 //! session's journaled mark moves. Which messages are written, and once
 //! only, is the session's link task's business (`session::up`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,8 +18,16 @@ use crate::protocol::upstamp::unstamp;
 use crate::session::{Session, ToBackend};
 
 /// The oldest message read and not yet acked, and when it was read: what
-/// `tether_upstream_ack_seconds` measures.
-type Oldest = Arc<Mutex<Option<(u64, Instant)>>>;
+/// `tether_upstream_ack_seconds` measures. The reader only loads `seq`
+/// per message; the lock is taken once per ack.
+#[derive(Default)]
+struct OldestUnacked {
+    /// Its seq; 0 when every message read was acked.
+    seq: AtomicU64,
+    at: Mutex<Option<Instant>>,
+}
+
+type Oldest = Arc<OldestUnacked>;
 
 /// The reader's half: contiguity on this connection.
 pub(super) struct UpReader {
@@ -50,8 +59,10 @@ impl UpReader {
             return Ok(None);
         }
         self.expected += 1;
-        let mut oldest = self.oldest.lock().unwrap_or_else(|p| p.into_inner());
-        oldest.get_or_insert((seq, Instant::now()));
+        if self.oldest.seq.load(Ordering::Acquire) == 0 {
+            *self.oldest.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            self.oldest.seq.store(seq, Ordering::Release);
+        }
         Ok(Some(ToBackend::Stamped(seq, msg)))
     }
 }
@@ -86,12 +97,12 @@ impl UpAcks {
     /// The ack to send now.
     pub(super) fn ack(&mut self, metrics: &UpMetrics) -> Control {
         let seq = *self.acked.borrow_and_update();
-        let mut oldest = self.oldest.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((s, at)) = *oldest {
-            if s <= seq {
+        let oldest = self.oldest.seq.load(Ordering::Acquire);
+        if oldest != 0 && oldest <= seq {
+            if let Some(at) = *self.oldest.at.lock().unwrap_or_else(|p| p.into_inner()) {
                 metrics.ack_seconds.observe(at.elapsed().as_secs_f64());
-                *oldest = None;
             }
+            self.oldest.seq.store(0, Ordering::Release);
         }
         metrics.acks.inc();
         Control::UpAck { seq }
