@@ -187,9 +187,11 @@ async fn a_restart_cut_short_by_its_client_keeps_the_new_backend_connection() {
     p.kill9().await;
     drop(ws);
 
-    // The restarted tether's backend answers its upgrade by hand.
+    // The restarted tether's backend answers its upgrade by hand. Lazy: the
+    // resume dials (an eager reopen would dial first, at start-up).
     let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let p = TetherProcess::start(&format!("ws://{}", held.local_addr().unwrap()), dir.path(), &[]).await;
+    let lazy = [("TETHER_SESSION_BACKEND_ON_RESTART", "lazy")];
+    let p = TetherProcess::start(&format!("ws://{}", held.local_addr().unwrap()), dir.path(), &lazy).await;
     let (url, t) = (p.url("/feed"), token.clone());
     let client = tokio::spawn(async move {
         let _ = connect(&url, &[("tether-session", &t), ("tether-offset", "3")]).await;

@@ -199,14 +199,17 @@ async fn bind(
     ctx: &Context,
 ) -> Result<Bound, Refusal> {
     let expired = || Some(lost_session(GapReason::Expired, offset));
-    let attached = match session.attach() {
-        // Being reopened at start-up: join that connection, not a second one.
-        Err(AttachError::NeedsBackend) => {
-            session.reopened().await;
-            session.attach()
+    // One dial per orphaned session: join one under way (an eager reopen,
+    // or another client's resume), or claim it for this request.
+    let mut attached = session.attach();
+    let mut claim = None;
+    while matches!(attached, Err(AttachError::NeedsBackend)) && claim.is_none() {
+        claim = session.claim_dial();
+        if claim.is_none() {
+            session.dial_done().await;
+            attached = session.attach();
         }
-        other => other,
-    };
+    }
     let (attachment, backend) = match attached {
         Ok(a) => (a, None),
         Err(AttachError::Purged) => return start_session(dial(req, peer, ctx).await?, expired(), ctx).await,
@@ -219,6 +222,7 @@ async fn bind(
             }
         }
     };
+    drop(claim);
     let outcome = match (gap.is_some(), attachment.kind) {
         (true, _) => Outcome::Gap,
         (false, Attached::Restarted) => Outcome::Restarted,

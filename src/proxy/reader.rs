@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -32,6 +33,7 @@ pub(super) async fn read_client(
     mut up: Option<UpReader>,
 ) -> Exit {
     let metrics = &session.metrics().up;
+    let queue = session.upstream_queue();
     loop {
         let Some(msg) = stream.next().await else { break Exit::Gone(Gone::Abnormal) };
         last_seen.store(unix_ms(), Ordering::Relaxed);
@@ -45,15 +47,15 @@ pub(super) async fn read_client(
                         Err(exit) => break exit,
                     },
                 };
-                match tokio::time::timeout(stall, session.send_upstream(cmd)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
+                match queue_toward_backend(queue.as_ref(), cmd, stall).await {
+                    Queued::Yes => {}
+                    Queued::NoBackend => {
                         if up.is_some() {
                             metrics.after_end.inc();
                         }
                         tracing::debug!(session = %session.id, "client frame dropped: the session has no backend connection");
                     }
-                    Err(_) => {
+                    Queued::Stalled => {
                         tracing::warn!(session = %session.id, ?stall, "backend is not reading; closing the client");
                         break Exit::Gone(Gone::Stalled);
                     }
@@ -71,5 +73,30 @@ pub(super) async fn read_client(
             Err(WsError::Utf8(_)) => break Exit::Gone(Gone::InvalidPayload),
             Err(_) => break Exit::Gone(Gone::Abnormal),
         }
+    }
+}
+
+/// What became of a client message on its way to the backend's queue.
+enum Queued {
+    Yes,
+    /// The session has no backend connection (ended).
+    NoBackend,
+    /// No room within `session.upstream_stall_timeout`.
+    Stalled,
+}
+
+/// Queues `cmd` for the link task: at once while there is room (no timer
+/// per message: one was a tenth of tether's CPU upstream), else waiting up
+/// to `stall`.
+async fn queue_toward_backend(queue: Option<&mpsc::Sender<Box<ToBackend>>>, cmd: ToBackend, stall: Duration) -> Queued {
+    let Some(tx) = queue else { return Queued::NoBackend };
+    match tx.try_send(Box::new(cmd)) {
+        Ok(()) => Queued::Yes,
+        Err(TrySendError::Closed(_)) => Queued::NoBackend,
+        Err(TrySendError::Full(cmd)) => match tokio::time::timeout(stall, tx.send(cmd)).await {
+            Ok(Ok(())) => Queued::Yes,
+            Ok(Err(_)) => Queued::NoBackend,
+            Err(_) => Queued::Stalled,
+        },
     }
 }

@@ -63,9 +63,9 @@ impl Sessions {
     async fn reopen_one(&self, upstream: &Upstream, key: &SavedKey, Reopen { session, request }: Reopen) {
         let metrics = &self.shared.rt.metrics;
         let Some(slot) = self.reserve() else { return metrics.backend_reopen("over_capacity") };
-        let Some(gate) = session.begin_reopen() else { return metrics.backend_reopen("skipped") };
+        let Some(claim) = session.claim_dial() else { return metrics.backend_reopen("skipped") };
         self.dial_again(upstream, key, &session, request, slot).await;
-        session.end_reopen(gate);
+        drop(claim);
     }
 
     async fn dial_again(
@@ -102,29 +102,42 @@ impl Sessions {
     }
 }
 
+/// The right to open an orphaned session's backend connection. One dial at
+/// a time per session, an eager reopen's or a resume's, so the backend never
+/// sees two connections for one restart; dropping it lets the others go on.
+pub(crate) struct DialClaim {
+    session: Arc<Session>,
+    gate: Arc<Semaphore>,
+}
+
+impl Drop for DialClaim {
+    fn drop(&mut self) {
+        let mut inner = self.session.lock();
+        if inner.reopening.as_ref().is_some_and(|g| Arc::ptr_eq(g, &self.gate)) {
+            inner.reopening = None;
+        }
+        drop(inner);
+        self.gate.close();
+    }
+}
+
 impl Session {
-    /// Marks an orphaned session as being reopened; `None` if it is not
-    /// orphaned (a client came back first) or already being reopened.
-    fn begin_reopen(&self) -> Option<Arc<Semaphore>> {
+    /// Claims the dial of an orphaned session; `None` if it is not orphaned
+    /// (a client or a reopen got there first) or a dial is under way.
+    pub(crate) fn claim_dial(self: &Arc<Self>) -> Option<DialClaim> {
         let mut inner = self.lock();
         if !matches!(inner.life, Life::Orphaned { .. }) || inner.reopening.is_some() {
             return None;
         }
         let gate = Arc::new(Semaphore::new(0));
         inner.reopening = Some(gate.clone());
-        Some(gate)
+        Some(DialClaim { session: self.clone(), gate })
     }
 
-    /// The reopen is done, one way or the other: waiting resumes go on.
-    fn end_reopen(&self, gate: Arc<Semaphore>) {
-        self.lock().reopening = None;
-        gate.close();
-    }
-
-    /// Waits (bounded by the backend connect timeout) for an eager reopen
-    /// in flight, so that a client that returns meanwhile joins the
-    /// connection it opens instead of dialing a second one.
-    pub(crate) async fn reopened(&self) {
+    /// Waits (bounded by the backend connect timeout) for a dial under way,
+    /// so that a client that returns meanwhile joins the connection it
+    /// opens instead of dialing a second one.
+    pub(crate) async fn dial_done(&self) {
         let gate = self.lock().reopening.clone();
         if let Some(gate) = gate {
             let wait = self.shared.config.server.backend_connect_timeout + Duration::from_secs(1);

@@ -300,6 +300,17 @@ impl Session {
         self.up.get().map(|b| &**b)
     }
 
+    /// The queue toward the backend, for a client connection's reader to
+    /// keep while it is attached: the backend connection of a session does
+    /// not change while a client holds it (only orphaned, unheld sessions
+    /// are reopened). `None` without a backend connection.
+    pub(crate) fn upstream_queue(&self) -> Option<mpsc::Sender<Box<ToBackend>>> {
+        match &self.lock().life {
+            Life::Live { upstream, .. } => Some(upstream.clone()),
+            _ => None,
+        }
+    }
+
     /// Sends a client frame towards the backend.
     pub(crate) async fn send_upstream(&self, msg: ToBackend) -> Result<(), NoBackend> {
         let tx = match &self.lock().life {

@@ -66,6 +66,11 @@ struct Link {
     client_close: Option<(EndInfo, tokio::time::Instant)>,
     /// The last upstream mark handed to the journal (see [`super::up`]).
     marked: u64,
+    /// The session's acked mark, once a mark had to wait for the one
+    /// before it to commit: at most one is in flight per session.
+    acked: Option<watch::Receiver<u64>>,
+    /// A mark is due as soon as the one in flight commits.
+    mark_waiting: bool,
 }
 
 pub(super) async fn run(
@@ -79,7 +84,7 @@ pub(super) async fn run(
     let (sink, reader) = socket.split();
     let writer = Writer::new(sink, upstream);
     let marked = session.up_used().map_or(0, |up| up.written());
-    let mut link = Link { session, reader, writer, client_close: None, marked };
+    let mut link = Link { session, reader, writer, client_close: None, marked, acked: None, mark_waiting: false };
     let backpressure = link.session.shared.config.session.slow_consumer == SlowConsumer::Backpressure;
     let mut held = false;
     let stop = loop {
@@ -99,6 +104,7 @@ pub(super) async fn run(
             msg = link.reader.next(), if !hold => link.on_backend(msg).await,
             () = link.session.sent_more(), if hold => Ok(()),
             wrote = link.writer.forward(&link.session) => link.on_wrote(wrote).await,
+            () = committed(&mut link.acked), if link.mark_waiting => link.mark_written().await,
             _ = sleep_until(closing) => Err(Stop::Ended(link.client_ended())),
             _ = sleep_until(deadline.map(Into::into)) => link.linger_expired().await,
             changed = linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
@@ -208,8 +214,21 @@ impl Link {
     async fn mark_written(&mut self) -> Next {
         let Some(up) = self.session.up_used() else { return Ok(()) };
         let written = up.written();
-        let due = written >= self.marked + MARK_EVERY || self.writer.upstream.is_empty();
-        if written > self.marked && due {
+        if written <= self.marked {
+            self.mark_waiting = false;
+            return Ok(());
+        }
+        // One mark in flight per session: while the last one has not
+        // committed, the next waits for it (and then covers everything
+        // written meanwhile), instead of one journal write per batch.
+        let acked = self.acked.get_or_insert_with(|| up.watch_acked());
+        if *acked.borrow_and_update() < self.marked {
+            self.mark_waiting = true;
+            return Ok(());
+        }
+        let due = self.mark_waiting || written >= self.marked + MARK_EVERY || self.writer.upstream.is_empty();
+        if due {
+            self.mark_waiting = false;
             let mark = UpMark { written, stopped: false };
             self.session
                 .shared
@@ -282,6 +301,18 @@ async fn going_away(sink: &mut SplitSink<BackendSocket, Message>, reason: &'stat
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the session's acked mark moves; never without a watch.
+async fn committed(acked: &mut Option<watch::Receiver<u64>>) {
+    match acked {
+        Some(a) => {
+            if a.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
         None => std::future::pending().await,
     }
 }
