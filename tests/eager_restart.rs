@@ -152,3 +152,47 @@ async fn two_thousand_sessions_reopen_within_the_dial_limits() {
     wait_metric(p.admin_addr, "tether_sessions{state=\"detached\"}", SESSIONS as f64).await;
     p.kill9().await;
 }
+
+/// A client that returns while tether is still reopening its session's
+/// backend connection joins that dial instead of opening a second one.
+#[tokio::test]
+async fn a_resume_during_the_reopen_joins_it() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    let (mut backend, dir, p) = setup_process().await;
+    let (token, _old) = session_then_drop(&mut backend, &p.url("/feed"), &[]).await;
+    p.kill9().await;
+    // The restarted tether's backend holds its answer to the reopen.
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = TetherProcess::start(&format!("ws://{}", held.local_addr().unwrap()), dir.path(), &[]).await;
+    let (mut tcp, _) = within("the reopen to dial", held.accept()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
+        head.push(byte[0]);
+    }
+    let url = p.url("/feed");
+    let client = tokio::spawn(async move {
+        let mut ws = resume(&url, &token, 10).await;
+        welcome(&mut ws).await.0
+    });
+    // Meanwhile the resume must not dial a second connection.
+    let second = tokio::time::timeout(Duration::from_millis(500), held.accept()).await;
+    assert!(second.is_err(), "the resume dialed a second backend connection");
+    let head = String::from_utf8(head).unwrap();
+    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
+    let reply = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    tcp.write_all(reply.as_bytes()).await.unwrap();
+    let w = within("the resume's welcome", client).await.unwrap();
+    assert_eq!(w["outcome"], "restarted", "{w}");
+    assert_eq!(w["backend"]["early"], true, "it joined the reopen: {w}");
+    let m = http_get(p.admin_addr, "/metrics").await.1;
+    assert_eq!(metric(&m, r#"tether_backend_connects_total{result="ok"}"#), 1.0);
+    p.kill9().await;
+}
