@@ -124,15 +124,19 @@ async fn two_thousand_sessions_reopen_within_the_dial_limits() {
     let mut backend = Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
     let p = TetherProcess::start(&backend.url(), dir.path(), &[]).await;
-    for _ in 0..SESSIONS {
-        let mut ws = open(&p.url("/"), &[]).await;
-        welcome(&mut ws).await;
-        drop_abruptly(ws);
-    }
     // Held: a dropped backend connection closes, which ends its session.
     let mut held = Vec::with_capacity(2 * SESSIONS);
     for _ in 0..SESSIONS {
-        held.push(backend.next_conn().await);
+        let mut ws = open(&p.url("/"), &[]).await;
+        welcome(&mut ws).await;
+        let conn = backend.next_conn().await;
+        // A frame the client received was journaled, and with it, before
+        // it, the session's record and stored request: a kill -9 now
+        // loses neither.
+        conn.text("hi");
+        assert_eq!(data(&mut ws).await, (1, "hi".into()));
+        drop_abruptly(ws);
+        held.push(conn);
     }
     p.kill9().await;
     // Each upgrade now takes 5 ms to answer, so dials overlap as much as
@@ -158,8 +162,6 @@ async fn two_thousand_sessions_reopen_within_the_dial_limits() {
 #[tokio::test]
 async fn a_resume_during_the_reopen_joins_it() {
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
     let (mut backend, dir, p) = setup_process().await;
     let (token, _old) = session_then_drop(&mut backend, &p.url("/feed"), &[]).await;
@@ -167,13 +169,7 @@ async fn a_resume_during_the_reopen_joins_it() {
     // The restarted tether's backend holds its answer to the reopen.
     let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let p = TetherProcess::start(&format!("ws://{}", held.local_addr().unwrap()), dir.path(), &[]).await;
-    let (mut tcp, _) = within("the reopen to dial", held.accept()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
-        head.push(byte[0]);
-    }
+    let reopen = HeldUpgrade::accept(&held).await;
     let url = p.url("/feed");
     let client = tokio::spawn(async move {
         let mut ws = resume(&url, &token, 10).await;
@@ -182,13 +178,7 @@ async fn a_resume_during_the_reopen_joins_it() {
     // Meanwhile the resume must not dial a second connection.
     let second = tokio::time::timeout(Duration::from_millis(500), held.accept()).await;
     assert!(second.is_err(), "the resume dialed a second backend connection");
-    let head = String::from_utf8(head).unwrap();
-    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
-    let reply = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
-    tcp.write_all(reply.as_bytes()).await.unwrap();
+    let _socket = reopen.answer().await;
     let w = within("the resume's welcome", client).await.unwrap();
     assert_eq!(w["outcome"], "restarted", "{w}");
     assert_eq!(w["backend"]["early"], true, "it joined the reopen: {w}");

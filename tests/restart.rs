@@ -175,8 +175,6 @@ async fn sigterm_drains_and_the_session_survives() {
 #[tokio::test]
 async fn a_restart_cut_short_by_its_client_keeps_the_new_backend_connection() {
     use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
     let (mut backend, dir, p) = setup_process().await;
     let mut ws = open(&p.url("/feed"), &[]).await;
@@ -196,27 +194,14 @@ async fn a_restart_cut_short_by_its_client_keeps_the_new_backend_connection() {
     let client = tokio::spawn(async move {
         let _ = connect(&url, &[("tether-session", &t), ("tether-offset", "3")]).await;
     });
-    let (mut tcp, _) = within("tether to dial the backend", held.accept()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
-        head.push(byte[0]);
-    }
+    let mut dial = HeldUpgrade::accept(&held).await;
     // The client gives up before the backend answers. Had tether abandoned
     // the dial with it, the backend connection would close now.
     client.abort();
     let _ = client.await;
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte)).await;
-    assert!(read.is_err(), "tether closed the backend connection of a restart its client left: {read:?}");
-    let head = String::from_utf8(head).unwrap();
-    let key = head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
-    let reply = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
-    tcp.write_all(reply.as_bytes()).await.unwrap();
+    let closed = dial.closed_within(Duration::from_millis(500)).await;
+    assert!(!closed, "tether closed the backend connection of a restart its client left");
+    let _socket = dial.answer().await;
     // The restart completed without its client, and the session now has
     // the connection: the next resume finds it live.
     wait_metric(p.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;

@@ -236,3 +236,46 @@ async fn serve_backend_conn(
     }
     let _ = in_tx.send(None);
 }
+
+/// An upgrade request a test backend has read and not answered yet: the
+/// test decides when tether's dial completes.
+pub struct HeldUpgrade {
+    tcp: TcpStream,
+    head: String,
+}
+
+impl HeldUpgrade {
+    /// Accepts the next connection on `listener` and reads its request head.
+    pub async fn accept(listener: &TcpListener) -> HeldUpgrade {
+        use tokio::io::AsyncReadExt;
+        let (mut tcp, _) = within("tether to dial the backend", listener.accept()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "request head ended early");
+            head.push(byte[0]);
+        }
+        HeldUpgrade { tcp, head: String::from_utf8(head).unwrap() }
+    }
+
+    /// True if tether closed the connection within `wait` (it gave up the dial).
+    pub async fn closed_within(&mut self, wait: std::time::Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(wait, self.tcp.read(&mut byte)).await.is_ok()
+    }
+
+    /// Answers 101, completing tether's dial; returns the socket.
+    pub async fn answer(mut self) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let key =
+            self.head.lines().find_map(|l| l.strip_prefix("sec-websocket-key: ")).expect("a Sec-WebSocket-Key header");
+        let reply = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        self.tcp.write_all(reply.as_bytes()).await.unwrap();
+        self.tcp
+    }
+}
