@@ -131,7 +131,7 @@ where
 /// the 128 of `TcpListener::bind`, a thousand connections arriving together
 /// overflowed the relay's and this backend's queues, and the SYNs dropped
 /// were retried a second later, so those streams started late.
-async fn listen_wide(listen: &str) -> std::io::Result<TcpListener> {
+pub async fn listen_wide(listen: &str) -> std::io::Result<TcpListener> {
     let addr = tokio::net::lookup_host(listen)
         .await?
         .next()

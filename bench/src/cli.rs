@@ -31,6 +31,10 @@ pub enum Command {
     /// Client → backend throughput with the upstream guarantee (acks) ÷
     /// without, ÷ the relay, and ack latency; Markdown on stdout.
     Upstream(crate::upstream::UpOpts),
+    /// Time to reopen N sessions' backend connections after tether is
+    /// killed and restarted (`session.backend_on_restart = "eager"`), and
+    /// the backend's peak connection rate; Markdown on stdout.
+    Reopen(ReopenOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {
@@ -249,5 +253,51 @@ impl Plan {
     /// True if `part` (stream, replay, resume, idle) is to run.
     pub fn has(&self, part: &str) -> bool {
         self.parts.iter().any(|p| p == part)
+    }
+}
+
+/// `tether-bench reopen` options.
+#[derive(Debug, Args)]
+pub struct ReopenOpts {
+    /// Sessions open (each with a backend connection) when tether is killed.
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Restart limits to try, each `DIALS_PER_SECOND/CONCURRENCY` (e.g.
+    /// 200/32,2000/64): one trial each, the restart run with
+    /// `session.restart_dials_per_second` and `restart_dial_concurrency` set
+    /// to them. None: one trial with tether's defaults (or `--tether-env`).
+    #[arg(long, value_delimiter = ',', value_parser = parse_limits)]
+    pub limits: Vec<(u32, u32)>,
+    /// Trials per setting.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Fail a trial if not every session is reopened this many seconds
+    /// after the restart (default: 30 + 3 × sessions ÷ dials per second).
+    #[arg(long)]
+    pub bound_secs: Option<f64>,
+    /// `session.linger` of both processes: long enough that no session
+    /// expires while the others are opened.
+    #[arg(long, default_value = "10m")]
+    pub linger: String,
+    /// The backend answers no upgrade for this many ms after the restart
+    /// (a backend slow for a while; keep it under
+    /// `server.backend_connect_timeout`, 5 s by default, or the dials fail).
+    #[arg(long, default_value_t = 0)]
+    pub backend_stall_ms: u64,
+    /// Before each trial, wait up to this many seconds for a quiet machine.
+    #[arg(long, default_value_t = 0)]
+    pub wait_quiet: u64,
+    /// Which tether, where its journals go, and where the raw figures go.
+    /// `--tether-env` applies to both processes (and after `--limits`).
+    #[command(flatten)]
+    pub tether: TetherArgs,
+}
+
+pub fn parse_limits(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("expected DIALS_PER_SECOND/CONCURRENCY, e.g. 200/32, got {s:?}");
+    let (r, c) = s.split_once('/').ok_or_else(bad)?;
+    match (r.trim().parse(), c.trim().parse()) {
+        (Ok(r), Ok(c)) if r > 0 && c > 0 => Ok((r, c)),
+        _ => Err(bad()),
     }
 }

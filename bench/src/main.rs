@@ -18,6 +18,7 @@ mod pacer;
 mod procs;
 mod rawws;
 mod relay;
+mod reopen;
 mod report;
 mod sink;
 mod special;
@@ -26,6 +27,7 @@ mod stream;
 mod sys;
 mod tls;
 mod upclient;
+mod upgrades;
 mod upstream;
 
 use std::process::ExitCode;
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Tls(o) => tls_matrix(o),
         Command::Cluster(o) => cluster::main(o),
         Command::Upstream(o) => upstream::main(o),
+        Command::Reopen(o) => reopen::main(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

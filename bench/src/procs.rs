@@ -138,8 +138,8 @@ impl BackendProc {
     }
 }
 
-/// A tether instance with its own journal directory (removed on drop), or
-/// the reference relay.
+/// A tether instance with its own journal directory (removed on drop; kept
+/// when started with [`Launcher::tether_on`]), or the reference relay.
 pub struct TetherProc {
     proc: Option<Proc>,
     /// Its pid.
@@ -259,9 +259,25 @@ impl Launcher {
     /// Starts tether in front of `upstream` in `setup` (plus `extra` variables)
     /// with a fresh journal directory, and waits for it to serve.
     pub fn tether(&self, setup: Setup, upstream: &str, extra: &[(&str, String)]) -> anyhow::Result<TetherProc> {
-        let (stamp, sync) = setup.tether_modes().ok_or_else(|| anyhow!("direct has no tether"))?;
         let dir = self.data_root.join(format!("journal-{}", self.next_dir.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
+        let mut t = self.tether_on(&dir, setup, upstream, extra, None)?;
+        t.dir = Some(dir);
+        Ok(t)
+    }
+
+    /// Starts tether on the journal directory `dir`, which outlives it (to
+    /// restart another on it), and waits for it to serve. With `tap`, every
+    /// log line goes there too, with the `CLOCK_MONOTONIC` ns it was read at.
+    pub fn tether_on(
+        &self,
+        dir: &Path,
+        setup: Setup,
+        upstream: &str,
+        extra: &[(&str, String)],
+        tap: Option<std::sync::mpsc::Sender<(u64, String)>>,
+    ) -> anyhow::Result<TetherProc> {
+        let (stamp, sync) = setup.tether_modes().ok_or_else(|| anyhow!("direct has no tether"))?;
         let mut cmd = match &self.tether_bin {
             Some(bin) => Command::new(bin),
             None => {
@@ -277,7 +293,7 @@ impl Launcher {
         }
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--upstream", upstream])
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .args(["--log-format", "json", "--log-level", "info"])
             .env("RUST_BACKTRACE", "0")
             .env("TETHER_TOKEN_SECRET", SECRET)
@@ -309,6 +325,9 @@ impl Launcher {
             let mut last = String::new();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(tap) = &tap {
+                    let _ = tap.send((crate::sys::now_ns(), line.clone()));
+                }
                 if let Some(sender) = &tx {
                     if let Some(addrs) = serving(&line) {
                         let _ = sender.send(Ok(addrs));
@@ -329,7 +348,7 @@ impl Launcher {
         if self.verbose {
             eprintln!("tether pid {pid} serving on {data}, admin {admin}, journal {}", dir.display());
         }
-        Ok(TetherProc { proc: Some(proc), pid, data, admin, dir: Some(dir) })
+        Ok(TetherProc { proc: Some(proc), pid, data, admin, dir: None })
     }
 
     /// The root directory for journals.
