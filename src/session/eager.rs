@@ -44,11 +44,14 @@ impl Sessions {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(next) => {}
             }
-            next += gap;
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 p = inflight.clone().acquire_owned() => p.expect("never closed"),
             };
+            // The next dial comes a gap after this one really starts: a
+            // backend that held the dials back (or a late timer) must not
+            // be paid back with a burst of the slots it missed.
+            next = tokio::time::Instant::now() + gap;
             let (sessions, upstream, key) = (self.clone(), upstream.clone(), key.clone());
             self.shared.rt.tasks.spawn(async move {
                 sessions.reopen_one(&upstream, &key, job).await;
