@@ -42,8 +42,8 @@ impl CutProxy {
                 let task = tokio::spawn(async move {
                     // Either direction ending ends both.
                     tokio::select! {
-                        _ = pipe(c.clone(), u.clone(), s1) => {}
-                        _ = pipe(u, c, s2) => {}
+                        _ = pipe(c.clone(), u.clone(), &s1.dark) => {}
+                        _ = pipe(u, c, &s2.dark) => {}
                     }
                 });
                 let mut live = st.live.lock().unwrap_or_else(|p| p.into_inner());
@@ -76,7 +76,9 @@ impl CutProxy {
     }
 }
 
-async fn pipe(from: Arc<TcpStream>, to: Arc<TcpStream>, state: Arc<State>) {
+/// Copies bytes from `from` to `to` until either side ends; bytes read
+/// while `lose` is set are dropped, as a network loses what is in flight.
+pub async fn pipe(from: Arc<TcpStream>, to: Arc<TcpStream>, lose: &AtomicBool) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if from.readable().await.is_err() {
@@ -88,7 +90,7 @@ async fn pipe(from: Arc<TcpStream>, to: Arc<TcpStream>, state: Arc<State>) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => return,
         };
-        if state.dark.load(Ordering::SeqCst) {
+        if lose.load(Ordering::SeqCst) {
             continue; // lost in flight
         }
         let mut done = 0;

@@ -5,7 +5,7 @@
 
 mod cut;
 
-pub use cut::CutProxy;
+pub use cut::{pipe, CutProxy};
 
 use std::net::SocketAddr;
 

@@ -327,28 +327,9 @@ impl Proxy {
     }
 }
 
+/// Never set: this proxy cuts, it does not lose bytes in flight.
+static KEEP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 async fn pipe(from: Arc<TcpStream>, to: Arc<TcpStream>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        if from.readable().await.is_err() {
-            return;
-        }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(_) => return,
-        };
-        let mut done = 0;
-        while done < n {
-            if to.writable().await.is_err() {
-                return;
-            }
-            match to.try_write(&buf[done..n]) {
-                Ok(w) => done += w,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
-            }
-        }
-    }
+    tether_testkit::pipe(from, to, &KEEP).await
 }
