@@ -143,8 +143,10 @@ async def test_the_backend_ending_the_session_fails_what_was_not_written(scope: 
     assert ev.outcome == "resumed"
     assert await next_event(client) == End(1000, "bye")
     e4, e5 = await outcome(r4), await outcome(r5)
-    assert e4 is not None and (e4.reason, e4.seq, e4.data) == ("ended", None, "a4")
-    assert e5 is not None and (e5.reason, e5.data) == ("ended", b"\x04\x05")
+    # The welcome does not say that the session ended: the client may send
+    # a4 and a5 between the welcome and the end (tether drops them, after_end).
+    assert e4 is not None and (e4.reason, e4.data) == ("ended", "a4") and e4.seq in (None, 4)
+    assert e5 is not None and (e5.reason, e5.data) == ("ended", b"\x04\x05") and e5.seq in (None, 5)
     try:
         await client.send("late")
         raise AssertionError("send after the end")
@@ -153,106 +155,6 @@ async def test_the_backend_ending_the_session_fails_what_was_not_written(scope: 
     assert client.state == "ended"
     s = client.upstream_stats()
     assert (s.acked, s.acked_seq, s.ended, s.unacked, s.in_doubt) == (3, 3, 2, 0, 0)
-
-
-async def crash_mid_stream(
-    scope: contextlib.AsyncExitStack, policy: str, n: int
-) -> tuple[TetherClient, list[Receipt], list[str], BackendConn, int]:
-    """Sends n messages and kills tether (-9) after the backend read 500,
-    then restarts it on the same journal. Returns what the old backend
-    connection read and the new one."""
-    backend = await Backend.start(scope)
-    tether = await Tether.start(scope, backend.url)
-    up = Upstream(in_doubt="resend") if policy == "resend" else Upstream()
-    client = TetherClient(f"{tether.url}/feed", backoff=FAST, max_failed_resumes=1_000_000, upstream=up)
-    scope.push_async_callback(client.detach)
-    await welcome(client)
-    old = await backend.next_conn()
-
-    async def sender() -> list[Receipt]:
-        return [await client.send(f"k{i}") for i in range(1, n + 1)]
-
-    sending = asyncio.ensure_future(sender())
-    written: list[str] = []
-    while len(written) < 500:
-        m = await old.next_received()
-        assert isinstance(m, str)
-        written.append(m)
-    await tether.kill_and_restart()
-    while (m := await old.next_received()) is not None:
-        assert isinstance(m, str)
-        written.append(m)
-    new = await backend.next_conn()
-    receipts = await bounded("every send queued", sending)
-    return client, receipts, written, new, len(written)
-
-
-@async_test
-async def test_after_a_kill_9_every_message_is_acked_or_reported_in_doubt(scope: contextlib.AsyncExitStack) -> None:
-    n = 2000
-    client, receipts, written, new, on_old = await crash_mid_stream(scope, "report", n)
-    w = await welcome(client)
-    assert w.outcome == "restarted" and w.up is not None and not w.up.exact
-    reported: tuple[UpMessage, ...] = ()
-    if client.upstream_stats().in_doubt:
-        ev = await next_event(client)
-        assert isinstance(ev, InDoubt) and (ev.policy, ev.cause) == ("report", "crash"), ev
-        reported = ev.messages
-    events: list[object] = []
-    reader = asyncio.ensure_future(drain_events(client, events))
-    results = [await outcome(r) for r in receipts]
-    acked = [i + 1 for i, e in enumerate(results) if e is None]
-    doubts = [e for e in results if e is not None]
-    assert all(e.reason == "in_doubt" for e in doubts), doubts[:3]
-    assert [(e.seq, e.data) for e in doubts] == [(m.seq, m.data) for m in reported]
-    # The new connection gets the acked messages the old one did not.
-    on_old_set = {index(m) for m in written}
-    for _ in range(sum(1 for i in acked if i not in on_old_set)):
-        m = await new.next_received()
-        assert isinstance(m, str)
-        written.append(m)
-    await bounded("the last ack", await client.send("k0"))
-    assert await new.next_received() == "k0", "nothing more"
-    seen = [index(m) for m in written]
-    assert all(a < b for a, b in zip(seen, seen[1:])), "in order, none twice"
-    assert set(acked) <= set(seen), "every acked message was written"
-    doubtful = {index(e.data) for e in doubts if isinstance(e.data, str)}
-    assert not doubtful & {index(m) for m in written[on_old:]}, "the new connection got none in doubt"
-    assert len(acked) + len(doubts) == n
-    s = client.upstream_stats()
-    assert (s.unacked, s.acked, s.in_doubt) == (0, len(acked) + 1, len(doubts))
-    reader.cancel()
-    print(f"\nkill -9: written to the old connection {on_old}, acked {len(acked)}, in doubt {len(doubts)}")
-
-
-@async_test
-async def test_after_a_kill_9_policy_resend_sends_the_doubtful_again(scope: contextlib.AsyncExitStack) -> None:
-    n = 2000
-    client, receipts, on_old, new, _ = await crash_mid_stream(scope, "resend", n)
-    assert (await welcome(client)).outcome == "restarted"
-    events: list[object] = []
-    reader = asyncio.ensure_future(drain_events(client, events))
-    assert [await outcome(r) for r in receipts] == [None] * n
-    # Whatever the new connection reads before this last message is all it gets.
-    await bounded("the last ack", await client.send("k0"))
-    on_new: list[str] = []
-    while (m := await new.next_received()) != "k0":
-        assert isinstance(m, str)
-        on_new.append(m)
-    old_seen, new_seen = [index(m) for m in on_old], [index(m) for m in on_new]
-    assert old_seen == list(range(1, len(old_seen) + 1)), "old: in order, none twice"
-    first_new = new_seen[0] if new_seen else n + 1
-    assert new_seen == list(range(first_new, n + 1)), "new: in order, none twice, up to the last"
-    assert first_new <= len(old_seen) + 1, "nothing skipped"
-    twice = len(old_seen) + 1 - first_new
-    s = client.upstream_stats()
-    assert twice <= s.in_doubt, f"{twice} written twice, {s.in_doubt} in doubt"
-    assert (s.unacked, s.acked, s.dropped) == (0, n + 1, 0)
-    reports = [e for e in events if isinstance(e, InDoubt)]
-    assert sum(len(r.messages) for r in reports) == s.in_doubt
-    assert all(r.policy == "resend" for r in reports)
-    reader.cancel()
-
 
 @async_test
 async def test_after_a_drain_nothing_is_in_doubt_and_each_message_is_written_once(
@@ -335,87 +237,3 @@ async def test_close_fails_what_was_not_acked_and_without_opting_in_nothing_chan
         raise AssertionError("send() without upstream")
     except UpstreamError as e4:
         assert (e4.reason, e4.data) == ("disabled", "x")
-
-
-@async_test
-async def test_kill_9_with_messages_on_their_way_to_the_backend_reports_them_in_doubt(
-    scope: contextlib.AsyncExitStack,
-) -> None:
-    n = 2000
-    fill = "x" * (16 * 1024)  # 32 MiB in all: more than the sockets toward the backend hold
-    backend = await Backend.start(scope)
-    tether = await Tether.start(scope, backend.url)
-    proxy = await CutProxy.start(scope, tether.data_port)
-    client = TetherClient(
-        f"ws://127.0.0.1:{proxy.port}/feed",
-        backoff=FAST,
-        max_failed_resumes=1_000_000,
-        upstream=Upstream(max_unacked=5000, max_unacked_bytes=64 << 20),
-    )
-    scope.push_async_callback(client.detach)
-    await welcome(client)
-    conn1 = await backend.next_conn()
-    await bounded("an ack", await client.send("m1|"))  # the journal has a mark from the running tether
-    conn1.ws.transport.pause_reading()  # the backend stops reading: tether's writes back up
-    receipts = [await client.send(f"m{i}|{fill}") for i in range(2, n + 1)]
-
-    async def some_written() -> bool:
-        return await tether.metric('tether_upstream_frames_total{result="forwarded"}') >= 4
-
-    await poll("writes to the backend", some_written)
-    # Cut the client off first, so that no ack reaches it after the snapshot.
-    proxy.blocked = True
-    assert await proxy.cut() == 1
-    assert isinstance(await next_event(client), Disconnected)
-    acked_before = client.upstream_stats().acked_seq
-    await tether.kill_and_restart()
-    proxy.blocked = False
-    w = await welcome(client)
-    assert w.outcome == "restarted" and w.up is not None, w
-    assert not w.up.exact
-    assert w.up.acked >= acked_before and w.up.next == w.up.acked + 1, w.up
-    assert w.up.next <= n, f"nothing left in doubt (next {w.up.next}): the backend's sockets took it all"
-    # In doubt: what the client had sent on the old connection from next on.
-    # What it had not sent yet (its own socket was full) is not in doubt:
-    # it goes out on the new connection, stamped from next.
-    report = await next_event(client)
-    assert isinstance(report, InDoubt), report
-    assert (report.policy, report.cause) == ("report", "crash")
-    last = w.up.next + len(report.messages) - 1
-    doubtful = list(range(w.up.next, last + 1))
-    assert doubtful and [m.seq for m in report.messages] == doubtful
-    assert [str(m.data).partition("|")[0] for m in report.messages] == [f"m{i}" for i in doubtful]
-    events: list[object] = []
-    reader = asyncio.ensure_future(drain_events(client, events))
-    results = [await outcome(r) for r in receipts]
-    assert [e.reason if e else "ok" for e in results] == [
-        "in_doubt" if w.up.next <= i <= last else "ok" for i in range(2, n + 1)
-    ]
-
-    # The old backend connection got a prefix of what was sent: everything
-    # acked and maybe some of what was in doubt, never more.
-    conn1.ws.transport.resume_reading()
-    got1: list[str] = []
-    while (m := await conn1.next_received()) is not None:
-        assert isinstance(m, str)
-        got1.append(m.partition("|")[0])
-    assert got1 == [f"m{i}" for i in range(1, len(got1) + 1)]
-    assert w.up.acked <= len(got1) <= last, (len(got1), w.up.acked)
-
-    # The session goes on, with seqs from next: first what was never sent, then a new message.
-    conn2 = await backend.next_conn()
-    await bounded("the ack", await client.send("after"))
-    assert client.upstream_stats().acked_seq == w.up.next + (n - last)
-    got2 = []
-    while (m := await conn2.next_received()) != "after":
-        assert isinstance(m, str)
-        got2.append(m.partition("|")[0])
-    assert got2 == [f"m{i}" for i in range(last + 1, n + 1)]
-    assert client.upstream_stats().in_doubt == len(doubtful)
-    assert not [e for e in events if isinstance(e, InDoubt)], "one report"
-    reader.cancel()
-    print(
-        f"\nkill -9, backend not reading: sent {n}, acked before the kill {acked_before}, "
-        f"acked {w.up.acked}, in doubt {len(doubtful)}, old backend connection read {len(got1)}, "
-        f"sent on the new one {len(got2)}"
-    )
