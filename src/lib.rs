@@ -20,6 +20,7 @@ mod net;
 mod protocol;
 mod proxy;
 mod runtime;
+mod select_arm;
 mod session;
 mod tls;
 mod upstream;

@@ -317,15 +317,20 @@ fn spawn_pump(req: &mut Request<Incoming>, bound: Bound, token: String, up: bool
     let on_upgrade = hyper::upgrade::on(req);
     let ctx = ctx.clone();
     let Bound { session, attachment, outcome, start, gap, .. } = bound;
-    let greeting = Greeting { token, outcome, gap, start, up };
+    // Boxed, like the greeting: what the task captures stays in its future
+    // for the session's whole life, after the pump took it over.
+    let held = Box::new((session, attachment));
+    let greeting = Box::new(Greeting { token, outcome, gap, start, up });
     ctx.rt.tasks.clone().spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = RawTap::new(LazyRead::new(TokioIo::new(upgraded)));
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ctx.ws_config)).await;
+                let (session, attachment) = *held;
                 Pump::new(ws, session, attachment, ctx).run(greeting).await;
             }
             Err(e) => {
+                let (session, attachment) = *held;
                 tracing::debug!(session = %session.id, error = %e, "client upgrade failed");
                 session.abandon(attachment);
             }

@@ -87,16 +87,22 @@ enum Queued {
 
 /// Queues `cmd` for the link task: at once while there is room (no timer
 /// per message: one was a tenth of tether's CPU upstream), else waiting up
-/// to `stall`.
+/// to `stall`. The wait is boxed, so the reader task of an idle session
+/// does not carry its timer.
 async fn queue_toward_backend(queue: Option<&mpsc::Sender<Box<ToBackend>>>, cmd: ToBackend, stall: Duration) -> Queued {
     let Some(tx) = queue else { return Queued::NoBackend };
     match tx.try_send(Box::new(cmd)) {
         Ok(()) => Queued::Yes,
         Err(TrySendError::Closed(_)) => Queued::NoBackend,
-        Err(TrySendError::Full(cmd)) => match tokio::time::timeout(stall, tx.send(cmd)).await {
-            Ok(Ok(())) => Queued::Yes,
-            Ok(Err(_)) => Queued::NoBackend,
-            Err(_) => Queued::Stalled,
-        },
+        Err(TrySendError::Full(cmd)) => Box::pin(wait_for_room(tx, cmd, stall)).await,
+    }
+}
+
+/// Queues `cmd` once the link task made room, or gives up after `stall`.
+async fn wait_for_room(tx: &mpsc::Sender<Box<ToBackend>>, cmd: Box<ToBackend>, stall: Duration) -> Queued {
+    match tokio::time::timeout(stall, tx.send(cmd)).await {
+        Ok(Ok(())) => Queued::Yes,
+        Ok(Err(_)) => Queued::NoBackend,
+        Err(_) => Queued::Stalled,
     }
 }

@@ -108,11 +108,3 @@ impl UpAcks {
         Control::UpAck { seq }
     }
 }
-
-/// Waits for the next ack of an opted-in connection; never for others.
-pub(super) async fn ack_due(acks: &mut Option<UpAcks>) {
-    match acks {
-        Some(a) => a.due().await,
-        None => std::future::pending().await,
-    }
-}

@@ -329,7 +329,8 @@ impl Session {
         if let Some(up) = self.up_used() {
             up.new_conn();
         }
-        self.shared.rt.tasks.spawn(link::run(self.clone(), conn, upstream_rx, linger_rx));
+        let link = link::Link::new(self.clone(), conn, upstream_rx, linger_rx);
+        self.shared.rt.tasks.spawn(link.run());
         Life::Live { upstream, linger }
     }
 

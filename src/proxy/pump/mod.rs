@@ -21,12 +21,13 @@ use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::reader::read_client;
 use super::sink::{self, ClientSink, ClientSocket};
-use super::upward::{ack_due, UpAcks, UpReader};
+use super::upward::{UpAcks, UpReader};
 use super::Context;
 use crate::config::{SlowConsumer, StampMode};
 use crate::journal::{EndInfo, JournalError, Wire, WireStamp};
 use crate::protocol::control::{Control, GapReason, GapReport, Outcome, SeqRange};
 use crate::protocol::unix_ms;
+use crate::select_arm::optional;
 use crate::session::{Attachment, Session};
 pub(super) use exit::{Exit, Gone};
 
@@ -120,7 +121,9 @@ impl Pump {
 
     /// Serves the connection until the client leaves, is taken over, the
     /// session ends, or tether drains; then detaches.
-    pub(super) async fn run(mut self, greeting: Greeting) {
+    /// (`greeting` is boxed: an `async fn`'s arguments stay in its future
+    /// for its whole life, in every idle session.)
+    pub(super) async fn run(mut self, greeting: Box<Greeting>) {
         if self.attachment.take_over().await {
             tracing::info!(session = %self.session.id, "took the session over from an older connection");
         }
@@ -137,21 +140,22 @@ impl Pump {
                 m.welcomes_in_doubt.inc()
             }
         }
+        let Greeting { token, outcome, gap, .. } = *greeting;
         let welcome = Control::Welcome {
             v: 1,
-            session: greeting.token,
-            outcome: greeting.outcome,
+            session: token,
+            outcome,
             replay: (self.cursor <= replay_to).then_some(SeqRange { from: self.cursor, to: Some(replay_to) }),
-            gap: greeting.gap,
+            gap,
             up,
             backend: self.attachment.restart.take().map(|note| *note),
         };
         let reader = up.zip(acks.as_ref()).map(|(u, a)| a.reader(u.next));
-        let exit = match self.sink.control(welcome).await {
+        let exit = match Box::pin(self.sink.control(welcome)).await {
             Ok(()) => self.serve(reader, acks).await,
             Err(_) => Exit::Gone(Gone::Abnormal),
         };
-        self.finish(exit).await;
+        Box::pin(self.finish(exit)).await;
     }
 
     /// The loop: deliver frames, ping, ack the client's messages, and watch
@@ -183,15 +187,15 @@ impl Pump {
                 _ = &mut kicked => break Exit::TakenOver,
                 _ = shutdown.cancelled() => break Exit::Draining,
                 exit = &mut reader => break exit.unwrap_or(Exit::Gone(Gone::Abnormal)),
-                () = advanced(&mut behind) => {
+                Ok(()) = optional(behind.as_mut().map(|b| b.changed())) => {
                     let sent = self.cursor.saturating_sub(1).max(replay_to);
                     if too_slow.is_some_and(|lag| self.session.committed().saturating_sub(sent) > lag) {
                         break Exit::Gone(Gone::TooSlow);
                     }
                 }
-                () = ack_due(&mut acks) => {
+                () = optional(acks.as_mut().map(UpAcks::due)) => {
                     let ack = acks.as_mut().map(|a| a.ack(&self.ctx.rt.metrics.up)).expect("due only when opted in");
-                    if self.sink.control(ack).await.is_err() {
+                    if Box::pin(self.sink.control(ack)).await.is_err() {
                         break Exit::Gone(Gone::Abnormal);
                     }
                 }
@@ -200,7 +204,7 @@ impl Pump {
                     if u128::from(silent) > self.ctx.config.session.ping_timeout.as_millis() {
                         break Exit::Gone(Gone::Timeout);
                     }
-                    if self.sink.ping().await.is_err() {
+                    if Box::pin(self.sink.ping()).await.is_err() {
                         break Exit::Gone(Gone::Abnormal);
                     }
                 }
@@ -222,12 +226,19 @@ impl Pump {
         exit
     }
 
-    /// Waits for frames past the cursor, then writes one batch of them.
+    /// Waits for frames past the cursor, then writes one batch of them. The
+    /// wait is all an idle session's task holds; the write's larger state
+    /// lives on the heap while it runs.
     async fn deliver(&mut self) -> Result<Step, PumpError> {
-        let top = match self.wait_committed().await {
-            Ok(top) => top,
-            Err(info) => return Ok(Step::Ended(info)),
-        };
+        match self.wait_committed().await {
+            Ok(top) => Box::pin(self.send_batch(top)).await,
+            Err(info) => Ok(Step::Ended(info)),
+        }
+    }
+
+    /// Writes one batch of the frames from the cursor to `top`: from the
+    /// ring, the journal, or (`json` stamps) as tungstenite messages.
+    async fn send_batch(&mut self, top: u64) -> Result<Step, PumpError> {
         let batch = self.ctx.config.limits.replay_batch_bytes;
         if let Some(stamp) = self.wire {
             // A read started while the previous batch was written, if it
@@ -349,17 +360,5 @@ impl Pump {
         self.cursor = available;
         self.sink.flush().await?;
         Ok(())
-    }
-}
-
-/// Resolves when the session's committed seq moves; never without a watch.
-async fn advanced(committed: &mut Option<watch::Receiver<u64>>) {
-    match committed {
-        Some(c) => {
-            if c.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
     }
 }

@@ -12,12 +12,14 @@
 //! and linger win even while a write to a backend that stopped reading is
 //! blocked.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -29,6 +31,7 @@ use super::{BackendConn, Session, ToBackend};
 use crate::config::SlowConsumer;
 use crate::journal::{EndInfo, UpMark};
 use crate::protocol::Payload;
+use crate::select_arm::optional;
 use crate::upstream::BackendSocket;
 use writer::{Batch, Writer, Wrote};
 
@@ -56,11 +59,19 @@ type Next = Result<(), Stop>;
 /// journal chunk at most (besides the frame limit, [`Session::batch_room`]).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// One backend connection of a session.
-struct Link {
+/// One backend connection of a session. Built before its task is spawned,
+/// so the task's future holds it once (an `async fn`'s arguments stay in
+/// its state for its whole life, even after they are moved out).
+pub(super) struct Link {
     session: Arc<Session>,
     reader: SplitStream<BackendSocket>,
     writer: Writer,
+    /// The session's `limits.max_sessions` slot, held while the connection is.
+    _slot: OwnedSemaphorePermit,
+    /// When linger expires (set while no client is attached).
+    linger: watch::Receiver<Option<Instant>>,
+    /// The linger deadline being waited for, on the heap while there is one.
+    linger_sleep: Option<(Instant, Pin<Box<Sleep>>)>,
     /// Set once the client closed normally: the close was forwarded, and the
     /// backend has until the deadline to answer it.
     client_close: Option<(EndInfo, tokio::time::Instant)>,
@@ -73,57 +84,92 @@ struct Link {
     mark_waiting: bool,
 }
 
-pub(super) async fn run(
-    session: Arc<Session>,
-    conn: BackendConn,
-    upstream: mpsc::Receiver<Box<ToBackend>>,
-    mut linger: watch::Receiver<Option<Instant>>,
-) {
-    let BackendConn { socket, permit: _slot, .. } = conn;
-    let shutdown = session.shared.rt.shutdown.clone();
-    let (sink, reader) = socket.split();
-    let writer = Writer::new(sink, upstream);
-    let marked = session.up_used().map_or(0, |up| up.written());
-    let mut link = Link { session, reader, writer, client_close: None, marked, acked: None, mark_waiting: false };
-    let backpressure = link.session.shared.config.session.slow_consumer == SlowConsumer::Backpressure;
-    let mut held = false;
-    let stop = loop {
-        // Under backpressure the backend is not read while one more batch
-        // could trim a frame no client was sent (see `backpressure`).
-        let hold = backpressure && !link.session.room_for_batch(MAX_BATCH_BYTES as u64);
-        if hold && !held {
-            link.session.metrics().slow_consumer_backpressure.inc();
-            tracing::debug!(session = %link.session.id, "client behind: backend no longer read");
+impl Link {
+    /// The link for `conn`, fed by `upstream`, told of linger by `linger`.
+    pub(super) fn new(
+        session: Arc<Session>,
+        conn: BackendConn,
+        upstream: mpsc::Receiver<Box<ToBackend>>,
+        linger: watch::Receiver<Option<Instant>>,
+    ) -> Link {
+        let BackendConn { socket, permit, .. } = conn;
+        let (sink, reader) = socket.split();
+        let marked = session.up_used().map_or(0, |up| up.written());
+        Link {
+            session,
+            reader,
+            writer: Writer::new(sink, upstream),
+            _slot: permit,
+            linger,
+            linger_sleep: None,
+            client_close: None,
+            marked,
+            acked: None,
+            mark_waiting: false,
         }
-        held = hold;
-        let deadline = *linger.borrow_and_update();
-        let closing = link.client_close.as_ref().map(|(_, at)| *at);
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => Err(Stop::Away("tether is restarting")),
-            msg = link.reader.next(), if !hold => link.on_backend(msg).await,
-            () = link.session.sent_more(), if hold => Ok(()),
-            wrote = link.writer.forward(&link.session) => link.on_wrote(wrote).await,
-            () = committed(&mut link.acked), if link.mark_waiting => link.mark_written().await,
-            _ = sleep_until(closing) => Err(Stop::Ended(link.client_ended())),
-            _ = sleep_until(deadline.map(Into::into)) => link.linger_expired().await,
-            changed = linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
+    }
+
+    /// Runs the connection until the session ends, tether drains or linger
+    /// expires. Arms that only some sessions use are [`optional`] and
+    /// handlers are boxed, so an idle session's task holds no more than its
+    /// `select!` needs.
+    pub(super) async fn run(mut self) {
+        let shutdown = self.session.shared.rt.shutdown.clone();
+        let backpressure = self.session.shared.config.session.slow_consumer == SlowConsumer::Backpressure;
+        let mut held = false;
+        let stop = loop {
+            // Under backpressure the backend is not read while one more batch
+            // could trim a frame no client was sent (see `backpressure`).
+            let hold = backpressure && !self.session.room_for_batch(MAX_BATCH_BYTES as u64);
+            if hold && !held {
+                self.session.metrics().slow_consumer_backpressure.inc();
+                tracing::debug!(session = %self.session.id, "client behind: backend no longer read");
+            }
+            held = hold;
+            self.track_linger();
+            let closing = self.client_close.as_ref().map(|(_, at)| *at);
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(Stop::Away("tether is restarting")),
+                msg = self.reader.next(), if !hold => Box::pin(self.on_backend(msg)).await,
+                () = optional(hold.then(|| self.session.sent_more())) => Ok(()),
+                wrote = self.writer.forward(&self.session) => Box::pin(self.on_wrote(wrote)).await,
+                () = optional(self.mark_waiting.then(|| committed(self.acked.as_mut()))) => Box::pin(self.mark_written()).await,
+                () = optional(closing.map(tokio::time::sleep_until)) => Err(Stop::Ended(self.client_ended())),
+                () = lingered(&mut self.linger_sleep) => Box::pin(self.linger_expired()).await,
+                changed = self.linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
+            };
+            if let Err(stop) = next {
+                break stop;
+            }
         };
-        if let Err(stop) = next {
-            break stop;
+        Box::pin(self.stop(stop)).await;
+    }
+
+    /// Winds the connection down as `stop` says.
+    async fn stop(mut self, stop: Stop) {
+        match stop {
+            Stop::Ended(end) => {
+                self.settle_up(false).await;
+                tracing::info!(session = %self.session.id, code = end.code, "session ended");
+                self.session.end(end).await;
+            }
+            Stop::Away(reason) => {
+                self.settle_up(true).await;
+                going_away(&mut self.writer.sink, reason).await
+            }
+            Stop::Journal => {}
         }
-    };
-    match stop {
-        Stop::Ended(end) => {
-            link.settle_up(false).await;
-            tracing::info!(session = %link.session.id, code = end.code, "session ended");
-            link.session.end(end).await;
+    }
+
+    /// Keeps `linger_sleep` on the deadline the session last set.
+    fn track_linger(&mut self) {
+        let deadline = *self.linger.borrow_and_update();
+        match (deadline, &mut self.linger_sleep) {
+            (None, sleep) => *sleep = None,
+            (Some(at), Some((current, _))) if *current == at => {}
+            (Some(at), sleep) => *sleep = Some((at, Box::pin(tokio::time::sleep_until(at.into())))),
         }
-        Stop::Away(reason) => {
-            link.settle_up(true).await;
-            going_away(&mut link.writer.sink, reason).await
-        }
-        Stop::Journal => {}
     }
 }
 
@@ -297,16 +343,16 @@ async fn going_away(sink: &mut SplitSink<BackendSocket, Message>, reason: &'stat
     let _ = tokio::time::timeout(GOING_AWAY_WAIT, sink.send(Message::Close(Some(frame)))).await;
 }
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
+/// Resolves when the linger deadline passes; never without one.
+async fn lingered(sleep: &mut Option<(Instant, Pin<Box<Sleep>>)>) {
+    match sleep {
+        Some((_, s)) => s.as_mut().await,
         None => std::future::pending().await,
     }
 }
 
 /// Resolves when the session's acked mark moves; never without a watch.
-async fn committed(acked: &mut Option<watch::Receiver<u64>>) {
+async fn committed(acked: Option<&mut watch::Receiver<u64>>) {
     match acked {
         Some(a) => {
             if a.changed().await.is_err() {
