@@ -77,26 +77,33 @@ pub enum Command {
 impl Cli {
     /// The effective configuration: file, then environment, then flags.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let mut c = Config::load(self.config.as_deref(), std::env::vars())?;
+        let (mut c, mut origins) = Config::parse(self.config.as_deref(), std::env::vars())?;
         if let Some(a) = self.listen {
             c.server.listen = a;
+            origins.flag("server.listen", "--listen");
         }
         if let Some(a) = self.admin_listen {
             c.server.admin_listen = a;
+            origins.flag("server.admin_listen", "--admin-listen");
         }
         if let Some(u) = &self.upstream {
             c.server.upstream = u.clone();
+            origins.flag("server.upstream", "--upstream");
         }
         if let Some(d) = &self.data_dir {
             c.journal.data_dir = d.clone();
+            origins.flag("journal.data_dir", "--data-dir");
         }
         if let Some(f) = self.log_format {
             c.log.format = f;
+            origins.flag("log.format", "--log-format");
         }
         if let Some(l) = &self.log_level {
             c.log.level = l.clone();
+            origins.flag("log.level", "--log-level");
         }
-        c.validate()?;
+        // The one check `tether config` and `tether run` share.
+        c.validate().map_err(|e| origins.locate(e))?;
         Ok(c)
     }
 }

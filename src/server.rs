@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::cluster::Cluster;
-use crate::config::{file, BackendOnRestart, BadUpstream, Config, UpstreamUrl};
+use crate::config::{file, BackendOnRestart, BadUpstream, ClusterMode, Config, UpstreamUrl};
 use crate::journal::{Journal, Opened, RecoveredSession};
 use crate::metrics::Metrics;
 use crate::protocol::token::TokenKey;
@@ -24,7 +24,7 @@ use crate::session::{Sessions, Shared};
 use crate::tls::{self, ServerTls};
 use crate::upstream::{SavedKey, Upstream};
 
-pub use crate::journal::JournalError;
+pub use crate::journal::{DirError, JournalError};
 pub use crate::protocol::token::BadIdentityHeader;
 
 /// Why tether could not start.
@@ -34,10 +34,12 @@ pub enum StartError {
     #[error("cannot open the journal: {0}")]
     Journal(#[from] JournalError),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr} ({key}): {}", bind_problem(source))]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The key that set it.
+        key: &'static str,
         /// The error.
         source: std::io::Error,
     },
@@ -53,6 +55,18 @@ pub enum StartError {
     /// A bug: a start-up step panicked.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A bind error in words an operator acts on.
+fn bind_problem(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the address is in use: another process (another tether?) listens there".into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => "no network interface of this host has that address".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied: ports below 1024 need privileges".into(),
+        _ => e.to_string(),
+    }
 }
 
 /// Why [`run`] stopped with an error.
@@ -88,15 +102,19 @@ pub async fn run(config: Config, stop: impl Future<Output = ()>) -> Result<(), R
     Ok(running.serve_until(stop).await?)
 }
 
-/// Opens the journal, restores its sessions and starts serving. If a later
-/// step fails, the journal is closed and its writer joined before the error
-/// is returned, so RocksDB is idle when the process exits.
+/// Binds the listeners and loads the TLS files, then opens the journal,
+/// restores its sessions and starts serving. If a step after the journal
+/// opened fails, the journal is closed and its writer joined before the
+/// error is returned, so RocksDB is idle when the process exits.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let rt =
         Runtime { metrics: Arc::new(Metrics::new()), shutdown: CancellationToken::new(), tasks: TaskTracker::new() };
+    // First what fails most often at a first deploy (a port in use, a bad
+    // certificate): such a failure must not create or lock a journal.
+    let early = prepare(&config).await?;
     let Opened { journal, stored_secret, recovered, writer } = open_journal(&config, &rt).await?;
-    match serve(&config, &rt, &journal, stored_secret, recovered).await {
+    match serve(&config, &rt, &journal, stored_secret, recovered, early).await {
         Ok((data_addr, admin_addr, admin)) => Ok(Running {
             data_addr,
             admin_addr,
@@ -116,37 +134,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 }
 
-/// Everything after the journal is open: the token key, the sessions, both
-/// listeners, then the tasks. Returns the bound addresses and the admin state.
-async fn serve(
-    config: &Arc<Config>,
-    rt: &Runtime,
-    journal: &Journal,
-    stored_secret: Option<Vec<u8>>,
-    recovered: Vec<RecoveredSession>,
-) -> Result<(SocketAddr, SocketAddr, Arc<Admin>), StartError> {
-    let secret_generated = stored_secret.is_some();
-    let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
-    let cluster = Arc::new(Cluster::new(&config.cluster, &secret, config.limits.max_header_bytes, rt.metrics.clone()));
-    let eager = config.session.backend_on_restart == BackendOnRestart::Eager;
-    let restart_key = eager.then(|| Arc::new(SavedKey::new(&secret)));
-    let tokens = TokenKey::new(secret, &config.token.identity_headers)?.for_cluster(&config.cluster.name);
-    let target = UpstreamUrl::parse(&config.server.upstream)?;
-    let shared = Arc::new(Shared {
-        journal: journal.clone(),
-        rt: rt.clone(),
-        config: config.clone(),
-        restart_key: restart_key.clone(),
-    });
-    let restored = recovered.len();
-    let (sessions, reopen) = Sessions::restore(shared, recovered).await?;
-    tracing::info!(sessions = restored, epoch = journal.epoch(), "journal open");
+/// What start-up prepares before the journal is opened.
+struct Early {
+    data: (TcpListener, SocketAddr),
+    admin: (TcpListener, SocketAddr),
+    peers: Option<(TcpListener, SocketAddr)>,
+    target: UpstreamUrl,
+    upstream_tls: Option<tokio_rustls::TlsConnector>,
+    server_tls: Option<Arc<ServerTls>>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
 
-    let (data, data_addr) = bind(config.server.listen).await?;
-    let (admin_listener, admin_addr) = bind(config.server.admin_listen).await?;
-    let peers = match cluster.enabled() {
-        true => Some(bind(config.cluster.peer_listen).await?),
-        false => None,
+/// The listeners (not accepting yet: connections wait in the kernel's
+/// queue until the journal is open) and the TLS configurations.
+async fn prepare(config: &Config) -> Result<Early, StartError> {
+    let target = UpstreamUrl::parse(&config.server.upstream)?;
+    let data = bind(config.server.listen, "server.listen").await?;
+    let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let peers = match config.cluster.mode {
+        ClusterMode::Off => None,
+        _ => Some(bind(config.cluster.peer_listen, "cluster.peer_listen").await?),
     };
     let upstream_tls = match target.tls {
         true => Some(tokio_rustls::TlsConnector::from(
@@ -162,6 +169,37 @@ async fn serve(
         Some(s) => Some(s.acceptor().map_err(|e| StartError::Tls(e.to_string()))?),
         None => None,
     };
+    Ok(Early { data, admin, peers, target, upstream_tls, server_tls, acceptor })
+}
+
+/// Everything after the journal is open: the token key, the sessions, then
+/// the tasks. Returns the bound addresses and the admin state.
+async fn serve(
+    config: &Arc<Config>,
+    rt: &Runtime,
+    journal: &Journal,
+    stored_secret: Option<Vec<u8>>,
+    recovered: Vec<RecoveredSession>,
+    early: Early,
+) -> Result<(SocketAddr, SocketAddr, Arc<Admin>), StartError> {
+    let Early { data: (data, data_addr), admin: (admin_listener, admin_addr), peers, target, .. } = early;
+    let (upstream_tls, server_tls, acceptor) = (early.upstream_tls, early.server_tls, early.acceptor);
+    let secret_generated = stored_secret.is_some();
+    let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
+    let cluster = Arc::new(Cluster::new(&config.cluster, &secret, config.limits.max_header_bytes, rt.metrics.clone()));
+    let eager = config.session.backend_on_restart == BackendOnRestart::Eager;
+    let restart_key = eager.then(|| Arc::new(SavedKey::new(&secret)));
+    let tokens = TokenKey::new(secret, &config.token.identity_headers)?.for_cluster(&config.cluster.name);
+    let shared = Arc::new(Shared {
+        journal: journal.clone(),
+        rt: rt.clone(),
+        config: config.clone(),
+        restart_key: restart_key.clone(),
+    });
+    let restored = recovered.len();
+    let (sessions, reopen) = Sessions::restore(shared, recovered).await?;
+    tracing::info!(sessions = restored, epoch = journal.epoch(), "journal open");
+
     let upstream = Upstream {
         tls: upstream_tls,
         client_tls: server_tls.is_some(),
@@ -256,8 +294,8 @@ async fn open_journal(config: &Arc<Config>, rt: &Runtime) -> Result<Opened, Star
 /// `net.core.somaxconn` (4096 by default since Linux 5.4).
 const LISTEN_BACKLOG: u32 = 4096;
 
-async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let err = |source| StartError::Bind { addr, source };
+async fn bind(addr: SocketAddr, key: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { addr, key, source };
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
     // As `TcpListener::bind`: a restart may rebind while old connections
     // are in TIME_WAIT.

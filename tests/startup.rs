@@ -49,7 +49,7 @@ fn bad_values_are_one_line_and_exit_2() {
         ("[server]\nupstream = \"ws://backend:99999\"", "port \"99999\" is not in 1..=65535"),
         ("[server]\nupstream = \"ws://u:hunter2@backend\"", "credentials (user@host) are not supported"),
         ("[server]\nupstream = \"ws://backend/api/../admin\"", "must not contain . or .. segments"),
-        ("[nope]\nx = 1", "invalid configuration"),
+        ("[nope]\nx = 1", "nope: unknown key"),
     ];
     for (toml, want) in cases {
         let (_f, out) = with_config(toml);
@@ -84,21 +84,110 @@ fn unusable_data_dir_is_named() {
     assert!(!line.contains("corrupt"), "{line}");
 }
 
-/// A listener that cannot be bound fails the start after the journal was
-/// opened: the journal is closed and its writer joined before exiting, so
-/// the process ends with status 2, never killed by a signal at exit.
+/// A listener that cannot be bound fails the start before the journal is
+/// opened: nothing is created, and the process ends with status 2.
 #[test]
-fn a_start_that_fails_after_the_journal_opened_exits_cleanly() {
+fn address_in_use_leaves_nothing_behind() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let admin = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    for _ in 0..30 {
-        let out = tether(
-            &["--listen", "127.0.0.1:0", "--admin-listen", &admin, "--data-dir", dir.path().to_str().unwrap()],
-            &[("TETHER_LOG_LEVEL", "off")],
+    let data = dir.path().join("journal");
+    for _ in 0..10 {
+        let out =
+            tether(&["--listen", "127.0.0.1:0", "--admin-listen", &admin, "--data-dir", data.to_str().unwrap()], &[]);
+        assert_eq!(
+            refused(&out),
+            format!(
+                "tether: cannot listen on {admin} (server.admin_listen): the address is in use: another process \
+                 (another tether?) listens there\n"
+            )
         );
-        let line = refused(&out);
-        assert!(line.contains(&format!("cannot listen on {admin}")), "{line}");
+        assert!(!data.exists(), "the journal directory was created");
+    }
+}
+
+/// Starts tether on `data` in the background and waits until it serves.
+fn running_on(data: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("TETHER_TOKEN_SECRET", SECRET)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    assert!(lines.any(|l| l.unwrap().contains("tether is serving")), "tether did not start");
+    child
+}
+
+#[test]
+fn a_journal_in_use_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("journal");
+    let mut first = running_on(&data);
+    let out = tether(
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    let want = format!(
+        "tether: cannot open the journal: another tether holds this journal ({}/LOCK is locked): stop it, or give \
+         each tether its own journal.data_dir\n",
+        data.display()
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(refused(&out), want);
+}
+
+#[test]
+fn a_file_in_the_way_is_named() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap();
+    let start =
+        |data: &str| tether(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data], &[]);
+    assert_eq!(
+        refused(&start(path)),
+        format!("tether: cannot open the journal: journal.data_dir {path}: is a file, not a directory\n")
+    );
+    let below = format!("{path}/journal");
+    assert_eq!(
+        refused(&start(&below)),
+        format!("tether: cannot open the journal: journal.data_dir {below}: {path} is a file, not a directory\n")
+    );
+}
+
+/// A directory tether's user cannot write to. As root (CI), tether runs as
+/// nobody (65534) for this test, since root may write anywhere.
+#[test]
+fn a_directory_tether_cannot_write_is_named() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let uid = if root { 65534 } else { unsafe { libc::geteuid() } };
+    for data in [locked.clone(), locked.join("journal")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+        cmd.env("TETHER_TOKEN_SECRET", SECRET).stdin(std::process::Stdio::null());
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(
+            refused(&out),
+            format!(
+                "tether: cannot open the journal: journal.data_dir {}: permission denied (tether runs as uid {uid}): \
+                 make it writable for that user\n",
+                data.display()
+            )
+        );
     }
 }
 

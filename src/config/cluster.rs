@@ -83,7 +83,7 @@ impl Config {
     /// with a peer set it cannot resolve.
     pub(super) fn check_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let bad = |m: String| Err(ConfigError::keyed(m));
         if c.name.is_empty() || c.name.len() > 64 {
             return bad(format!("cluster.name must be 1 to 64 characters, not {:?}", c.name));
         }

@@ -12,17 +12,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod cluster;
+mod load;
 mod session;
 mod upstream;
 mod validate;
 
 pub(crate) use cluster::ordinal;
 pub use cluster::{ClusterConfig, ClusterMode};
+pub use load::{Origin, Origins};
 pub use session::{BackendOnRestart, SessionConfig, SlowConsumer};
 pub use upstream::{BadUpstream, UpstreamUrl};
-
-/// Sections that `TETHER_<SECTION>_<KEY>` environment variables may address.
-const SECTIONS: &[&str] = &["server", "tls", "limits", "session", "token", "stamp", "journal", "log", "cluster"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +34,41 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The merged configuration is not valid TOML for tether.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    /// The file is not valid TOML: its path, line and column, and why.
+    #[error("{0}")]
+    Syntax(String),
+    /// A key has a value tether cannot use (or is not a key at all).
+    #[error("{message}{}", origin.as_ref().map(|o| format!(" ({o})")).unwrap_or_default())]
+    Invalid {
+        /// The dotted key the error is about (`session.linger`); empty if
+        /// it is about no one key.
+        key: String,
+        /// What is wrong, starting with the key.
+        message: String,
+        /// Where the value came from, once known ([`Origins::locate`]).
+        origin: Option<Origin>,
+    },
+}
+
+impl ConfigError {
+    /// An error about `key`; `message` starts with the key or is prefixed
+    /// with it.
+    pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (key, message) = (key.into(), message.into());
+        let message = match message.starts_with(&key) {
+            true => message,
+            false => format!("{key}: {message}"),
+        };
+        ConfigError::Invalid { key, message, origin: None }
+    }
+
+    /// An error whose message starts with the key it is about
+    /// (`"session.linger must be ..."`).
+    pub(crate) fn keyed(message: impl Into<String>) -> ConfigError {
+        let message = message.into();
+        let key = message.split([' ', ':']).next().unwrap_or_default().to_owned();
+        ConfigError::Invalid { key, message, origin: None }
+    }
 }
 
 /// The whole configuration.
@@ -164,7 +195,7 @@ impl TlsConfig {
         for (a, va, b, vb) in pairs {
             if is_set(va) != is_set(vb) {
                 let (set, unset) = if is_set(va) { (a, b) } else { (b, a) };
-                return Err(ConfigError::Invalid(format!("{set} is set but {unset} is not: set both or neither")));
+                return Err(ConfigError::invalid(set, format!("{set} is set but {unset} is not: set both or neither")));
             }
         }
         let files = [
@@ -176,7 +207,7 @@ impl TlsConfig {
         ];
         for (key, path) in files {
             if let (true, Err(e)) = (is_set(path), std::fs::metadata(path)) {
-                return Err(ConfigError::Invalid(format!("{key} {}: {e}", path.display())));
+                return Err(ConfigError::invalid(key, format!("{key} {}: {e}", path.display())));
             }
         }
         Ok(())
@@ -386,62 +417,6 @@ impl std::str::FromStr for LogFormat {
             other => Err(format!("log format must be human or json, not {other:?}")),
         }
     }
-}
-
-impl Config {
-    /// Loads `path` (if given), then applies `TETHER_<SECTION>_<KEY>` variables
-    /// from `env`, then checks the result.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
-            }
-            None => toml::Table::new(),
-        };
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("TETHER_") else { continue };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else { continue };
-            if !SECTIONS.contains(&section) || is_service_link(key) {
-                continue;
-            }
-            let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            let toml::Value::Table(section_table) = entry else {
-                return Err(ConfigError::Invalid(format!("[{section}] must be a table")));
-            };
-            section_table.insert(key.to_owned(), env_value(&raw));
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_8080_TCP`
-/// and friends for every Service in the namespace; a Service named e.g.
-/// `tether-server-x` must not read as an unknown `[server]` key. No tether
-/// key starts with `port` or `service_`.
-fn is_service_link(key: &str) -> bool {
-    key == "port"
-        || key.starts_with("port_")
-        || key.starts_with("service_")
-        || key.contains("_service_")
-        || key.ends_with("_port")
-        || key.contains("_port_")
-}
-
-/// Environment values are TOML when they parse as a TOML value (numbers,
-/// booleans, arrays), and plain strings otherwise (`120s`, `0.0.0.0:8080`).
-fn env_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 #[cfg(test)]

@@ -12,9 +12,10 @@ const SEGMENT: u64 = 64;
 impl Config {
     /// Rejects values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        let bad = |m: &str| Err(ConfigError::keyed(m));
         let l = &self.limits;
-        UpstreamUrl::parse(&self.server.upstream).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        UpstreamUrl::parse(&self.server.upstream)
+            .map_err(|e| ConfigError::invalid("server.upstream", e.to_string()))?;
         self.check_durations()?;
         self.check_sizes()?;
         self.tls.check()?;
@@ -26,6 +27,16 @@ impl Config {
         }
         if !self.token.secret.is_empty() && self.token.secret.len() < 32 {
             return bad("token.secret must be at least 32 characters (or empty to generate one)");
+        }
+        // `tether run` builds these from the same strings: `tether config`
+        // must refuse what it would refuse.
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::keyed(format!("log.level {:?} is not a log filter: {e}", self.log.level)));
+        }
+        if let Some(h) =
+            self.token.identity_headers.iter().find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(ConfigError::keyed(format!("token.identity_headers: {h:?} is not a valid header name")));
         }
         if self.journal.max_session_frames == 0 {
             return bad("journal.max_session_frames must be positive");
@@ -47,14 +58,14 @@ impl Config {
         let (se, j) = (&self.session, &self.journal);
         match se.slow_consumer {
             SlowConsumer::Disconnect if se.slow_consumer_lag == 0 || se.slow_consumer_lag >= j.max_session_frames => {
-                Err(ConfigError::Invalid(format!(
+                Err(ConfigError::keyed(format!(
                     "session.slow_consumer_lag must be between 1 and journal.max_session_frames - 1 ({}) with \
                      slow_consumer = \"disconnect\", not {}: retention would trim a slow client before it is cut",
                     j.max_session_frames - 1,
                     se.slow_consumer_lag
                 )))
             }
-            SlowConsumer::Backpressure if j.max_session_frames < 4 * SEGMENT => Err(ConfigError::Invalid(format!(
+            SlowConsumer::Backpressure if j.max_session_frames < 4 * SEGMENT => Err(ConfigError::keyed(format!(
                 "journal.max_session_frames must be at least {} with slow_consumer = \"backpressure\", not {}",
                 4 * SEGMENT,
                 j.max_session_frames
@@ -85,7 +96,7 @@ impl Config {
         ];
         for (key, d) in all {
             if d.is_zero() || d > MAX_DURATION {
-                return Err(ConfigError::Invalid(format!(
+                return Err(ConfigError::keyed(format!(
                     "{key} must be more than 0 and at most 365 days, not {}",
                     humantime::format_duration(d)
                 )));
@@ -113,17 +124,17 @@ impl Config {
         ];
         for (key, v, min, max) in all {
             if v < min || v > max {
-                return Err(ConfigError::Invalid(format!("{key} must be between {min} and {max}, not {v}")));
+                return Err(ConfigError::keyed(format!("{key} must be between {min} and {max}, not {v}")));
             }
         }
         if j.commit_delay > MAX_COMMIT_DELAY {
-            return Err(ConfigError::Invalid(format!(
+            return Err(ConfigError::keyed(format!(
                 "journal.commit_delay must be at most 10ms, not {}",
                 humantime::format_duration(j.commit_delay)
             )));
         }
         if l.ring_bytes > 64 << 20 {
-            return Err(ConfigError::Invalid(format!(
+            return Err(ConfigError::keyed(format!(
                 "limits.ring_bytes must be at most {}, not {}",
                 64 << 20,
                 l.ring_bytes

@@ -18,6 +18,7 @@
 //! blocking pool. No RocksDB call runs on an async worker.
 
 mod chunk;
+mod dir;
 mod recover;
 mod rocks;
 mod space;
@@ -46,6 +47,7 @@ const CF_UPSTREAM: &str = "upstream";
 const CF_REQUESTS: &str = "requests";
 
 pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
+pub use dir::DirError;
 pub(crate) use upmark::UpMark;
 
 /// Journal failures.
@@ -65,6 +67,10 @@ pub enum JournalError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The data directory cannot hold a journal (a file in the way, no
+    /// write access, another tether using it).
+    #[error(transparent)]
+    Dir(#[from] dir::DirError),
     /// The data directory holds a journal in a layout this tether does not
     /// read (an older tether's per-frame layout): refused at start.
     #[error(
@@ -240,8 +246,7 @@ impl Journal {
         want_stored_secret: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Opened, JournalError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|source| JournalError::Io { path: config.data_dir.clone(), source })?;
+        dir::prepare(&config.data_dir)?;
         let db = Arc::new(rocks::open_db(config)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
         recover::check_layout(&db, &config.data_dir)?;

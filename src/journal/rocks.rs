@@ -3,7 +3,7 @@
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-use super::{space, JournalError, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
+use super::{dir, space, JournalError, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::JournalConfig;
 
 /// Range deletes (trims, purges) a memtable of `frames` holds before it is
@@ -55,7 +55,8 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
         ColumnFamilyDescriptor::new(CF_REQUESTS, small.clone()),
         ColumnFamilyDescriptor::new(CF_META, small),
     ];
-    let db = DB::open_cf_descriptors(&opts, &config.data_dir, cfs)?;
+    let db =
+        DB::open_cf_descriptors(&opts, &config.data_dir, cfs).map_err(|e| dir::explain_open(&config.data_dir, e))?;
     // Range tombstones in the memtable are re-fragmented by every iterator,
     // so each one makes every journal read slower until the memtable is
     // flushed. Trims come in chunks (session/retention.rs), so this bound is
