@@ -239,7 +239,7 @@ impl Haproxy {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("haproxy is installed (scripts/setup)");
+            .expect("haproxy is installed (scripts/setup-test)");
         within("haproxy to listen", async {
             while TcpStream::connect(addr).await.is_err() {
                 if let Ok(Some(status)) = child.try_wait() {
