@@ -7,6 +7,7 @@
 mod page;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,18 +44,36 @@ pub(crate) enum DemoError {
     Journal(#[from] JournalError),
 }
 
-/// Demo defaults: loopback ports 8080/9090 and a fresh journal in the temp
-/// directory, unless the user chose otherwise on the command line.
+/// Demo defaults, unless the user chose otherwise (flags, `TETHER_…`
+/// variables or `--config`): loopback ports 8080/9090, the journal in
+/// [`default_data_dir`] so that a restarted demo resumes its sessions, and
+/// logs at `warn` (or `RUST_LOG`) so that they do not drown the narration.
 pub(crate) fn adjust_config(c: &mut Config, cli: &Cli) {
+    let defaults = Config::default();
     if cli.listen.is_none() {
         c.server.listen = "127.0.0.1:8080".parse().expect("static address");
     }
     if cli.admin_listen.is_none() {
         c.server.admin_listen = "127.0.0.1:9090".parse().expect("static address");
     }
-    if cli.data_dir.is_none() {
-        c.journal.data_dir = std::env::temp_dir().join(format!("tether-demo-{}", std::process::id()));
+    let unset = |flag: bool, var: &str| !flag && std::env::var_os(var).is_none();
+    if unset(cli.data_dir.is_some(), "TETHER_JOURNAL_DATA_DIR") && c.journal.data_dir == defaults.journal.data_dir {
+        c.journal.data_dir = default_data_dir();
     }
+    if unset(cli.log_level.is_some(), "TETHER_LOG_LEVEL") && c.log.level == defaults.log.level {
+        c.log.level = std::env::var("RUST_LOG").ok().filter(|l| !l.is_empty()).unwrap_or_else(|| "warn".into());
+    }
+}
+
+/// Where the demo keeps its journal across runs: `$XDG_STATE_HOME/tether-demo`,
+/// else `~/.local/state/tether-demo` (the XDG default), else the temp dir's.
+pub(crate) fn default_data_dir() -> PathBuf {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    std::env::var_os("XDG_STATE_HOME")
+        .and_then(absolute)
+        .or_else(|| std::env::var_os("HOME").and_then(absolute).map(|h| h.join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tether-demo")
 }
 
 /// The demo backend: every connection gets `tick <n>` every `period` and an
@@ -102,6 +121,7 @@ pub(crate) async fn run(mut config: Config, page_listen: Option<SocketAddr>) -> 
     let connections = Arc::new(AtomicU64::new(0));
     tokio::spawn(backend(listener, Duration::from_millis(500), connections.clone(), shutdown.clone()));
     let data_dir = config.journal.data_dir.clone();
+    let earlier = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
     let running = server::start(config).await?;
     let url = format!("ws://{}/demo", running.data_addr);
     // The default port falls back to any free one, so that the demo's
@@ -126,7 +146,11 @@ pub(crate) async fn run(mut config: Config, page_listen: Option<SocketAddr>) -> 
     println!("\n== tether demo ==");
     println!("backend: built-in (sends \"tick <n>\" every 500 ms)");
     println!("tether:  {url}   admin: http://{}/metrics", running.admin_addr);
-    println!("journal: {}", data_dir.display());
+    println!(
+        "journal: {} ({}; kept when the demo stops, so clients resume after a restart; --data-dir to change it)",
+        data_dir.display(),
+        if earlier { "from an earlier run" } else { "new" }
+    );
     println!("page:    http://{page_addr}/   (the stream live, with a button that breaks the connection)\n");
 
     let scripted = script(&url).await;
@@ -135,19 +159,30 @@ pub(crate) async fn run(mut config: Config, page_listen: Option<SocketAddr>) -> 
             "\nEvery seq from 1 to {last} arrived exactly once, in order; the backend saw {} connection(s).",
             connections.load(Ordering::Relaxed)
         );
-        println!("\nTry it by hand (e.g. with websocat):");
-        println!("  websocat -v {url}                  # note the token in the welcome frame");
-        println!("  websocat '{url}?tether_session=<token>&tether_offset=<last seq>'");
-        println!("  curl -s http://{}/metrics | grep ^tether_resumes", running.admin_addr);
-        println!("\nWatch it in a browser: http://{page_addr}/ (\"Break the connection\" resets its TCP connection).");
-        println!("\ntether keeps running; Ctrl-C to stop.");
+        try_by_hand(&url, running.admin_addr, page_addr);
         running.serve_until(stop).await?;
+        println!("\ntether stopped; the journal stays in {} for the next run.", data_dir.display());
     } else {
         // The journal is closed properly even when the script failed.
         running.drain().await?;
     }
     shutdown.cancel();
     scripted.map(|_| ())
+}
+
+/// What to try next, with the addresses this run uses.
+fn try_by_hand(url: &str, admin: SocketAddr, page: SocketAddr) {
+    let http = url.replacen("ws://", "http://", 1);
+    println!("\nTry it by hand (from the tether clone; README.md, \"Client example\"):");
+    println!("  cargo run --release -p tether-client --example follow -- {url}");
+    println!("  node clients/js/examples/follow.mjs {url}     # after: cd clients/js && npm ci && npm run build");
+    println!("  curl -sN --http1.1 -i -H 'Connection: Upgrade' -H 'Upgrade: websocket' \\");
+    println!("    -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' {http} | cat -v");
+    println!("      # the raw protocol; add -H 'Tether-Session: <token>' -H 'Tether-Offset: <seq>' to resume");
+    println!("  curl -s http://{admin}/metrics | grep ^tether_resumes");
+    println!("Stop the demo and start it again while a client follows: it resumes (outcome \"restarted\").");
+    println!("\nWatch it in a browser: http://{page}/ (\"Break the connection\" resets its TCP connection).");
+    println!("\ntether keeps running; Ctrl-C to stop.");
 }
 
 /// The scripted client: reads four frames, drops its TCP connection,
@@ -157,6 +192,10 @@ async fn script(url: &str) -> Result<u64, DemoError> {
     let welcome = next_text(&mut ws).await?;
     let token = json_field(&welcome, "session")?;
     println!("client connects      <- {}", shorten(&welcome));
+    println!(
+        "                        (…{}… is what differs between tokens: the first {TOKEN_COMMON} characters are the same for every session of a journal)",
+        token_tag(&token)
+    );
     let mut last = 0u64;
     for _ in 0..4 {
         let frame = next_text(&mut ws).await?;
@@ -171,7 +210,7 @@ async fn script(url: &str) -> Result<u64, DemoError> {
     let mut req = url.into_client_request()?;
     req.headers_mut().insert("tether-session", token.parse().map_err(|_| DemoError::Unexpected("token".into()))?);
     req.headers_mut().insert("tether-offset", last.to_string().parse().expect("digits"));
-    println!("client resumes with Tether-Session: <token> and Tether-Offset: {last}");
+    println!("client resumes with Tether-Session: …{}… and Tether-Offset: {last}", token_tag(&token));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
     let welcome = next_text(&mut ws).await?;
     println!("                     <- {}", shorten(&welcome));
@@ -226,10 +265,21 @@ fn seq_of(frame: &str) -> Result<u64, DemoError> {
         .ok_or_else(|| DemoError::Unexpected(format!("not a stamped frame: {frame}")))
 }
 
-/// The welcome frame with the token elided, for printing.
+/// Characters of a token that are the same for every session of a journal:
+/// the version byte, the journal epoch and the top three bytes of the
+/// session id's creation time (src/protocol/token.rs), 12 bytes in base64url.
+const TOKEN_COMMON: usize = 16;
+
+/// The part of a token that tells sessions apart: the low bytes of the
+/// creation time and the random bytes after it.
+pub(crate) fn token_tag(token: &str) -> &str {
+    token.get(TOKEN_COMMON..TOKEN_COMMON + 12).unwrap_or(token)
+}
+
+/// The welcome frame with the token shortened to [`token_tag`], for printing.
 fn shorten(welcome: &str) -> String {
     match json_field(welcome, "session") {
-        Ok(t) => welcome.replace(&t, &format!("{}…", &t[..8.min(t.len())])),
+        Ok(t) => welcome.replace(&t, &format!("…{}…", token_tag(&t))),
         Err(_) => welcome.to_owned(),
     }
 }
