@@ -85,6 +85,14 @@ test("the demo page: a break, then the seqs continue with no gap and no duplicat
         delivered: Number(t("delivered")), replayed: Number(t("replayed")), live: Number(t("live")),
         duplicates: Number(t("duplicates")), breaks: Number(t("breaks")),
         rows: [...document.querySelectorAll("#rows tr")].map((tr) => [...tr.children].map((td) => td.textContent)),
+        broken: t("broken"),
+        session: t("session"),
+        events: [...document.querySelectorAll("#events div")].map((d) => d.textContent.slice(14)),
+        chart: window.demo.draw() ?? {
+          live: document.querySelectorAll("#chart circle.live").length,
+          replay: document.querySelectorAll("#chart rect.replay").length,
+          breaks: document.querySelectorAll("#chart line.break").length,
+        },
       },
     };
   });
@@ -110,6 +118,61 @@ test("the demo page: a break, then the seqs continue with no gap and no duplicat
     assert.match(payload, /^tick \d+$/);
     assert.ok(how === "live" || how === "replayed");
   }
+  // The drop and every failed attempt are one line, and the note about the
+  // break is gone once the page is back.
+  const lost = shown.events.filter((e) => e.startsWith("connection lost"));
+  assert.equal(lost.length, 1, shown.events.join("\n"));
+  const attempts = Number(/^connection lost; back after \d+\.\d s and (\d+) attempts?$/.exec(lost[0])?.[1]);
+  assert.ok(attempts >= 2, `a resume refused during the outage, then one that worked: ${lost[0]}`);
+  assert.deepEqual(shown.events.filter((e) => e.startsWith("state:")), []);
+  assert.equal(shown.broken, "");
+  // The chart: one mark per delivered message (all within its minute), the break.
+  assert.deepEqual(shown.chart, { live: seen.live, replay: seen.replayed, breaks: 1 });
+  // The part of the token that differs between sessions: not the scripted
+  // client's (another session of the same journal), which the demo printed.
+  const printed = /"session":"…([A-Za-z0-9_-]{12})…"/.exec(demo.output())?.[1];
+  assert.match(shown.session, /^…[A-Za-z0-9_-]{12}…$/);
+  assert.ok(printed && !shown.session.includes(printed), `${shown.session} vs the demo's ${printed}`);
   assert.deepEqual(errors, []);
+  await page.close();
+});
+
+/** WCAG 2 contrast ratio of two CSS colours `rgb(r, g, b)`. */
+function contrast(a, b) {
+  const lum = (c) => {
+    const [r, g, bl] = c.match(/\d+/g).slice(0, 3).map((v) => {
+      const x = Number(v) / 255;
+      return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * bl;
+  };
+  const [hi, lo] = [lum(a), lum(b)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}
+
+test("the demo page: replayed and live rows differ, and every text reads at 4.5:1 or more", T, async () => {
+  const page = await browser.newPage();
+  await page.goto(demo.url);
+  await page.waitForFunction(() => document.querySelector("#rows tr.live"), WAIT);
+  // A replayed row, styled by the page's own rules, next to a live one.
+  const styles = await page.evaluate(() => {
+    const rows = document.getElementById("rows");
+    const replay = rows.firstElementChild.cloneNode(true);
+    replay.className = "replay";
+    rows.prepend(replay);
+    const of = (tr) => [...tr.children].map((td) => {
+      const cs = getComputedStyle(td);
+      return { color: cs.color, background: cs.backgroundColor, marker: cs.boxShadow };
+    });
+    return { replay: of(replay), live: of(rows.children[1]) };
+  });
+  for (const kind of ["replay", "live"]) {
+    for (const cell of styles[kind]) {
+      assert.ok(contrast(cell.color, cell.background) >= 4.5, `${kind}: ${cell.color} on ${cell.background}`);
+    }
+  }
+  assert.notEqual(styles.replay[0].background, styles.live[0].background);
+  assert.notEqual(styles.replay[0].marker, styles.live[0].marker);
+  assert.notEqual(styles.replay.at(-1).color, styles.live.at(-1).color);
   await page.close();
 });
