@@ -23,7 +23,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let up = args.iter().any(|a| a == "--up");
     let url = args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| "ws://127.0.0.1:8080/demo".into());
-    let mut builder = Client::builder(url);
+    // Ride out a restart of tether (or of the demo, a rebuild included).
+    let mut builder = Client::builder(url).max_failed_resumes(100);
     if up {
         builder = builder.upstream(Upstream::default());
     }
