@@ -116,8 +116,12 @@ impl Writer {
             // more to join it; a sender then finds this thread awake and
             // wakes no one. A busy session's chunks hold many frames, so
             // saturation never waits.
+            // A batch without frames (upstream marks, records) does not
+            // wait: a client's window of unacked messages waits on it, and
+            // the delay would be added to every `up_ack`.
+            let frames = ops.iter().map(Op::frames).sum::<usize>();
             let steady = last_commit.is_some_and(|t| t.elapsed() < delay);
-            if steady && ops.len() < FEW && ops.iter().map(Op::frames).sum::<usize>() < FEW {
+            if steady && ops.len() < FEW && frames > 0 && frames < FEW {
                 std::thread::sleep(delay);
                 fill(&mut rx, &mut ops, &mut bytes, max_ops, max_bytes);
             }
