@@ -68,7 +68,9 @@ pub enum Command {
     Run,
     /// Start a demo backend and tether in front of it, then show a client
     /// dropping and resuming without losing a frame. Keeps running for you to
-    /// try by hand.
+    /// try by hand. The journal is kept across runs in
+    /// $XDG_STATE_HOME/tether-demo (~/.local/state/tether-demo; --data-dir to
+    /// change it); logs at warn unless RUST_LOG or --log-level say otherwise.
     Demo,
     /// Print the effective configuration (file + environment + flags) and exit.
     Config,
