@@ -150,7 +150,7 @@ function contrast(a, b) {
   return (hi + 0.05) / (lo + 0.05);
 }
 
-test("the demo page: replayed and live rows differ, and every text reads at 4.5:1 or more", T, async () => {
+test("the demo page: replayed and live rows differ, every text reads at 4.5:1 or more, a gap is drawn", T, async () => {
   const page = await browser.newPage();
   await page.goto(demo.url);
   await page.waitForFunction(() => document.querySelector("#rows tr.live"), WAIT);
@@ -174,5 +174,18 @@ test("the demo page: replayed and live rows differ, and every text reads at 4.5:
   assert.notEqual(styles.replay[0].background, styles.live[0].background);
   assert.notEqual(styles.replay[0].marker, styles.live[0].marker);
   assert.notEqual(styles.replay.at(-1).color, styles.live.at(-1).color);
+
+  // A gap on the chart: a band over the seqs lost, labelled. (The demo's
+  // retention, trimmed in 64-frame segments, makes a real one take minutes;
+  // test/browser/browser.test.mjs covers the library's onGap.)
+  const gap = await page.evaluate(() => {
+    window.demo.seen.marks.push({ t: Date.now(), kind: "gap", from: 3, to: 5 });
+    window.demo.draw();
+    return {
+      bands: document.querySelectorAll("#chart rect.gapband").length,
+      label: document.querySelector("#chart text.gap")?.textContent,
+    };
+  });
+  assert.deepEqual(gap, { bands: 1, label: "gap: 3..5 lost" });
   await page.close();
 });
