@@ -10,7 +10,7 @@
 // fresh), CARGO_TARGET_DIR. Prints one line per check and ends with
 // `newcomer: N passed, N failed`.
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,6 +23,10 @@ const scratch = mkdtempSync(join(tmpdir(), "tether-newcomer-"));
 const started = Date.now();
 const procs = new Set();
 const results = [];
+// Whatever happens, no demo or client outlives this script (each runs in its own process group).
+process.on("exit", () => {
+  for (const p of procs) try { process.kill(-p.child.pid, "SIGKILL"); } catch {}
+});
 
 /** Fenced code blocks of the `##` sections named, with their line numbers. */
 function blocks(text, sections) {
@@ -162,12 +166,14 @@ await check("bash scripts/demo: the scripted client's check passes", async () =>
 });
 
 await check("Client example, JavaScript: the install block", async () => {
-  const p = run(`set -euo pipefail\n${ports(by.install[0].text)}pwd > ${join(scratch, "appdir")}\n`);
+  // TMPDIR: the block's `mktemp -d` (the app's directory) lands in the scratch dir, removed at the end.
+  const p = run(`set -euo pipefail\n${ports(by.install[0].text)}pwd > ${join(scratch, "appdir")}\n`, { env: { TMPDIR: scratch } });
   if ((await p.done(300_000)).code !== 0) throw new Error(`exit ${JSON.stringify(p.exited)}:\n${p.out}`);
 });
-const app = readFileSync(join(scratch, "appdir"), "utf8").trim();
+const app = existsSync(join(scratch, "appdir")) ? readFileSync(join(scratch, "appdir"), "utf8").trim() : null;
 
 await check("Client example, JavaScript: follow.mjs in Node against the demo", async () => {
+  if (!app) throw new Error("no app directory: the install block failed");
   writeFileSync(join(app, "follow.mjs"), ports(by.jsNode[0].text));
   const p = run("node follow.mjs", { cwd: app });
   await p.waitFor(/^3 tick 3 $/m, "three ticks");
