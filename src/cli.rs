@@ -74,6 +74,15 @@ pub enum Command {
     Demo,
     /// Print the effective configuration (file + environment + flags) and exit.
     Config,
+    /// Check a running deployment from outside: cut and resume sessions and
+    /// verify every frame (docs/CHECK.md). Runs the `tether-check` binary
+    /// installed next to this one; `tether check --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Check {
+        /// URL and options, passed to tether-check as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 impl Cli {

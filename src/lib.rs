@@ -14,6 +14,8 @@ pub mod server;
 
 mod admin;
 mod cluster;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod journal;
 mod metrics;
 mod net;

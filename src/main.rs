@@ -1,9 +1,11 @@
-//! The `tether` binary: `tether [run]`, `tether demo`, `tether config`.
+//! The `tether` binary: `tether [run]`, `tether demo`, `tether config`,
+//! `tether check` (which runs the `tether-check` binary).
 //!
 //! Errors end the process with one line on stderr (no backtrace, whatever
 //! `RUST_BACKTRACE` says) and exit status 2 when tether could not start
 //! (configuration, listeners, journal), 1 when it failed later.
 
+mod checker;
 mod demo;
 
 use std::net::SocketAddr;
@@ -32,6 +34,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    // The checker needs no configuration: a bad TETHER_* variable must not
+    // stop it.
+    if let Some(Command::Check { args }) = &cli.command {
+        return checker::exec(args);
+    }
     let mut config = match cli.config() {
         Ok(c) => c,
         Err(e) => return fail(&e, 2),
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
             print!("{}", shown(config));
             ExitCode::SUCCESS
         }
+        Command::Check { args } => checker::exec(&args),
         Command::Demo => {
             demo::adjust_config(&mut config, &cli);
             if let Err(e) = cli::init_logs(&config.log) {

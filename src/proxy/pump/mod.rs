@@ -104,6 +104,8 @@ impl Pump {
             StampMode::None => Some(WireStamp::None),
             StampMode::Json => None,
         };
+        #[cfg(feature = "fault-injection")]
+        let wire = wire.filter(|_| crate::fault::active().is_none());
         Pump {
             sink: ClientSink::new(sink, tap, inband),
             wire,
@@ -141,6 +143,8 @@ impl Pump {
             }
         }
         let Greeting { token, outcome, gap, .. } = *greeting;
+        #[cfg(feature = "fault-injection")]
+        let outcome = crate::fault::outcome(outcome);
         let welcome = Control::Welcome {
             v: 1,
             session: token,
@@ -274,6 +278,8 @@ impl Pump {
                 return Ok(Step::Progress);
             }
         }
+        #[cfg(feature = "fault-injection")]
+        let (frames, last) = crate::fault::plant(frames, self.attachment.replay_to);
         let mut arena = sink::stamp_arena(&frames, &self.ctx.stamper);
         for (seq, payload) in &frames {
             self.sink.queue(self.ctx.stamper.stamp_in(*seq, payload, &mut arena)).await?;
@@ -281,6 +287,10 @@ impl Pump {
             // is dropped (a ping won the select while the client was slow to
             // read): the cursor counts it now, or it would be sent again.
             self.advance(*seq);
+        }
+        #[cfg(feature = "fault-injection")]
+        if let Some(last) = last {
+            self.cursor = last + 1;
         }
         self.sink.flush().await?;
         Ok(Step::Progress)
