@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # tether's container image: a root filesystem with the stripped `tether`
-# binary, the few shared libraries it loads (glibc, libstdc++, libgcc_s),
+# binary and its deployment checker `tether-check` (run as `tether check`,
+# e.g. by the Helm chart's test hook), the few shared libraries it loads (glibc, libstdc++, libgcc_s),
 # `sleep` for the chart's exec preStop hook, the CA certificate bundle, and
 # the non-root user 65532.
 # No shell, no package manager. The journal goes on the volume
@@ -31,8 +32,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tether \
- && scripts/image-rootfs target/release/tether /rootfs
+    cargo build --release --locked -p tether -p tether-check --bin tether --bin tether-check \
+ && scripts/image-rootfs target/release/tether /rootfs target/release/tether-check
 
 # --- prebuilt: a root filesystem made outside (scripts/image-rootfs) --------
 FROM scratch AS prebuilt

@@ -539,7 +539,7 @@ def check_default(defaults: dict[str, Any]) -> None:
     validate_all(label, docs)
     kinds = sorted(d["kind"] for _, d in docs)
     R.eq(f"{label}: kinds", kinds,
-         ["ConfigMap", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"])
+         ["ConfigMap", "Pod", "PodDisruptionBudget", "Secret", "Service", "Service", "StatefulSet"])
 
     sts = one(docs, "StatefulSet")
     spec = sts["spec"]
@@ -616,6 +616,71 @@ def check_default(defaults: dict[str, Any]) -> None:
     R.eq(f"{label}: no peer port on the pod", sorted(p["name"] for p in c["ports"]), ["tether-admin", "tether-data"])
     R.check(f"{label}: no NetworkPolicy by default", not by_kind(docs, "NetworkPolicy"))
     R.check(f"{label}: NOTES warn about the placeholder upstream", "placeholder" in text)
+
+
+def check_pod(docs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The `helm test` hook Pod, if rendered."""
+    pods = [d for d in by_kind(docs, "Pod") if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    return pods[0] if len(pods) == 1 else None
+
+
+def check_test_hook(defaults: dict[str, Any]) -> None:
+    """`helm test`: a Pod on tether's image runs `tether check` against the release's Service."""
+    label = "helm test hook"
+    docs = documents(render(CHART))
+    pod = check_pod(docs)
+    if not R.check(f"{label}: one test Pod (helm.sh/hook: test)", pod is not None, f"{by_kind(docs, 'Pod')}"):
+        return
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    t = defaults["test"]
+    svc = next(s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") != "None")
+    url = f"ws://{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{defaults['service']['port']}/"
+    R.eq(f"{label}: tether's own image", c["image"], f"{defaults['image']['repository']}:{defaults['image']['tag']}")
+    R.eq(f"{label}: runs tether check", c["command"], ["/usr/local/bin/tether", "check"])
+    R.eq(f"{label}: against the release's Service, bounded", c["args"],
+         [url, "--duration", t["duration"], "--sessions", str(t["sessions"])])
+    R.eq(f"{label}: restartPolicy Never", spec.get("restartPolicy"), "Never")
+    # The checker's own bound: duration + 2 x resume timeout (30 s) + idle (2 s) + 25 s (docs/CHECK.md).
+    R.check(f"{label}: activeDeadlineSeconds covers the checker's bound",
+            spec["activeDeadlineSeconds"] >= duration_seconds(t["duration"]) + 2 * 30 + 2 + 25,
+            str(spec["activeDeadlineSeconds"]))
+    R.eq(f"{label}: the last run's Pod is kept for its log", pod["metadata"]["annotations"].get(
+        "helm.sh/hook-delete-policy"), "before-hook-creation")
+    R.check(f"{label}: runs as non-root with a read-only root",
+            spec["securityContext"].get("runAsNonRoot") is True and c["securityContext"].get("readOnlyRootFilesystem"))
+    R.check(f"{label}: no service account token", spec.get("automountServiceAccountToken") is False)
+    labels = pod["metadata"]["labels"]
+    sts = one(docs, "StatefulSet")
+    selectors = [s["spec"]["selector"] for s in by_kind(docs, "Service")] + [
+        sts["spec"]["selector"]["matchLabels"], one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+    R.check(f"{label}: no Service, StatefulSet or PDB selects the test Pod",
+            not any(selects(sel, labels) for sel in selectors))
+
+    # Options: TLS on the data port (wss://), send, insecure, a header from a Secret, extra args.
+    v = {"tls": {"secretName": "tether-tls"},
+         "test": {"path": "/feed?room=check", "duration": "45s", "send": True, "insecure": True,
+                  "headerSecret": {"name": "api", "key": "header"}, "extraArgs": ["--send-interval", "1s"]}}
+    docs = documents(render(CHART, v))
+    validate_all(f"{label}, options", docs)
+    c = check_pod(docs)["spec"]["containers"][0]
+    R.eq(f"{label}, options: args", c["args"], [
+        f"wss://{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local:8080/feed?room=check", "--duration", "45s",
+        "--sessions", "4", "--send", "--insecure", "--header", "$(TETHER_CHECK_HEADER)", "--send-interval", "1s"])
+    R.eq(f"{label}, options: the header comes from the Secret", c["env"],
+         [{"name": "TETHER_CHECK_HEADER", "valueFrom": {"secretKeyRef": {"name": "api", "key": "header"}}}])
+    docs = documents(render(CHART, {"test": {"url": "wss://ws.staging.example.com/feed"}}))
+    R.eq(f"{label}: test.url replaces the Service URL", check_pod(docs)["spec"]["containers"][0]["args"][0],
+         "wss://ws.staging.example.com/feed")
+    R.check(f"{label}: test.enabled false renders no Pod",
+            not by_kind(documents(render(CHART, {"test": {"enabled": False}})), "Pod"))
+    # A NetworkPolicy that limits the data port still lets the test Pod in.
+    docs = documents(render(CHART, {"networkPolicy": {"enabled": True, "dataFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}}))
+    rule = one(docs, "NetworkPolicy")["spec"]["ingress"][0]
+    R.check(f"{label}: the NetworkPolicy lets the test Pod reach the data port",
+            any(selects(f.get("podSelector", {}).get("matchLabels", {"-": "-"}), check_pod(docs)["metadata"]["labels"])
+                for f in rule["from"]), str(rule))
 
 
 def check_sidecar(defaults: dict[str, Any]) -> None:
@@ -840,7 +905,7 @@ def check_cluster(defaults: dict[str, Any]) -> None:
     docs = documents(rendered)
     validate_all(label, docs)
     R.eq(f"{label}: kinds", sorted(d["kind"] for _, d in docs),
-         ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "Service", "Service", "StatefulSet"])
+         ["ConfigMap", "NetworkPolicy", "Pod", "PodDisruptionBudget", "Service", "Service", "StatefulSet"])
     sts = one(docs, "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     pod_labels = sts["spec"]["template"]["metadata"]["labels"]
@@ -895,7 +960,9 @@ def check_cluster(defaults: dict[str, Any]) -> None:
     R.check(f"{label}: NetworkPolicy selects the tether pods", selects(np_["podSelector"]["matchLabels"], pod_labels))
     R.eq(f"{label}: NetworkPolicy policyTypes", np_["policyTypes"], ["Ingress"])
     R.eq(f"{label}: NetworkPolicy ingress", np_["ingress"], [
-        {"ports": [{"port": "tether-data", "protocol": "TCP"}], "from": override["networkPolicy"]["dataFrom"]},
+        {"ports": [{"port": "tether-data", "protocol": "TCP"}], "from": override["networkPolicy"]["dataFrom"] + [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tether-check",
+                                             "app.kubernetes.io/instance": RELEASE}}}]},
         {"ports": [{"port": "tether-admin", "protocol": "TCP"}], "from": override["networkPolicy"]["adminFrom"]},
         {"ports": [{"port": "tether-peer", "protocol": "TCP"}],
          "from": [{"podSelector": {"matchLabels": np_["podSelector"]["matchLabels"]}}]},
@@ -1145,7 +1212,7 @@ def check_rejections() -> None:
         except helm.HelmError as e:
             R.check(f"rejects {label}", needle in str(e), f"error does not mention {needle!r}: {e}")
     # The guard that refused replicas without affinity is gone, with its escape hatch.
-    chart_text = "".join(p.read_text() for p in sorted((CHART / "templates").iterdir())) + \
+    chart_text = "".join(p.read_text() for p in sorted((CHART / "templates").rglob("*")) if p.is_file()) + \
         (CHART / "values.yaml").read_text() + (CHART / "README.md").read_text()
     for gone in ("allowReplicasWithoutAffinity", "validateReplicas", "does NOT forward", "not forward resumes"):
         R.check(f"the chart no longer mentions {gone!r}", gone not in chart_text)
@@ -1218,6 +1285,7 @@ def main() -> int:
         ("lint", lambda: lint_all(defaults)),
         ("default values", lambda: check_default(defaults)),
         ("sidecar values", lambda: check_sidecar(defaults)),
+        ("helm test hook", lambda: check_test_hook(defaults)),
         ("servicemonitor values", lambda: check_servicemonitor(defaults)),
         ("variants", lambda: check_variants(defaults)),
         ("monitoring", lambda: check_monitoring(defaults)),

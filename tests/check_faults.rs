@@ -16,8 +16,9 @@ async fn caught(fault: &str) -> Vec<String> {
     let upstream = backend(Kind::Ticker, Duration::from_millis(10)).await;
     let dir = tempfile::tempdir().unwrap();
     let cmd = tokio::process::Command::new(faulty_bin());
-    let t = TetherProcess::launch(cmd, &upstream, dir.path(), ("127.0.0.1:0", "127.0.0.1:0"), &[("TETHER_FAULT", fault)])
-        .await;
+    let t =
+        TetherProcess::launch(cmd, &upstream, dir.path(), ("127.0.0.1:0", "127.0.0.1:0"), &[("TETHER_FAULT", fault)])
+            .await;
     let mut args = vec!["--duration", "2s", "--sessions", "2"];
     args.extend_from_slice(QUICK);
     let c = check(&t.url("/"), &args).await;

@@ -32,7 +32,8 @@ pub enum Check {
     Resume,
     /// With --send: every message acked (`up_ack`) or reported in doubt.
     Upstream,
-    /// Every message is a stamped data frame or a well-formed control frame.
+    /// Every message is a stamped data frame or a well-formed control frame
+    /// of a type tether sends.
     Frames,
 }
 
@@ -70,10 +71,11 @@ impl Check {
     /// What one observation of it is, for the summary.
     pub fn unit(self) -> &'static str {
         match self {
-            Check::Contiguous | Check::Duplicates | Check::Order | Check::Frames => "frames",
+            Check::Contiguous | Check::Duplicates | Check::Order => "frames",
+            Check::Frames => "messages",
             Check::Gaps => "gap reports",
             Check::Replay => "replayed frames compared",
-            Check::Outcomes => "connections and closes",
+            Check::Outcomes => "welcome, takeover and close checks",
             Check::Refusals => "refusals",
             Check::Resume => "resumes",
             Check::Upstream => "messages sent",

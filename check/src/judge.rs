@@ -231,6 +231,7 @@ impl Judge {
     /// A data frame on the current connection.
     pub fn data(&mut self, seq: u64, hash: Hash) {
         self.counts.frames += 1;
+        self.checks.pass(Check::Frames);
         let next = self.conn.next;
         if seq >= next {
             if seq > next {
@@ -283,6 +284,10 @@ impl Judge {
 
     /// A control frame after the welcome.
     pub fn control(&mut self, v: &Value) -> Event {
+        let known = ["gap", "up_ack", "draining", "end"];
+        if known.contains(&v["type"].as_str().unwrap_or_default()) {
+            self.checks.pass(Check::Frames);
+        }
         match v["type"].as_str().unwrap_or_default() {
             "gap" => {
                 self.mid_gap(v);

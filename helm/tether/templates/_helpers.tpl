@@ -52,6 +52,15 @@ app.kubernetes.io/version: {{ .Values.image.tag | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The `helm test` Pod's labels (templates/tests/check.yaml): another name, so no selector of the release matches it. */}}
+{{- define "tether.checkLabels" -}}
+helm.sh/chart: {{ include "tether.chart" . }}
+app.kubernetes.io/name: {{ include "tether.name" . }}-check
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: check
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
 {{/* Selector of the Services: the chart's own pods, or sidecar.podSelector. Empty: no Services. */}}
 {{- define "tether.serviceSelector" -}}
 {{- if eq .Values.mode "standalone" }}
