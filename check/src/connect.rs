@@ -182,7 +182,20 @@ pub async fn probes(ctx: &Ctx, port: u16, judge: &mut Judge) {
     ];
     for (what, headers, params, status, error) in cases {
         let path = ctx.target.path_with(&params);
-        let got = wire::open(&ctx.target, port, &path, &headers).await;
+        // A deployment that is draining or restarting answers 502/503 to
+        // anything: ask again, as for a resume.
+        let began = Instant::now();
+        let got = loop {
+            let got = wire::open(&ctx.target, port, &path, &headers).await;
+            let retry = matches!(&got, Ok(Answer::Refused(r)) if matches!(r.status, 502 | 503) && status != r.status);
+            if !retry || began.elapsed() > ctx.opts.resume_timeout {
+                break got;
+            }
+            if let Ok(Answer::Refused(r)) = &got {
+                Counts::bump(&mut judge.counts.retries, format!("{} {}", r.status, r.error.as_deref().unwrap_or("?")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         let why = match got {
             Ok(Answer::Refused(r)) if r.status == status && r.error.as_deref() == Some(error) => {
                 let json = r.content_type.as_deref().is_some_and(|c| c.starts_with("application/json"));

@@ -56,7 +56,21 @@ pub struct Ctx {
     pub fault_until: Instant,
     /// Live figures for the progress line.
     pub progress: Progress,
+    /// When any slot saw the deployment disturbed (a drain, a failed
+    /// connection, a retryable refusal): a takeover whose older connection
+    /// ends without a close frame near such a moment was cut by it.
+    pub disturbed: std::sync::Mutex<Vec<Instant>>,
 }
+
+impl Ctx {
+    /// Notes a disturbance now.
+    pub fn disturbed(&self) {
+        self.disturbed.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+    }
+}
+
+/// How close to a disturbance a takeover without 4001 is excused.
+const NEAR: Duration = Duration::from_secs(5);
 
 /// Live figures, summed over the slots.
 #[derive(Debug, Default)]
@@ -89,6 +103,7 @@ pub async fn run(opts: Opts) -> Result<Report, CheckError> {
         opts: opts.clone(),
         target,
         progress: Progress::default(),
+        disturbed: std::sync::Mutex::default(),
     });
     let ticker = std::io::stderr().is_terminal().then(|| tokio::spawn(progress(ctx.clone(), started)));
     let slots: Vec<_> = (0..opts.sessions).map(|i| tokio::spawn(session::run(ctx.clone(), i, seed))).collect();
@@ -100,8 +115,17 @@ pub async fn run(opts: Opts) -> Result<Report, CheckError> {
         if unreachable.is_none() {
             unreachable = r.unreachable;
         }
-        checks.merge(r.judge.checks);
-        counts.merge(r.judge.counts);
+        let (mut slot_checks, mut slot_counts) = (r.judge.checks, r.judge.counts);
+        let disturbed = ctx.disturbed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (at, why) in r.takeovers {
+            if disturbed.iter().any(|d| d.max(&at).duration_since(*d.min(&at)) <= NEAR) {
+                Counts::bump(&mut slot_counts.interruptions, "takeover cut by a disturbance");
+            } else {
+                slot_checks.fail(checks::Check::Outcomes, why);
+            }
+        }
+        checks.merge(slot_checks);
+        counts.merge(slot_counts);
         latencies.extend(r.latencies);
     }
     if let Some(t) = ticker {
