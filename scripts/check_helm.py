@@ -569,11 +569,13 @@ def check_default(defaults: dict[str, Any]) -> None:
     cfg = toml_of(docs)
     check_tether_toml(label, cfg, defaults, defaults["config"]["server"]["upstream"])
     # The defaults in values.yaml are tether's own defaults, except where the
-    # chart must differ: the backend, the volume, and the admin port, which
+    # chart must differ: the backend, the volume, the admin port, which
     # tether binds to loopback unless asked and the chart asks for on every
-    # interface (probes and Prometheus come from outside the pod).
+    # interface (probes and Prometheus come from outside the pod), and the
+    # log format: JSON for a cluster's log collector.
     ref = tomllib.loads(TETHER_TOML.read_text())
-    exempt = {("server", "upstream"), ("journal", "data_dir"), ("server", "admin_listen")}
+    exempt = {("server", "upstream"), ("journal", "data_dir"), ("server", "admin_listen"), ("log", "format")}
+    R.eq(f"{label}: logs are JSON", cfg["log"]["format"], "json")
     differ = [f"{s}.{k}: {cfg[s][k]!r} != {ref[s][k]!r}" for s in ref for k in ref[s]
               if s in cfg and k in cfg[s] and (s, k) not in exempt
               and cfg[s][k] != ref[s][k]]

@@ -165,7 +165,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
 pub fn init_logs(log: &LogConfig) -> Result<(), ServeError> {
     let filter =
         EnvFilter::try_new(&log.level).map_err(|source| ServeError::LogFilter { level: log.level.clone(), source })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal, not in a file or a
+    // log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

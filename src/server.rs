@@ -22,7 +22,7 @@ use crate::proxy::{self, Context, Parts};
 use crate::runtime::Runtime;
 use crate::session::{Sessions, Shared};
 use crate::tls::{self, ServerTls};
-use crate::upstream::{SavedKey, Upstream};
+use crate::upstream::{FailureLog, SavedKey, Upstream};
 
 pub use crate::journal::{DirError, JournalError};
 pub use crate::protocol::token::BadIdentityHeader;
@@ -90,6 +90,7 @@ pub struct Running {
     pub shutdown: CancellationToken,
     journal: Journal,
     admin: Arc<Admin>,
+    backend_failures: Arc<FailureLog>,
     tasks: TaskTracker,
     grace: Duration,
     writer: std::thread::JoinHandle<()>,
@@ -115,8 +116,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let early = prepare(&config).await?;
     let Opened { journal, stored_secret, recovered, writer } = open_journal(&config, &rt).await?;
     match serve(&config, &rt, &journal, stored_secret, recovered, early).await {
-        Ok((data_addr, admin_addr, admin)) => Ok(Running {
+        Ok((data_addr, admin_addr, admin, backend_failures)) => Ok(Running {
             data_addr,
+            backend_failures,
             admin_addr,
             shutdown: rt.shutdown,
             journal,
@@ -181,10 +183,17 @@ async fn serve(
     stored_secret: Option<Vec<u8>>,
     recovered: Vec<RecoveredSession>,
     early: Early,
-) -> Result<(SocketAddr, SocketAddr, Arc<Admin>), StartError> {
+) -> Result<(SocketAddr, SocketAddr, Arc<Admin>, Arc<FailureLog>), StartError> {
     let Early { data: (data, data_addr), admin: (admin_listener, admin_addr), peers, target, .. } = early;
     let (upstream_tls, server_tls, acceptor) = (early.upstream_tls, early.server_tls, early.acceptor);
     let secret_generated = stored_secret.is_some();
+    if secret_generated {
+        tracing::warn!(
+            "token.secret is not set: tokens are signed with a secret generated and kept in the journal, so losing \
+             the journal invalidates every token, and no other replica can verify them; set TETHER_TOKEN_SECRET \
+             (at least 32 characters)"
+        );
+    }
     let secret = stored_secret.unwrap_or_else(|| config.token.secret.clone().into_bytes());
     let cluster = Arc::new(Cluster::new(&config.cluster, &secret, config.limits.max_header_bytes, rt.metrics.clone()));
     let eager = config.session.backend_on_restart == BackendOnRestart::Eager;
@@ -200,6 +209,7 @@ async fn serve(
     let (sessions, reopen) = Sessions::restore(shared, recovered).await?;
     tracing::info!(sessions = restored, epoch = journal.epoch(), "journal open");
 
+    let failures = Arc::new(FailureLog::new(&config.server.upstream, config.log.warn_interval));
     let upstream = Upstream {
         tls: upstream_tls,
         client_tls: server_tls.is_some(),
@@ -208,6 +218,7 @@ async fn serve(
         timeout: config.server.backend_connect_timeout,
         max_head_bytes: config.limits.max_header_bytes,
         metrics: rt.metrics.clone(),
+        failures: failures.clone(),
     };
     let reopener = upstream.clone();
     let parts = Parts {
@@ -254,7 +265,7 @@ async fn serve(
         tls = data_tls,
         "tether is serving"
     );
-    Ok((data_addr, admin_addr, admin))
+    Ok((data_addr, admin_addr, admin, failures))
 }
 
 /// Writes and fsyncs everything queued, stops the writer thread and joins
@@ -331,6 +342,7 @@ impl Running {
         if !clean {
             tracing::warn!(grace = ?self.grace, "drain grace period expired with connections still open");
         }
+        self.backend_failures.flush();
         close_journal(&self.journal, self.writer, clean).await?;
         tracing::info!("drained; journal synced and closed");
         Ok(())

@@ -400,11 +400,15 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `tether=debug`.
     pub level: String,
+    /// A repeated warning (a backend that cannot be reached) is written at
+    /// most once per this period; the next line counts the ones left out.
+    #[serde(with = "humantime_serde")]
+    pub warn_interval: Duration,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Human, level: "info".into() }
+        Self { format: LogFormat::Human, level: "info".into(), warn_interval: Duration::from_secs(10) }
     }
 }
 

@@ -93,6 +93,7 @@ impl Config {
             ("journal.max_frame_age", j.max_frame_age),
             ("cluster.forward_timeout", self.cluster.forward_timeout),
             ("cluster.peer_auth_max_age", self.cluster.peer_auth_max_age),
+            ("log.warn_interval", self.log.warn_interval),
         ];
         for (key, d) in all {
             if d.is_zero() || d > MAX_DURATION {

@@ -4,6 +4,7 @@
 //! hop-by-hop headers dropped. [`dial`] does the RFC 6455 client handshake.
 
 mod dial;
+mod failures;
 mod saved;
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::net::{has_token, LazyRead};
 use crate::protocol::credentials;
 use crate::tls::{self, MaybeTls};
 pub(crate) use dial::DialError;
+pub(crate) use failures::FailureLog;
 pub(crate) use saved::{SavedKey, SavedRequest};
 
 /// A connected backend WebSocket, over TCP (`ws://`) or TLS (`wss://`).
@@ -110,6 +112,8 @@ pub(crate) struct Upstream {
     /// True if clients reach tether over TLS: `X-Forwarded-Proto: https`
     /// unless the client sent one.
     pub(crate) client_tls: bool,
+    /// Failures at `warn`, rate-limited.
+    pub(crate) failures: Arc<FailureLog>,
 }
 
 impl Upstream {
@@ -126,6 +130,9 @@ impl Upstream {
             Err(_) => Err(ConnectError::Timeout(self.timeout)),
         };
         self.metrics.backend_connect(result.as_ref().map_or_else(ConnectError::label, |_| "ok"));
+        if let Err(e) = &result {
+            self.failures.failed(e);
+        }
         result
     }
 
@@ -148,7 +155,8 @@ impl Upstream {
                 match connector.connect(name, tcp).await {
                     Ok(s) => MaybeTls::Tls(Box::new(s)),
                     Err(e) => {
-                        tracing::warn!(error = %e, upstream = %self.target.authority, "TLS handshake with the backend failed");
+                        // The rate-limited warn says which kind; this, what exactly.
+                        tracing::debug!(error = %e, upstream = %self.target.authority, "TLS handshake with the backend failed");
                         return Err(ConnectError::Tls(tls::describe_handshake_error(&e)));
                     }
                 }
@@ -157,7 +165,7 @@ impl Upstream {
         let path = path_for(&self.target, uri);
         match dial::handshake(stream, &path, out, self.ws_config, self.max_head_bytes).await {
             Err(DialError::Io(e)) if tls::is_tls_error(&e) => {
-                tracing::warn!(error = %e, upstream = %self.target.authority, "TLS with the backend failed");
+                tracing::debug!(error = %e, upstream = %self.target.authority, "TLS with the backend failed");
                 Err(ConnectError::Tls(tls::describe_handshake_error(&e)))
             }
             r => Ok(r?),
