@@ -35,6 +35,10 @@ pub enum Command {
     /// killed and restarted (`session.backend_on_restart = "eager"`), and
     /// the backend's peak connection rate; Markdown on stdout.
     Reopen(ReopenOpts),
+    /// tether's peak RSS at `limits.max_sessions` with every session's ring
+    /// full and no client reading (the memory budget's worst case);
+    /// Markdown on stdout.
+    Memory(crate::memory::MemoryOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

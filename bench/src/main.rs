@@ -14,6 +14,7 @@ mod cli;
 mod client;
 mod cluster;
 mod fleet;
+mod memory;
 mod pacer;
 mod procs;
 mod rawws;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Cluster(o) => cluster::main(o),
         Command::Upstream(o) => upstream::main(o),
         Command::Reopen(o) => reopen::main(o),
+        Command::Memory(o) => memory::main(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
