@@ -487,6 +487,23 @@ def cluster_section(mode: str = "off", name: str = "tether", peer_address: str =
 # --- scenarios --------------------------------------------------------------
 
 
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (Mi, Gi) in MiB."""
+    units = {"Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def check_memory_budget(label: str, cfg: dict[str, Any], values: dict[str, Any]) -> None:
+    """resources.limits.memory holds the worst case of docs/OPERATIONS.md#memory at the rendered limits:
+    200 MiB + max_sessions x (ring_bytes + 2 x replay_batch_bytes + write_buffer_bytes + 12 KiB)."""
+    lim = cfg["limits"]
+    per_session = lim["ring_bytes"] + 2 * lim["replay_batch_bytes"] + lim["write_buffer_bytes"] + 12 * 1024
+    need = 200 + lim["max_sessions"] * per_session / 2**20
+    have = mebibytes(values["resources"]["limits"]["memory"])
+    R.check(f"{label}: resources.limits.memory ({have:.0f} MiB) holds max_sessions at worst ({need:.0f} MiB)",
+            need <= have, f"{need:.0f} MiB > {have:.0f} MiB")
+
+
 def merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(defaults)
     for k, v in override.items():
@@ -572,10 +589,13 @@ def check_default(defaults: dict[str, Any]) -> None:
     # chart must differ: the backend, the volume, the admin port, which
     # tether binds to loopback unless asked and the chart asks for on every
     # interface (probes and Prometheus come from outside the pod), and the
-    # log format: JSON for a cluster's log collector.
+    # log format: JSON for a cluster's log collector, and max_sessions, which
+    # must fit the memory limit (docs/OPERATIONS.md#memory).
     ref = tomllib.loads(TETHER_TOML.read_text())
-    exempt = {("server", "upstream"), ("journal", "data_dir"), ("server", "admin_listen"), ("log", "format")}
+    exempt = {("server", "upstream"), ("journal", "data_dir"), ("server", "admin_listen"), ("log", "format"),
+              ("limits", "max_sessions")}
     R.eq(f"{label}: logs are JSON", cfg["log"]["format"], "json")
+    check_memory_budget(label, cfg, defaults)
     differ = [f"{s}.{k}: {cfg[s][k]!r} != {ref[s][k]!r}" for s in ref for k in ref[s]
               if s in cfg and k in cfg[s] and (s, k) not in exempt
               and cfg[s][k] != ref[s][k]]
@@ -1019,6 +1039,38 @@ def check_cluster(defaults: dict[str, Any]) -> None:
     R.eq("cluster.replicas 6: [cluster] replicas", cfg["cluster"]["replicas"], 6)
 
 
+def check_ingress(defaults: dict[str, Any]) -> None:
+    """ci/ingress-values.yaml: the optional Ingress routes only to the data port of the client Service,
+    never to the admin or peer port; off by default."""
+    label = "ingress"
+    R.check("default values: no Ingress", not by_kind(documents(render(CHART)), "Ingress"))
+    override = load_values(CHART / "ci" / "ingress-values.yaml")
+    docs = documents(render(CHART, override))
+    validate_all(label, docs)
+    ing = one(docs, "Ingress")
+    spec = ing["spec"]
+    R.eq(f"{label}: ingressClassName", spec.get("ingressClassName"), "nginx")
+    R.eq(f"{label}: annotations", ing["metadata"].get("annotations"), override["ingress"]["annotations"])
+    R.eq(f"{label}: tls", spec.get("tls"), override["ingress"]["tls"])
+    backends = [(r.get("host"), p["path"], p["backend"]["service"]["name"], p["backend"]["service"]["port"])
+                for r in spec["rules"] for p in r["http"]["paths"]]
+    R.eq(f"{label}: rules", backends, [("chat.example.com", "/ws", RELEASE, {"name": "tether-data"})])
+    svcs = {x["metadata"]["name"]: x for x in by_kind(docs, "Service")}
+    ports = {p["name"]: p for p in svcs.get(RELEASE, {}).get("spec", {}).get("ports", [])}
+    R.eq(f"{label}: the Service the Ingress uses has the data port only", sorted(ports), ["tether-data"])
+    peer = defaults["ports"]["peer"]
+    R.check(f"{label}: the peer port ({peer}) is not reachable through the Ingress",
+            all(p.get("targetPort") != "tether-peer" and p.get("port") != peer for p in ports.values())
+            and all(b[3] != {"name": "tether-peer"} and b[3] != {"number": peer} for b in backends))
+    R.check(f"{label}: cluster mode is on (a peer port exists to keep off the Ingress)",
+            any(p["name"] == "tether-peer" for s in svcs.values() for p in s["spec"].get("ports", [])))
+    # Without hosts' paths, / as Prefix.
+    bare = merged(override, {"ingress": {"hosts": [{"host": "x.example.com"}], "tls": []}})
+    bare_spec = one(documents(render(CHART, bare)), "Ingress")["spec"]
+    R.eq(f"{label}: default path", [(p["path"], p["pathType"]) for p in bare_spec["rules"][0]["http"]["paths"]],
+         [("/", "Prefix")])
+
+
 def cms_text(docs: list[tuple[str, dict[str, Any]]]) -> str:
     return next(d for d in by_kind(docs, "ConfigMap") if "tether.toml" in d.get("data", {}))["data"]["tether.toml"]
 
@@ -1293,6 +1345,7 @@ def main() -> int:
         ("monitoring", lambda: check_monitoring(defaults)),
         ("tls", lambda: check_tls(defaults)),
         ("cluster", lambda: check_cluster(defaults)),
+        ("ingress", lambda: check_ingress(defaults)),
         ("sealed", lambda: check_sealed(defaults)),
         ("rejections", check_rejections),
         ("parent chart", check_parent_chart),

@@ -169,7 +169,7 @@ keys:
   token: [identity_headers]
   stamp: [mode, json_field]
   journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes, commit_delay]
-  log: [format, level]
+  log: [format, level, warn_interval]
   cluster: [forward_timeout, peer_auth_max_age]
 derived:
   server.listen: "listenHost and ports.data"
