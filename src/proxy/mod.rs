@@ -102,6 +102,11 @@ impl Context {
             cluster,
         }
     }
+
+    /// `Retry-After` seconds for a 503 (`server.retry_after_secs`).
+    pub(crate) fn retry_after(&self) -> u32 {
+        self.config.server.retry_after_secs
+    }
 }
 
 /// The socket limits of `limits.*`, for client and backend sockets alike.

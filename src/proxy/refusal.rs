@@ -66,11 +66,55 @@ impl Refusal {
     }
 }
 
+/// The refusals of a tether that cannot serve now: 503, `Retry-After`.
 impl Refusal {
     /// 503 `owner_unavailable`: the replica that owns the session cannot
     /// serve it now (unreachable, slow, draining); it comes back.
     pub(crate) fn owner_unavailable(detail: impl Into<String>, retry_after: u32) -> Refusal {
         Refusal::unavailable("owner_unavailable", detail, retry_after)
+    }
+
+    /// 503 `owner_unavailable` when this replica cannot reach the owner.
+    pub(crate) fn owner_unreachable(retry_after: u32) -> Refusal {
+        Refusal::owner_unavailable(
+            "the replica that owns this session is unreachable, slow or restarting; retry",
+            retry_after,
+        )
+    }
+
+    /// 503 `over_capacity`: every `limits.max_sessions` slot is taken.
+    pub(crate) fn over_capacity(retry_after: u32) -> Refusal {
+        Refusal::unavailable(
+            "over_capacity",
+            "tether holds its maximum number of backend connections (limits.max_sessions)",
+            retry_after,
+        )
+    }
+
+    /// 503 `draining`: tether is shutting down.
+    pub(crate) fn draining(retry_after: u32) -> Refusal {
+        Refusal::unavailable("draining", "tether is shutting down; retry", retry_after)
+    }
+
+    /// 503 `journal_failed`: nothing could be journaled, so nothing could be
+    /// delivered; the process is about to exit and be restarted.
+    pub(crate) fn journal_failed(retry_after: u32) -> Refusal {
+        Refusal::unavailable("journal_failed", "tether cannot write its journal and is restarting; retry", retry_after)
+    }
+
+    /// 503 `journal_full`: the journal waits for disk space, and resumes by
+    /// itself once there is.
+    pub(crate) fn journal_full(retry_after: u32) -> Refusal {
+        Refusal::unavailable(
+            "journal_full",
+            "tether's journal disk is full; new sessions wait until space is freed; retry",
+            retry_after,
+        )
+    }
+
+    /// 502 `backend_closed`: the backend closed a new session at once.
+    pub(crate) fn backend_closed() -> Refusal {
+        Refusal::bad_gateway("backend_closed", "the backend closed the new session immediately")
     }
 }
 
