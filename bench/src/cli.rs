@@ -39,6 +39,11 @@ pub enum Command {
     /// full and no client reading (the memory budget's worst case);
     /// Markdown on stdout.
     Memory(crate::memory::MemoryOpts),
+    /// Streams flat out for a minute (relay, tether with nothing trimmed,
+    /// trimming, sessions expiring): the rate over the last 30 s, CPU per
+    /// message, disk bytes written and compacted per payload byte, peak RSS
+    /// and the journal's size (issue 23); Markdown on stdout.
+    Sustained(crate::sustained::SustainedOpts),
     /// Internal: the backend producer.
     #[command(hide = true)]
     Backend {

@@ -206,7 +206,15 @@ pub struct Watch {
     pub cancel: CancellationToken,
     /// `now_ns()` of a recent delivery to any client.
     pub progress: Arc<AtomicU64>,
+    /// Data messages delivered to all clients so far, added in steps of up
+    /// to [`COUNT_STEP`] per client (`sustained` samples it every second).
+    pub delivered: Arc<AtomicU64>,
 }
+
+/// How many messages a client counts before adding them to
+/// [`Watch::delivered`]: one shared atomic add per message would make the
+/// clients' cores contend for it.
+pub const COUNT_STEP: u64 = 32;
 
 /// Sends `go` and reads until the end marker (or `deadline`, or cancellation).
 pub async fn run_stream(mut ws: Ws, go: String, check: Check, deadline: Instant, watch: Watch) -> Tally {
@@ -222,7 +230,19 @@ pub async fn run_stream(mut ws: Ws, go: String, check: Check, deadline: Instant,
 /// Reads messages into `tally` until the end marker, an error, `deadline`
 /// or cancellation.
 pub async fn read_until_end(ws: &mut Ws, tally: &mut Tally, check: &Check, deadline: Instant, watch: &Watch) {
+    let mut counted = tally.data;
+    read_loop(ws, tally, check, deadline, watch, &mut counted).await;
+    watch.delivered.fetch_add(tally.data - counted, Ordering::Relaxed);
+}
+
+/// [`read_until_end`]'s loop; `counted` is how much of `tally.data` is in
+/// `watch.delivered` already.
+async fn read_loop(ws: &mut Ws, tally: &mut Tally, check: &Check, deadline: Instant, watch: &Watch, counted: &mut u64) {
     loop {
+        if tally.data - *counted >= COUNT_STEP {
+            watch.delivered.fetch_add(tally.data - *counted, Ordering::Relaxed);
+            *counted = tally.data;
+        }
         let next = tokio::select! {
             biased;
             _ = watch.cancel.cancelled() => {

@@ -10,10 +10,12 @@
 //! missing or arrived twice.
 
 mod backend;
+mod churn;
 mod cli;
 mod client;
 mod cluster;
 mod fleet;
+mod journal_disk;
 mod memory;
 mod pacer;
 mod procs;
@@ -25,6 +27,8 @@ mod sink;
 mod special;
 mod stats;
 mod stream;
+mod sustained;
+mod sustained_table;
 mod sys;
 mod tls;
 mod upclient;
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Upstream(o) => upstream::main(o),
         Command::Reopen(o) => reopen::main(o),
         Command::Memory(o) => memory::main(o),
+        Command::Sustained(o) => sustained::main(o),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

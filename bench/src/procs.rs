@@ -375,6 +375,11 @@ fn serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 impl TetherProc {
+    /// Its journal directory, if the launcher made one for it.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// ws:// URL for `path` on the data port.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.data, path)

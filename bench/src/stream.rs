@@ -136,7 +136,7 @@ fn cpus() -> f64 {
 /// Saturation runs keep at most ~64k messages / 32 MiB unacknowledged over
 /// all connections (at least 8 per connection), acknowledged every quarter
 /// window.
-fn flow_window(size: usize, conns: usize) -> u64 {
+pub fn flow_window(size: usize, conns: usize) -> u64 {
     let total = (32u64 << 20).div_ceil(size as u64).min(65_536);
     (total / conns as u64).max(8)
 }
