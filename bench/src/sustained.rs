@@ -33,6 +33,7 @@ use crate::client::{Check, Watch};
 use crate::fleet::{Fleet, Start};
 use crate::journal_disk::{self, Io};
 use crate::procs::{Launcher, Setup, TetherProc};
+use crate::report::DISTURBED_PCT;
 use crate::stats::{fixed, thousands};
 use crate::stream::{flow_window, STALL};
 use crate::sustained_table::{Kind, Run, Table};
@@ -77,6 +78,10 @@ pub struct SustainedOpts {
     /// Extra tether setting for every instance, e.g. TETHER_JOURNAL_MEMTABLE_BYTES=16777216 (repeatable).
     #[arg(long, value_parser = parse_env)]
     pub tether_env: Vec<(String, String)>,
+    /// Before each trial, wait up to this many seconds for a quiet machine
+    /// (other processes under 10 % of the CPUs for 3 s).
+    #[arg(long, default_value_t = 0)]
+    pub wait_quiet: u64,
     /// Also write every trial's raw figures (with the per-second samples) to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -197,6 +202,9 @@ async fn rounds(o: &SustainedOpts, plan: &Plan, launchers: &[Launcher]) -> (Vec<
                         trims.push((size, conns, trim.unwrap_or(0)));
                     }
                     for bin in order {
+                        if o.wait_quiet > 0 {
+                            sys::wait_for_quiet(DISTURBED_PCT, Duration::from_secs(o.wait_quiet)).await;
+                        }
                         let cell = Cell { kind, bin, size, conns, round, trim_frames: trim.unwrap_or(0) };
                         let clock = sys::unix_secs() % 86_400;
                         let at = format!("{:02}:{:02}:{:02}", clock / 3600, clock / 60 % 60, clock % 60);
