@@ -93,7 +93,7 @@ async fn client(
     i: usize,
     t_url: impl Fn(&str) -> String,
     mut ws: Ws,
-    token: String,
+    mut token: String,
     progress: watch::Sender<u64>,
     all_read: oneshot::Sender<()>,
 ) -> Tally {
@@ -149,7 +149,9 @@ async fn client(
         let (w, token2) = welcome(&mut ws).await;
         assert_eq!(w["outcome"], "resumed", "client {i}: {w}");
         assert_eq!(w["gap"], Value::Null, "client {i}: {w}");
-        assert_eq!(token2, token, "client {i}");
+        assert_rotated(&token2, &token);
+        // The client resumes with the newest token, as the clients do.
+        token = token2;
         // Frames up to `last` were committed, so they are all replayed.
         if offset < last {
             assert_eq!(w["replay"]["from"], offset + 1, "client {i}: {w}");

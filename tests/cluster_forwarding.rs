@@ -32,7 +32,7 @@ async fn a_resume_at_any_replica_is_served_by_the_owner() {
     let (w, token1) = welcome(&mut ws).await;
     assert_eq!(w["outcome"], "resumed", "{w}");
     assert_eq!(w["replay"], json!({"from": 5, "to": 10}));
-    assert_eq!(token1, token, "the owner minted it: same owner, same token");
+    assert_rotated(&token1, &token);
     expect_stream(&mut ws, 5, 10).await;
     conn.stream(11, 12);
     expect_stream(&mut ws, 11, 12).await;
@@ -80,6 +80,23 @@ async fn a_resume_at_any_replica_is_served_by_the_owner() {
     assert!(forwards.iter().all(|v| v["fields"]["to"] == "t0" && v["fields"]["result"] == "ok"));
     assert!(forwards.iter().any(|v| v["fields"]["from"] == "t1"));
     assert!(!logs.iter().any(|l| l.contains(&token)), "tokens are never logged");
+
+    // Rotation is the owner's: the newer token, in Sec-WebSocket-Protocol
+    // through t1, supersedes the first, which t2 then forwards to the
+    // owner's refusal.
+    let protocols = format!("tether.v1, tether.session.{token1}");
+    let headers = [("sec-websocket-protocol", protocols.as_str()), ("tether-offset", "13")];
+    let (mut ws, h) = connect(&cluster.url(1, "/feed?room=1"), &headers).await.unwrap();
+    assert_eq!(h["sec-websocket-protocol"], "tether.v1");
+    let (w, token2) = welcome(&mut ws).await;
+    assert_eq!(w["outcome"], "resumed", "{w}");
+    assert_rotated(&token2, &token1);
+    let r = connect(&cluster.url(2, "/feed?room=1"), &[("tether-session", &token), ("tether-offset", "13")]).await;
+    let r = r.expect_err("refused");
+    assert_eq!((r.status, r.body["error"].as_str()), (401, Some("token_superseded")), "{:?}", r.body);
+    let superseded = r#"tether_refusals_total{error="token_superseded",status="401"}"#;
+    assert_eq!(metric(&cluster.metrics(0).await, superseded), 1.0);
+    assert_eq!(backend.count(), 1);
     cluster.stop().await;
 }
 
@@ -222,7 +239,7 @@ async fn sealed_mode_forwards_to_the_sealed_owner() {
     drop_abruptly(ws);
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&token).unwrap();
-    assert_eq!(raw[0], 2, "a v2 token");
+    assert_eq!(raw[0], 4, "a v4 token");
     assert!(!String::from_utf8_lossy(&raw).contains("127.0.0.1"), "the owner address is sealed");
 
     let mut ws = resume(&b.url("/"), &token, 1).await;

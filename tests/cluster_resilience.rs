@@ -205,7 +205,7 @@ async fn owner_killed_then_back_serves_its_sessions_as_restarted() {
         assert_eq!(w["outcome"], "restarted", "{w}");
         assert_eq!(w["replay"], json!({"from": 11, "to": 30}));
         assert_eq!(w["backend"], json!({"since": 31, "early": true, "error": null}), "{w}");
-        assert_eq!(&token2, token);
+        assert_rotated(&token2, token);
         expect_stream(&mut ws, 11, 30).await;
         let conn = &reopened[&format!("/s{i}")];
         conn.stream(31, 32);

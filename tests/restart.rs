@@ -45,7 +45,7 @@ async fn kill9_then_restart_replays_from_the_journal() {
     assert_eq!(w["outcome"], "restarted", "{w}");
     assert_eq!(w["replay"], json!({"from": 21, "to": 50}));
     assert_eq!(w["gap"], Value::Null);
-    assert_eq!(token2, token, "same session, same epoch: same token");
+    assert_rotated(&token2, &token);
     expect_stream(&mut ws, 21, 50).await;
 
     // A new backend connection continues the session's seq space.
@@ -156,7 +156,7 @@ async fn sigterm_drains_and_the_session_survives() {
     assert_eq!(w["outcome"], "restarted", "{w}");
     assert_eq!(w["gap"], Value::Null);
     assert_eq!(w["replay"], json!({"from": 16, "to": 20}));
-    assert_eq!(token2, token);
+    assert_rotated(&token2, &token);
     expect_stream(&mut ws, 16, 20).await;
     let mut b2 = backend.next_conn().await;
     assert_eq!(b2.path, "/live");

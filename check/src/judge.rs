@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::checks::{Check, Checks, Counts};
 use crate::frames::Hash;
+use crate::token;
 use crate::wire::header;
 
 /// How a connection was opened.
@@ -150,8 +151,8 @@ impl Judge {
             (Start::New, o) => self.fail(Check::Outcomes, format!("a request without credentials got outcome {o:?}")),
             (Start::Resume(offset), "resumed" | "restarted") => {
                 self.conn = Conn { next: offset + 1, ..Conn::default() };
-                self.expect(Check::Outcomes, old_token.as_deref() == Some(session.as_str()), || {
-                    format!("outcome {outcome} with another token")
+                self.expect(Check::Outcomes, token::is_next(old_token.as_deref(), &session), || {
+                    format!("outcome {outcome} with a token that is not the next one of the session's")
                 });
                 self.expect(Check::Outcomes, w["gap"].is_null(), || format!("outcome {outcome} with a gap report"));
                 let restarted = outcome == "restarted";
@@ -206,14 +207,16 @@ impl Judge {
         match reason.as_str() {
             "trimmed" => {
                 let fa = fa.unwrap_or(0);
-                self.expect(Check::Gaps, fa > offset + 1 && to.as_u64() == Some(fa - 1) && old == Some(token), || {
-                    format!("trimmed gap {g} after offset {offset} (same session expected)")
-                });
+                self.expect(
+                    Check::Gaps,
+                    fa > offset + 1 && to.as_u64() == Some(fa - 1) && token::is_next(old, token),
+                    || format!("trimmed gap {g} after offset {offset} (same session expected)"),
+                );
                 self.conn.next = fa.max(offset + 1);
                 false
             }
             "expired" | "unknown_session" | "journal_lost" => {
-                self.expect(Check::Gaps, fa == Some(1) && to.is_null() && old != Some(token), || {
+                self.expect(Check::Gaps, fa == Some(1) && to.is_null() && !token::same_session(old, token), || {
                     format!("{reason} gap {g} must start a new session at 1 with a new token")
                 });
                 self.forget();
@@ -366,8 +369,9 @@ mod tests {
     }
 
     fn started(j: &mut Judge) {
-        let headers = vec![("tether-session".into(), "tok".into()), ("tether-outcome".into(), "new".into())];
-        let w = json!({"type":"welcome","v":1,"session":"tok","outcome":"new","replay":null,"gap":null});
+        let tok = token::tests::v3([7; 16], 0);
+        let headers = vec![("tether-session".into(), tok.clone()), ("tether-outcome".into(), "new".into())];
+        let w = json!({"type":"welcome","v":1,"session":tok,"outcome":"new","replay":null,"gap":null});
         assert!(j.welcome(Start::New, &headers, &w).unwrap().new_session);
     }
 
@@ -394,9 +398,9 @@ mod tests {
             j.data(s, h(s as u8));
         }
         j.conn_over();
-        let headers = vec![("tether-session".into(), "tok".into()), ("tether-outcome".into(), "resumed".into())];
-        let w =
-            json!({"type":"welcome","v":1,"session":"tok","outcome":"resumed","replay":{"from":3,"to":5},"gap":null});
+        let tok = token::tests::v3([7; 16], 1);
+        let headers = vec![("tether-session".into(), tok.clone()), ("tether-outcome".into(), "resumed".into())];
+        let w = json!({"type":"welcome","v":1,"session":tok,"outcome":"resumed","replay":{"from":3,"to":5},"gap":null});
         j.welcome(Start::Resume(2), &headers, &w).unwrap();
         j.data(3, h(3));
         j.data(4, h(9));

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod report;
 pub mod session;
 pub mod target;
+pub mod token;
 pub mod upstream;
 pub mod wire;
 

@@ -105,6 +105,9 @@ pub(crate) struct SessionMeta {
     pub(crate) orphaned_ms: Option<u64>,
     /// When the session ended, in Unix ms.
     pub(crate) ended_ms: Option<u64>,
+    /// The highest token generation a client resumed with (absent: 0).
+    #[serde(default)]
+    pub(crate) token_used: u32,
 }
 
 /// How a session ended.
@@ -167,6 +170,7 @@ pub(crate) enum Op {
     PutMeta {
         session: SessionId,
         meta: SessionMeta,
+        written: Option<oneshot::Sender<()>>,
     },
     Trim {
         session: SessionId,
@@ -359,7 +363,14 @@ impl Journal {
 
     /// Stores a session's record.
     pub(crate) async fn put_meta(&self, session: SessionId, meta: SessionMeta) -> Result<(), JournalError> {
-        self.send(Op::PutMeta { session, meta }).await
+        self.send(Op::PutMeta { session, meta, written: None }).await
+    }
+
+    /// [`Journal::put_meta`], returning once the record is written (as a frame).
+    pub(crate) async fn put_meta_written(&self, session: SessionId, meta: SessionMeta) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::PutMeta { session, meta, written: Some(tx) }).await?;
+        rx.await.map_err(|_| self.failure().map_or(JournalError::Closed, JournalError::Failed))
     }
 
     /// Deletes frames up to and including `upto`, storing `meta` with them.

@@ -199,6 +199,9 @@ impl Writer {
                 }
                 Op::Trim { .. } => self.metrics.journal_trims.inc(),
                 Op::PutUp { mark, acked, .. } => advance(&acked, mark.written),
+                Op::PutMeta { written: Some(written), .. } => {
+                    let _ = written.send(());
+                }
                 Op::Close { done, .. } => {
                     closing = true;
                     syncs.push(done);
@@ -229,7 +232,7 @@ impl Writer {
                 Op::Append { session, first, chunk, .. } => {
                     batch.put_cf(frames, chunk_key(session, *first), chunk);
                 }
-                Op::PutMeta { session, meta } => {
+                Op::PutMeta { session, meta, .. } => {
                     batch.put_cf(sessions, session.0, serde_json::to_vec(meta).expect("meta serializes"));
                 }
                 Op::Trim { session, upto, meta } => {

@@ -1,8 +1,14 @@
 //! Resume credentials on the upgrade request: `Tether-Session` /
 //! `Tether-Offset` headers, or `tether_session` / `tether_offset` query
-//! parameters for browsers. A header wins over the query parameter.
+//! parameters; for browsers, the token also in `Sec-WebSocket-Protocol`
+//! ([`subprotocol`]), which keeps it out of URLs. A header wins over the
+//! query parameter (as it always did); a token in `Sec-WebSocket-Protocol`
+//! and in a header or the query is refused, so a client never has to guess
+//! which one counts.
 
 use http::HeaderMap;
+
+use super::subprotocol::{self, BadSubprotocol};
 
 /// Header carrying the session token.
 pub(crate) const SESSION_HEADER: &str = "tether-session";
@@ -49,6 +55,12 @@ pub(crate) enum BadCredentials {
     /// The header or parameter is not valid text, or is repeated.
     #[error("{0} is not valid (not ASCII, empty or repeated)")]
     Unreadable(&'static str),
+    /// tether's `Sec-WebSocket-Protocol` entries are unusable.
+    #[error(transparent)]
+    Subprotocol(#[from] BadSubprotocol),
+    /// The token in `Sec-WebSocket-Protocol` and in a header or the query.
+    #[error("the session token is given both in Sec-WebSocket-Protocol and as Tether-Session or tether_session; give it once")]
+    TokenTwice,
 }
 
 /// `Tether-Up` / `tether_up` is present but not `seq` (400 `malformed_up`).
@@ -68,7 +80,10 @@ pub(crate) fn parse_up(headers: &HeaderMap, query: Option<&str>) -> Result<bool,
 
 /// Reads the credentials; `Ok(None)` for a client that starts a new session.
 pub(crate) fn parse(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credentials>, BadCredentials> {
-    let token = lookup(headers, query, SESSION_HEADER, SESSION_PARAM)?;
+    let token = match (lookup(headers, query, SESSION_HEADER, SESSION_PARAM)?, subprotocol::read(headers)?.token) {
+        (Some(_), Some(_)) => return Err(BadCredentials::TokenTwice),
+        (token, None) | (None, token) => token,
+    };
     let offset = lookup(headers, query, OFFSET_HEADER, OFFSET_PARAM)?;
     match (token, offset) {
         (None, None) => Ok(None),
@@ -189,6 +204,22 @@ mod tests {
         let c = parse(&h(&[]), Some("x=1&tether_session=B%2D&tether_offset=9")).unwrap().unwrap();
         assert_eq!((c.token.as_str(), c.offset), ("B-", 9));
         assert_eq!(parse(&h(&[]), Some("x=1")), Ok(None));
+    }
+
+    #[test]
+    fn token_in_the_subprotocol() {
+        let p = ("sec-websocket-protocol", "chat, tether.v1, tether.session.T");
+        let c = parse(&h(&[p]), Some("tether_offset=3")).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.offset), ("T", 3));
+        let c = parse(&h(&[p, ("tether-offset", "4")]), None).unwrap().unwrap();
+        assert_eq!((c.token.as_str(), c.offset), ("T", 4));
+        let twice = parse(&h(&[p, ("tether-session", "T"), ("tether-offset", "4")]), None);
+        assert_eq!(twice, Err(BadCredentials::TokenTwice));
+        assert_eq!(parse(&h(&[p]), Some("tether_session=T&tether_offset=1")), Err(BadCredentials::TokenTwice));
+        assert_eq!(parse(&h(&[p]), None), Err(BadCredentials::TokenWithoutOffset));
+        let no_marker = parse(&h(&[("sec-websocket-protocol", "tether.session.T")]), Some("tether_offset=1"));
+        assert_eq!(no_marker, Err(BadCredentials::Subprotocol(BadSubprotocol::NoMarker)));
+        assert_eq!(parse(&h(&[("sec-websocket-protocol", "tether.v1")]), None), Ok(None));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub(crate) mod control;
 pub(crate) mod credentials;
 pub(crate) mod stamp;
+pub(crate) mod subprotocol;
 pub(crate) mod token;
 pub(crate) mod upstamp;
 

@@ -130,15 +130,15 @@ fn key() -> TokenKey {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// Mint → parse → verify holds for any epoch, id and identity.
+    /// Mint → parse → verify holds for any epoch, id, generation and identity.
     #[test]
-    fn token_round_trip(epoch in any::<u64>(), id in any::<[u8; 16]>(), auth in visible()) {
+    fn token_round_trip(epoch in any::<u64>(), id in any::<[u8; 16]>(), generation in any::<u32>(), auth in visible()) {
         let key = key();
         let identity = key.identity(&headers(&[("authorization", &auth)]));
-        let token = key.mint(epoch, &SessionId(id), None, &identity);
-        prop_assert_eq!(token.len(), 55);
+        let token = key.mint(epoch, &SessionId(id), generation, None, &identity);
+        prop_assert_eq!(token.len(), 60);
         let raw = RawToken::parse(&token).unwrap();
-        prop_assert_eq!((raw.epoch, raw.session), (epoch, SessionId(id)));
+        prop_assert_eq!((raw.epoch, raw.session, raw.generation), (epoch, SessionId(id), generation));
         prop_assert!(key.verify(&raw, &identity));
         prop_assert!(!key.verify(&raw, &key.identity(&HeaderMap::new())));
     }
@@ -146,12 +146,12 @@ proptest! {
     /// Changing any one byte of the decoded token, or any one character of
     /// the token string, makes it fail to parse or to verify.
     #[test]
-    fn any_single_change_fails(epoch in any::<u64>(), id in any::<[u8; 16]>(), at in 0usize..55, delta in 1u8..=255) {
+    fn any_single_change_fails(epoch in any::<u64>(), id in any::<[u8; 16]>(), generation in any::<u32>(), at in 0usize..60, delta in 1u8..=255) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let key = key();
         let identity = key.identity(&HeaderMap::new());
-        let token = key.mint(epoch, &SessionId(id), None, &identity);
+        let token = key.mint(epoch, &SessionId(id), generation, None, &identity);
         let mut bytes = b64.decode(&token).unwrap();
         let i = at % bytes.len();
         bytes[i] = bytes[i].wrapping_add(delta);

@@ -1,12 +1,20 @@
 //! Resume tokens, docs/PROTOCOL.md §8:
 //!
-//! - v1 `base64url(0x01 ‖ epoch ‖ session id ‖ HMAC-SHA256/128)`: one
-//!   instance (`cluster.mode = "off"`), and still accepted in a cluster as
-//!   owned by the instance that reads it;
-//! - v2 `base64url(0x02 ‖ epoch ‖ session id ‖ len ‖ owner ‖ HMAC/128)`: the
-//!   owner (an instance name, or a sealed address) and the cluster name are
-//!   under the MAC, so a client can neither move a token to another owner
-//!   nor take it to another cluster that happens to share the secret.
+//! - v3 `base64url(0x03 ‖ epoch ‖ session id ‖ generation ‖ HMAC-SHA256/128)`:
+//!   one instance (`cluster.mode = "off"`), and still accepted in a cluster
+//!   as owned by the instance that reads it;
+//! - v4 `base64url(0x04 ‖ epoch ‖ session id ‖ generation ‖ len ‖ owner ‖
+//!   HMAC/128)`: the owner (an instance name, or a sealed address) and the
+//!   cluster name are under the MAC, so a client can neither move a token to
+//!   another owner nor take it to another cluster that happens to share the
+//!   secret.
+//!
+//! The generation counts the session's resumes: every welcome carries the
+//! next one, and a session refuses generations below the highest one
+//! presented (docs/PROTOCOL.md §8, "Rotation"). v1 and v2, minted before
+//! tokens rotated, are the same without a generation; they are still read,
+//! as generation 0, so clients holding one keep their sessions across the
+//! upgrade. Only v3 and v4 are minted.
 //!
 //! The MAC also covers a fingerprint of the configured identity headers, so a
 //! token presented by someone with another `Authorization` fails to verify.
@@ -24,8 +32,11 @@ type HmacSha256 = Hmac<Sha256>;
 
 const V1: u8 = 1;
 const V2: u8 = 2;
+const V3: u8 = 3;
+const V4: u8 = 4;
 const MAC_LEN: usize = 16;
-const V1_LEN: usize = 1 + 8 + 16 + MAC_LEN;
+/// Version, epoch and session id: what every version starts with.
+const HEAD_LEN: usize = 1 + 8 + 16;
 /// Longest owner field: its length is one byte.
 pub(crate) const MAX_OWNER_LEN: usize = 255;
 
@@ -39,12 +50,16 @@ pub(crate) struct RawToken {
     /// v2: the owner field (opaque here; `cluster` reads it). v1: `None`,
     /// owned by whichever instance reads it.
     pub(crate) owner: Option<Vec<u8>>,
+    /// How many times the session was resumed when it was minted (v1 and
+    /// v2: 0).
+    pub(crate) generation: u32,
+    version: u8,
     mac: [u8; MAC_LEN],
 }
 
 impl std::fmt::Debug for RawToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RawToken(session={}, <redacted>)", self.session)
+        write!(f, "RawToken(session={}, generation={}, <redacted>)", self.session, self.generation)
     }
 }
 
@@ -63,21 +78,34 @@ impl RawToken {
     /// Decodes a token string without verifying it.
     pub(crate) fn parse(s: &str) -> Result<RawToken, MalformedToken> {
         let bytes = URL_SAFE_NO_PAD.decode(s.trim()).map_err(|_| MalformedToken::Encoding)?;
-        let owner = match bytes.first() {
-            Some(&V1) if bytes.len() == V1_LEN => None,
-            Some(&V2) if bytes.len() > V1_LEN => {
-                let n = usize::from(bytes[25]);
-                if n == 0 || bytes.len() != V1_LEN + 1 + n {
-                    return Err(MalformedToken::Shape);
-                }
-                Some(bytes[26..26 + n].to_vec())
-            }
+        let (version, has_generation, has_owner) = match bytes.first() {
+            Some(&V1) => (V1, false, false),
+            Some(&V2) => (V2, false, true),
+            Some(&V3) => (V3, true, false),
+            Some(&V4) => (V4, true, true),
             _ => return Err(MalformedToken::Shape),
+        };
+        let fixed = HEAD_LEN + if has_generation { 4 } else { 0 };
+        if bytes.len() < fixed + MAC_LEN {
+            return Err(MalformedToken::Shape);
+        }
+        let owner = if has_owner {
+            let n = usize::from(bytes[fixed]);
+            if n == 0 || bytes.len() != fixed + 1 + n + MAC_LEN {
+                return Err(MalformedToken::Shape);
+            }
+            Some(bytes[fixed + 1..fixed + 1 + n].to_vec())
+        } else if bytes.len() != fixed + MAC_LEN {
+            return Err(MalformedToken::Shape);
+        } else {
+            None
         };
         let epoch = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
         let session = SessionId(bytes[9..25].try_into().expect("16 bytes"));
+        let generation =
+            if has_generation { u32::from_be_bytes(bytes[25..29].try_into().expect("4 bytes")) } else { 0 };
         let mac = bytes[bytes.len() - MAC_LEN..].try_into().expect("mac bytes");
-        Ok(RawToken { epoch, session, owner, mac })
+        Ok(RawToken { epoch, session, owner, generation, version, mac })
     }
 }
 
@@ -127,20 +155,33 @@ impl TokenKey {
         h.finalize().into()
     }
 
-    fn mac(&self, epoch: u64, session: &SessionId, owner: Option<&[u8]>, identity: &[u8; 32]) -> HmacSha256 {
+    /// The MAC over a token's fields; `generation` is `None` for v1 and v2.
+    fn mac(
+        &self,
+        epoch: u64,
+        session: &SessionId,
+        generation: Option<u32>,
+        owner: Option<&[u8]>,
+        identity: &[u8; 32],
+    ) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
-        match owner {
-            None => mac.update(b"tether-token-v1"),
-            Some(_) => {
-                mac.update(b"tether-token-v2");
-                // Length-prefixed, so the cluster name and what follows
-                // cannot be shifted into each other.
-                mac.update(&[self.cluster.len() as u8]);
-                mac.update(self.cluster.as_bytes());
-            }
+        mac.update(match (generation.is_some(), owner.is_some()) {
+            (false, false) => b"tether-token-v1",
+            (false, true) => b"tether-token-v2",
+            (true, false) => b"tether-token-v3",
+            (true, true) => b"tether-token-v4",
+        });
+        if owner.is_some() {
+            // Length-prefixed, so the cluster name and what follows
+            // cannot be shifted into each other.
+            mac.update(&[self.cluster.len() as u8]);
+            mac.update(self.cluster.as_bytes());
         }
         mac.update(&epoch.to_be_bytes());
         mac.update(&session.0);
+        if let Some(generation) = generation {
+            mac.update(&generation.to_be_bytes());
+        }
         if let Some(owner) = owner {
             mac.update(&[owner.len() as u8]);
             mac.update(owner);
@@ -149,15 +190,42 @@ impl TokenKey {
         mac
     }
 
-    /// Mints the token for a session, bound to `identity`: v1 without an
-    /// owner, v2 naming `owner` (1 to [`MAX_OWNER_LEN`] bytes).
-    pub(crate) fn mint(&self, epoch: u64, session: &SessionId, owner: Option<&[u8]>, identity: &[u8; 32]) -> String {
+    /// Mints generation `generation` of a session's token, bound to
+    /// `identity`: v3 without an owner, v4 naming `owner` (1 to
+    /// [`MAX_OWNER_LEN`] bytes).
+    pub(crate) fn mint(
+        &self,
+        epoch: u64,
+        session: &SessionId,
+        generation: u32,
+        owner: Option<&[u8]>,
+        identity: &[u8; 32],
+    ) -> String {
+        self.encode(epoch, session, Some(generation), owner, identity)
+    }
+
+    fn encode(
+        &self,
+        epoch: u64,
+        session: &SessionId,
+        generation: Option<u32>,
+        owner: Option<&[u8]>,
+        identity: &[u8; 32],
+    ) -> String {
         let owner = owner.filter(|o| !o.is_empty() && o.len() <= MAX_OWNER_LEN);
-        let tag = self.mac(epoch, session, owner, identity).finalize().into_bytes();
-        let mut bytes = Vec::with_capacity(V1_LEN + 1 + owner.map_or(0, <[u8]>::len));
-        bytes.push(if owner.is_some() { V2 } else { V1 });
+        let tag = self.mac(epoch, session, generation, owner, identity).finalize().into_bytes();
+        let mut bytes = Vec::with_capacity(HEAD_LEN + 4 + 1 + owner.map_or(0, <[u8]>::len) + MAC_LEN);
+        bytes.push(match (generation.is_some(), owner.is_some()) {
+            (false, false) => V1,
+            (false, true) => V2,
+            (true, false) => V3,
+            (true, true) => V4,
+        });
         bytes.extend_from_slice(&epoch.to_be_bytes());
         bytes.extend_from_slice(&session.0);
+        if let Some(generation) = generation {
+            bytes.extend_from_slice(&generation.to_be_bytes());
+        }
         if let Some(owner) = owner {
             bytes.push(owner.len() as u8);
             bytes.extend_from_slice(owner);
@@ -169,7 +237,8 @@ impl TokenKey {
     /// Constant-time check of the token's MAC against `identity`.
     pub(crate) fn verify(&self, token: &RawToken, identity: &[u8; 32]) -> bool {
         let owner = token.owner.as_deref();
-        self.mac(token.epoch, &token.session, owner, identity).verify_truncated_left(&token.mac).is_ok()
+        let generation = matches!(token.version, V3 | V4).then_some(token.generation);
+        self.mac(token.epoch, &token.session, generation, owner, identity).verify_truncated_left(&token.mac).is_ok()
     }
 }
 
@@ -185,9 +254,10 @@ mod tests {
         let mut bob = HeaderMap::new();
         bob.insert("authorization", "Bearer bob".parse().unwrap());
         let id = SessionId::generate();
-        let t = key.mint(42, &id, None, &key.identity(&alice));
+        let t = key.mint(42, &id, 7, None, &key.identity(&alice));
         let raw = RawToken::parse(&t).unwrap();
-        assert_eq!((raw.epoch, raw.session, raw.owner.clone()), (42, id, None));
+        assert_eq!((raw.epoch, raw.session, raw.owner.clone(), raw.generation), (42, id, None, 7));
+        assert_eq!(t.len(), 60, "45 bytes");
         assert!(key.verify(&raw, &key.identity(&alice)));
         assert!(!key.verify(&raw, &key.identity(&bob)));
         assert!(!key.verify(&raw, &key.identity(&HeaderMap::new())));
@@ -199,24 +269,55 @@ mod tests {
     }
 
     #[test]
-    fn v2_owner_and_cluster_are_under_the_mac() {
+    fn the_generation_is_under_the_mac() {
+        let key = TokenKey::new(vec![7; 32], &[]).unwrap();
+        let none = key.identity(&HeaderMap::new());
+        let id = SessionId::generate();
+        let raw = RawToken::parse(&key.mint(1, &id, 3, None, &none)).unwrap();
+        assert!(key.verify(&raw, &none));
+        let bumped = RawToken { generation: 4, ..raw };
+        assert!(!key.verify(&bumped, &none), "a client cannot move its token to another generation");
+    }
+
+    #[test]
+    fn tokens_from_before_rotation_read_as_generation_0() {
         let key = TokenKey::new(vec![7; 32], &[]).unwrap().for_cluster("prod");
         let none = key.identity(&HeaderMap::new());
         let id = SessionId::generate();
-        let t = key.mint(9, &id, Some(b"tether-1"), &none);
+        for (owner, version, len) in [(None, V1, 55), (Some(&b"tether-1"[..]), V2, 67)] {
+            let t = key.encode(5, &id, None, owner, &none);
+            assert_eq!(t.len(), len);
+            let raw = RawToken::parse(&t).unwrap();
+            assert_eq!((raw.version, raw.generation, raw.owner.as_deref()), (version, 0, owner));
+            assert!(key.verify(&raw, &none));
+            // Read as a v3/v4 of generation 0, it does not verify: the
+            // versions have separate MACs.
+            let relabelled = RawToken { version: version + 2, ..raw };
+            assert!(!key.verify(&relabelled, &none));
+        }
+    }
+
+    #[test]
+    fn v4_owner_and_cluster_are_under_the_mac() {
+        let key = TokenKey::new(vec![7; 32], &[]).unwrap().for_cluster("prod");
+        let none = key.identity(&HeaderMap::new());
+        let id = SessionId::generate();
+        let t = key.mint(9, &id, 2, Some(b"tether-1"), &none);
         let raw = RawToken::parse(&t).unwrap();
-        assert_eq!(raw.owner.as_deref(), Some(&b"tether-1"[..]));
+        assert_eq!((raw.owner.as_deref(), raw.generation), (Some(&b"tether-1"[..]), 2));
         assert!(key.verify(&raw, &none));
         let moved = RawToken { owner: Some(b"tether-2".to_vec()), ..raw.clone() };
         assert!(!key.verify(&moved, &none), "the owner cannot be changed");
         let other = TokenKey::new(vec![7; 32], &[]).unwrap().for_cluster("staging");
         assert!(!other.verify(&raw, &none), "another cluster with the same secret refuses it");
-        // A v1 token still verifies, whatever the cluster.
-        let v1 = RawToken::parse(&key.mint(9, &id, None, &none)).unwrap();
-        assert!(other.verify(&v1, &none) && v1.owner.is_none());
+        // A v3 token still verifies, whatever the cluster.
+        let v3 = RawToken::parse(&key.mint(9, &id, 2, None, &none)).unwrap();
+        assert!(other.verify(&v3, &none) && v3.owner.is_none());
         // A zero-length owner field is not a token.
         let mut bytes = URL_SAFE_NO_PAD.decode(&t).unwrap();
-        bytes[25] = 0;
+        bytes[29] = 0;
         assert_eq!(RawToken::parse(&URL_SAFE_NO_PAD.encode(&bytes)), Err(MalformedToken::Shape));
+        // Nor is a v4 cut short of its generation.
+        assert_eq!(RawToken::parse(&URL_SAFE_NO_PAD.encode([4u8; 30])), Err(MalformedToken::Shape));
     }
 }

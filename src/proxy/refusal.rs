@@ -112,6 +112,16 @@ impl Refusal {
         )
     }
 
+    /// 401 `token_superseded`: the session was resumed with a newer token
+    /// than this one (tokens rotate on every resume, docs/PROTOCOL.md §8).
+    pub(crate) fn token_superseded() -> Refusal {
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "token_superseded",
+            "this session token was replaced: the session was resumed with a newer token since",
+        )
+    }
+
     /// 502 `backend_closed`: the backend closed a new session at once.
     pub(crate) fn backend_closed() -> Refusal {
         Refusal::bad_gateway("backend_closed", "the backend closed the new session immediately")

@@ -23,6 +23,7 @@ mod link;
 mod registry;
 mod retention;
 mod ring;
+mod rotation;
 mod up;
 mod upkeep;
 
@@ -46,6 +47,7 @@ use index::{Counted, Index};
 pub(crate) use registry::Sessions;
 use retention::{Retained, Trim, SEGMENT_FRAMES};
 use ring::Ring;
+pub(crate) use rotation::RotationError;
 pub(crate) use up::Up;
 
 /// A backend connection and the `limits.max_sessions` slot it holds; the

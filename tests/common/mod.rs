@@ -291,6 +291,22 @@ pub async fn welcome(ws: &mut Ws) -> (Value, String) {
     (w, token)
 }
 
+/// The session id and the generation a token names (docs/PROTOCOL.md §8):
+/// v3/v4 tokens carry the generation after the session id.
+pub fn token_parts(token: &str) -> ([u8; 16], u32) {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).expect("base64url token");
+    assert!(matches!(raw[0], 3 | 4), "a v3 or v4 token: {}", raw[0]);
+    (raw[9..25].try_into().unwrap(), u32::from_be_bytes(raw[25..29].try_into().unwrap()))
+}
+
+/// Asserts that `next` is the token after `token`: the same session, the
+/// next generation.
+pub fn assert_rotated(next: &str, token: &str) {
+    let (session, generation) = token_parts(token);
+    assert_eq!(token_parts(next), (session, generation + 1), "the next generation of the same session's token");
+}
+
 /// Next prefix-stamped text data frame as (seq, payload).
 pub async fn data(ws: &mut Ws) -> (u64, String) {
     let t = next_text(ws).await;
@@ -351,6 +367,8 @@ pub async fn close_code(ws: &mut Ws) -> u16 {
 
 /// A valid token for session `id` under [`SECRET`], built as
 /// docs/PROTOCOL.md "Tokens" specifies, with no identity headers configured.
+/// (A v1 token: tether minted these before tokens rotated, and still reads
+/// them, as generation 0.)
 pub fn mint_token(epoch: u64, id: [u8; 16]) -> String {
     use base64::Engine as _;
     use hmac::Mac as _;

@@ -14,10 +14,12 @@ use crate::config::StampMode;
 use crate::net::has_token;
 use crate::protocol::control::{GapReason, GapReport, SeqRange};
 use crate::protocol::credentials::{self, Credentials};
+use crate::protocol::subprotocol;
 use crate::protocol::token::RawToken;
 use crate::protocol::unix_ms;
 use crate::proxy::refusal::Refusal;
 use crate::proxy::{Context, Port};
+use crate::session::RotationError;
 use crate::upstream::has_dot_segment;
 
 /// Phase 1: checks the request and resolves its credentials. A forwarded
@@ -54,7 +56,14 @@ pub(super) async fn admit(
         None => (0, Plan::New { gap: None }),
         Some(c) => (c.offset, resolve(c, &identity, port, ctx).await?),
     };
-    Ok(Admitted { key, identity, offset, up, plan })
+    // Parsed by `credentials::parse` above, so it reads. The owner of a
+    // forwarded resume reads the entries itself; everyone else loses them
+    // here, before a backend connection is opened or a request saved.
+    let marker = subprotocol::read(req.headers()).is_ok_and(|o| o.marker);
+    if !matches!(plan, Plan::Forward { .. }) {
+        subprotocol::strip(req.headers_mut());
+    }
+    Ok(Admitted { key, identity, offset, up, marker, plan })
 }
 
 /// Checks the request is a WebSocket upgrade tether can serve; returns the
@@ -195,7 +204,13 @@ async fn resolve(c: &Credentials, identity: &[u8; 32], port: Port, ctx: &Context
         first_available: first,
         lost: SeqRange { from: wanted, to: Some(first - 1) },
     });
-    Ok(Plan::Resume(Resume { session, start: wanted.max(first), gap }))
+    // Last: a refused resume must not advance the session's generation.
+    session.use_token(raw.generation).await.map_err(|e| match e {
+        RotationError::Superseded => Refusal::token_superseded(),
+        RotationError::Journal(_) => Refusal::journal_failed(ctx.retry_after()),
+    })?;
+    let next_token = raw.generation.saturating_add(1);
+    Ok(Plan::Resume(Resume { session, start: wanted.max(first), gap, next_token }))
 }
 
 /// The report for a session that no longer exists: the client continues in

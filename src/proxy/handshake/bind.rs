@@ -21,7 +21,7 @@ use crate::upstream::SavedRequest;
 /// with an `expired` gap, served by the connection opened for it if any.
 /// (A new session is `start_session` after `dial`.)
 pub(super) async fn bind(
-    Resume { session, start, gap }: Resume,
+    Resume { session, start, gap, next_token }: Resume,
     offset: u64,
     req: &Request<Incoming>,
     peer: SocketAddr,
@@ -59,7 +59,7 @@ pub(super) async fn bind(
         (false, Attached::Live) if attachment.restart.is_some() => Outcome::Restarted,
         (false, Attached::Live | Attached::Ended) => Outcome::Resumed,
     };
-    Ok(Bound { session, attachment, outcome, start, gap, backend })
+    Ok(Bound { session, attachment, outcome, start, gap, backend, token_generation: next_token })
 }
 
 /// Reserves a `limits.max_sessions` slot, then opens a backend connection
@@ -91,5 +91,5 @@ pub(super) async fn start_session(
     let session = ctx.sessions.create(conn).await.map_err(|_| Refusal::draining(ctx.retry_after()))?;
     let attachment = session.attach().map_err(|_| Refusal::backend_closed())?;
     let outcome = if gap.is_some() { Outcome::Gap } else { Outcome::New };
-    Ok(Bound { session, attachment, outcome, start: 1, gap, backend: Some(headers) })
+    Ok(Bound { session, attachment, outcome, start: 1, gap, backend: Some(headers), token_generation: 0 })
 }

@@ -53,6 +53,8 @@ pub(super) struct Resume {
     pub(super) session: Arc<Session>,
     pub(super) start: u64,
     pub(super) gap: Option<GapReport>,
+    /// The token generation to answer with: one past the presented one.
+    pub(super) next_token: u32,
 }
 
 /// An upgrade request tether will serve.
@@ -65,6 +67,9 @@ pub(super) struct Admitted {
     pub(super) offset: u64,
     /// The connection opts in to the upstream guarantee.
     pub(super) up: bool,
+    /// The client offered `tether.v1` (`protocol::subprotocol`): the 101
+    /// must select a protocol.
+    pub(super) marker: bool,
     pub(super) plan: Plan,
 }
 
@@ -78,6 +83,8 @@ pub(super) struct Bound {
     pub(super) gap: Option<GapReport>,
     /// The 101 of the backend connection this request opened, if it did.
     pub(super) backend: Option<HeaderMap>,
+    /// The token generation to answer with (a new session: 0).
+    pub(super) token_generation: u32,
 }
 
 /// Answers one request on the data port.
@@ -138,11 +145,12 @@ async fn upgrade(
         Plan::Resume(resume) => bind(resume, admitted.offset, req, peer, ctx).await?,
     };
     let owner = ctx.cluster.owner_field(&bound.session.id);
-    let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, owner.as_deref(), &admitted.identity);
+    let generation = bound.token_generation;
+    let token = ctx.tokens.mint(ctx.epoch, &bound.session.id, generation, owner.as_deref(), &admitted.identity);
     let reason = bound.gap.as_ref().map_or("none", |g| g.reason.as_str());
     ctx.rt.metrics.resume(bound.outcome.as_str(), reason);
     tracing::info!(session = %bound.session.id, outcome = bound.outcome.as_str(), reason, "client attached");
-    let resp = respond(req.headers(), &admitted.key, &bound, &token, admitted.up);
+    let resp = respond(req.headers(), &admitted.key, &bound, &token, admitted.up, admitted.marker);
     spawn_pump(req, bound, token, admitted.up, ctx);
     Ok(resp)
 }

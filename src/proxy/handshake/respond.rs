@@ -16,6 +16,7 @@ use super::Bound;
 use crate::net::LazyRead;
 use crate::protocol::control::GapReport;
 use crate::protocol::credentials;
+use crate::protocol::subprotocol;
 use crate::proxy::pump::{Greeting, Pump};
 use crate::proxy::tap::RawTap;
 use crate::proxy::Context;
@@ -23,8 +24,16 @@ use crate::upstream::is_hop_header;
 
 /// Phase 3: the 101. The backend's own 101 headers pass through when this
 /// request opened the backend connection, except hop-by-hop ones and any
-/// `tether-*` header; tether's are added.
-pub(super) fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str, up: bool) -> Response<Full<Bytes>> {
+/// `tether-*` header; tether's are added. `marker`: the client offered
+/// `tether.v1`.
+pub(super) fn respond(
+    client: &HeaderMap,
+    key: &str,
+    bound: &Bound,
+    token: &str,
+    up: bool,
+    marker: bool,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     if let Some(backend) = &bound.backend {
         for (name, value) in backend {
@@ -33,7 +42,7 @@ pub(super) fn respond(client: &HeaderMap, key: &str, bound: &Bound, token: &str,
             }
         }
     }
-    if let Some(p) = subprotocol(client, bound.backend.as_ref()) {
+    if let Some(p) = selected(client, bound.backend.as_ref(), marker) {
         resp = resp.header(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     let resp = resp
@@ -59,16 +68,21 @@ fn is_tether_header(name: &header::HeaderName) -> bool {
 
 /// The subprotocol to confirm to the client: the backend's choice when
 /// this request opened a backend connection, otherwise the client's first
-/// offer (a resumed session keeps the backend connection that chose it).
-fn subprotocol(client: &HeaderMap, backend: Option<&HeaderMap>) -> Option<HeaderValue> {
-    match backend {
+/// offer (a resumed session keeps the backend connection that chose it);
+/// failing both, `tether.v1` if the client offered it, as a browser fails a
+/// 101 that selects none of the protocols it offered. `client` no longer
+/// has tether's entries (`admit` removed them), so the token entry is
+/// never echoed.
+fn selected(client: &HeaderMap, backend: Option<&HeaderMap>, marker: bool) -> Option<HeaderValue> {
+    let chosen = match backend {
         Some(headers) => headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned(),
         None => client
             .get(header::SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
             .and_then(|p| HeaderValue::from_str(p.trim()).ok()),
-    }
+    };
+    chosen.or_else(|| marker.then_some(HeaderValue::from_static(subprotocol::MARKER)))
 }
 
 /// `Tether-Gap` header: the report for clients that read 101 headers.
