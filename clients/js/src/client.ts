@@ -15,6 +15,11 @@ const OPEN = 1;
  * `end`, or a takeover. See README.md for the guarantees. `U` is true with
  * the `upstream` option, which makes `send()` return a promise of its ack.
  */
+/** The marker subprotocol offered with the token; tether selects it when nothing else is. */
+const TETHER_PROTOCOL = "tether.v1";
+/** The subprotocol entry that carries the token. */
+const TOKEN_PROTOCOL_PREFIX = "tether.session.";
+
 export class TetherClient<U extends boolean = false> extends Emitter<TetherEvents> {
   readonly stats: TetherStats = { received: 0, duplicates: 0, delivered: 0, connections: 0 };
   readonly url: string;
@@ -139,9 +144,15 @@ export class TetherClient<U extends boolean = false> extends Emitter<TetherEvent
     u.searchParams.delete("tether_session");
     u.searchParams.delete("tether_offset");
     const resuming = this.#token !== null;
+    const own = this.#opts.protocols;
+    const protocols = typeof own === "string" ? [own] : [...(own ?? [])];
     if (this.#token !== null) {
-      u.searchParams.set("tether_session", this.#token);
+      // The offset is not secret; the token is, and a URL lands in access
+      // logs: it goes in Sec-WebSocket-Protocol, which tether removes
+      // before the backend sees it (docs/PROTOCOL.md §2).
       u.searchParams.set("tether_offset", String(this.#offset));
+      if (this.#opts.tokenIn === "query") u.searchParams.set("tether_session", this.#token);
+      else protocols.push(TETHER_PROTOCOL, TOKEN_PROTOCOL_PREFIX + this.#token);
     }
     // Browsers cannot set headers: the query parameter opts in (§12).
     u.searchParams.delete("tether_up");
@@ -152,7 +163,7 @@ export class TetherClient<U extends boolean = false> extends Emitter<TetherEvent
     this.#setState("connecting");
     let ws: WebSocketLike;
     try {
-      ws = new this.#WS(u.toString(), this.#opts.protocols) as WebSocketLike;
+      ws = new this.#WS(u.toString(), protocols.length > 0 ? protocols : undefined) as WebSocketLike;
     } catch (err) {
       this.emit("error", asError(err));
       this.#retry(resuming);

@@ -153,7 +153,16 @@ export interface TetherClientOptions<U extends boolean = boolean> {
   onError?: TetherEvents["error"];
   /** Required where there is no global WebSocket (Node 20): pass `WebSocket` from the `ws` package. */
   WebSocket?: WebSocketConstructor;
+  /** The application's subprotocols, offered on every connection (tether passes them to the backend). */
   protocols?: string | string[];
+  /**
+   * Where a resume sends the token. `protocol` (default): in
+   * `Sec-WebSocket-Protocol`, as `tether.v1` and `tether.session.<token>`,
+   * so it stays out of URLs and access logs. `query`: the `tether_session`
+   * query parameter, for a path that drops unknown subprotocols; the token
+   * then lands in URL logs (docs/PROTOCOL.md §8).
+   */
+  tokenIn?: "protocol" | "query";
   /** Must match tether's `stamp.mode`. Default `prefix`. */
   stampMode?: StampMode;
   /** tether's `stamp.json_field`. Default `seq`. */

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Literal
 
 from support import (
     FAST, IMMEDIATE, Backend, CutProxy, Tether, async_test, bounded, next_event, next_message, poll, welcome,
@@ -130,7 +131,8 @@ async def test_takeover_stops_the_first_client_and_close_ends_the_session(scope:
     b = TetherClient(url, backoff=FAST, resume=(a.token, a.offset))
     scope.push_async_callback(b.detach)
     wb = await welcome(b)
-    assert (wb.outcome, wb.session) == ("resumed", w.session)
+    assert wb.outcome == "resumed"
+    assert wb.session != w.session, "every resume brings the session's next token"
     assert await next_event(a) == TakenOver()
     with contextlib.suppress(StopAsyncIteration):
         await bounded("a's end", a.__anext__())
@@ -237,3 +239,40 @@ async def test_a_resume_brings_back_what_was_not_acknowledged_and_it_is_dropped(
     assert (m.seq, m.replay) == (21, False)
     stats = client.stats()
     assert (stats.received, stats.duplicates, stats.delivered) == (40, 19, 21)
+
+
+@async_test
+async def test_tokens_rotate_and_a_superseded_one_is_refused(scope: contextlib.AsyncExitStack) -> None:
+    """Every welcome brings a new token and the client resumes with the
+    latest (in Sec-WebSocket-Protocol, or Tether-Session with
+    token_in="header"); once it did, the first token gets 401."""
+    modes: tuple[Literal["protocol", "header"], ...] = ("protocol", "header")
+    for token_in in modes:
+        backend = await Backend.start(scope)
+        tether = await Tether.start(scope, backend.url)
+        proxy = await CutProxy.start(scope, tether.data_port)
+        url = f"ws://127.0.0.1:{proxy.port}/feed"
+        a = TetherClient(url, backoff=FAST, token_in=token_in)
+        scope.push_async_callback(a.detach)
+        tokens = [(await welcome(a)).session]
+        await backend.next_conn()
+        for _ in range(2):
+            assert await proxy.cut() == 1
+            w = await welcome(a)
+            assert w.outcome == "resumed", (token_in, w)
+            assert a.token == w.session
+            tokens.append(w.session)
+        assert len(set(tokens)) == 3, token_in
+        # a resumed with tokens[1]: tokens[0] is superseded.
+        thief = TetherClient(url, backoff=FAST, resume=(tokens[0], 0))
+        scope.push_async_callback(thief.detach)
+        while True:
+            ev = await next_event(thief)
+            if isinstance(ev, Reset):
+                break
+            assert isinstance(ev, Disconnected), ev
+        assert (ev.reason, ev.status) == ("refused", 401), token_in
+        # Given up, it starts a session of its own: a's is not taken over.
+        assert (await welcome(thief)).outcome == "new"
+        assert backend.accepted == 2
+        assert a.state == "open", token_in

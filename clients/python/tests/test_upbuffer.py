@@ -35,7 +35,7 @@ def test_sent_messages_are_stamped_in_order_and_acked_cumulatively() -> None:
         b = buf()
         rs = [b.try_push(f"p{i}") for i in range(1, 5)]
         assert b.take(10) == [], "nothing is sent before a welcome"
-        assert b.welcome("s", False, UpWelcome(1, 0, 7, True)) is None
+        assert b.welcome(False, UpWelcome(1, 0, 7, True)) is None
         assert b.take(3) == ["1:p1", "2:p2", "3:p3"]
         assert b.take(3) == ["4:p4"]
         b.ack(2)
@@ -50,11 +50,11 @@ def test_a_welcome_on_the_same_connection_resends_from_next() -> None:
     async def t() -> None:
         b = buf()
         rs = [b.try_push(f"p{i}") for i in range(1, 6)]
-        b.welcome("s", False, UpWelcome(1, 0, 7, True))
+        b.welcome(False, UpWelcome(1, 0, 7, True))
         b.take(10)
         b.disconnected()
         # tether acked 1, accepted 2..3 (queued), never got 4..5.
-        assert b.welcome("s", False, UpWelcome(4, 1, 7, False)) is None
+        assert b.welcome(False, UpWelcome(4, 1, 7, False)) is None
         assert b.take(10) == ["4:p4", "5:p5"]
         assert [reason(r) for r in rs] == ["ok"] + ["pending"] * 4
         b.ack(5)
@@ -69,10 +69,10 @@ def test_after_a_crash_what_was_sent_on_the_old_connection_from_next_on_is_in_do
     async def t() -> None:
         b = buf(policy)
         rs = [b.try_push(f"p{i}") for i in range(1, 6)]
-        b.welcome("s", False, UpWelcome(1, 0, 7, True))
+        b.welcome(False, UpWelcome(1, 0, 7, True))
         b.take(4)  # p5 not sent
         b.disconnected()
-        report = b.welcome("s", False, UpWelcome(3, 2, 8, False))
+        report = b.welcome(False, UpWelcome(3, 2, 8, False))
         assert report is not None
         assert (report.messages, report.policy, report.cause) == (
             (UpMessage(3, "p3"), UpMessage(4, "p4")), policy, "crash")
@@ -92,11 +92,11 @@ def test_exact_means_never_written_and_a_new_session_puts_everything_sent_in_dou
     async def t() -> None:
         b = buf()
         rs = [b.try_push(f"p{i}") for i in range(1, 4)]
-        b.welcome("s", False, UpWelcome(1, 0, 7, True))
+        b.welcome(False, UpWelcome(1, 0, 7, True))
         b.take(10)
-        assert b.welcome("s", False, UpWelcome(2, 1, 8, True)) is None  # a drain: exact
+        assert b.welcome(False, UpWelcome(2, 1, 8, True)) is None  # a drain: exact
         assert b.take(10) == ["2:p2", "3:p3"]
-        report = b.welcome("other", True, UpWelcome(1, 0, 9, True))
+        report = b.welcome(True, UpWelcome(1, 0, 9, True))
         assert report is not None and report.cause == "new_session"
         assert [m.seq for m in report.messages] == [2, 3]
         assert [reason(r) for r in rs] == ["ok", "in_doubt", "in_doubt"]
@@ -108,7 +108,7 @@ def test_end_fails_what_was_not_written_and_stop_fails_the_rest() -> None:
     async def t() -> None:
         b = buf()
         rs = [b.try_push(f"p{i}") for i in range(1, 4)]
-        b.welcome("s", False, UpWelcome(1, 0, 7, True))
+        b.welcome(False, UpWelcome(1, 0, 7, True))
         b.take(2)
         b.end(1)
         assert [reason(r) for r in rs] == ["ok", "ended", "ended"]
@@ -133,7 +133,7 @@ def test_the_bounds_make_push_wait_and_one_large_message_still_goes() -> None:
         waiting = asyncio.ensure_future(b.push("c"))
         await asyncio.sleep(0)
         assert not waiting.done()
-        b.welcome("s", False, UpWelcome(1, 0, 7, True))
+        b.welcome(False, UpWelcome(1, 0, 7, True))
         b.take(10)
         b.ack(1)
         r = await asyncio.wait_for(waiting, 5)

@@ -3,8 +3,10 @@
 //! tether stamps every backend → client message with a sequence number (seq),
 //! journals it, and replays what a reconnecting client missed. This crate is
 //! the client half of that contract (`docs/PROTOCOL.md` in the tether
-//! repository): it connects, reads the `welcome`, keeps the session token and
-//! the offset, resumes with the `Tether-Session` / `Tether-Offset` headers
+//! repository): it connects, reads the `welcome`, keeps the session token
+//! (a new one in every welcome: tokens rotate on every resume) and the
+//! offset, resumes with the token in `Sec-WebSocket-Protocol` (or the
+//! `Tether-Session` header, [`TokenIn`]) and the `Tether-Offset` header
 //! after any drop (exponential backoff with full jitter), drops the
 //! duplicates a resume brings, and turns tether's control frames into
 //! [`Event`]s. The application sees a [`Stream`] of
@@ -379,6 +381,20 @@ pub enum Error {
     Stopped(Payload),
 }
 
+/// Where a resume sends the session token (docs/PROTOCOL.md §2). Neither
+/// puts it in the URL, so it stays out of access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenIn {
+    /// `Sec-WebSocket-Protocol: tether.v1, tether.session.<token>`, after
+    /// any subprotocols of the application's (default): the form browsers
+    /// use, so one proxy configuration serves every client. tether removes
+    /// both entries before the backend sees the request.
+    #[default]
+    Protocol,
+    /// The `Tether-Session` header.
+    Header,
+}
+
 /// Configures and starts a [`Client`].
 #[derive(Debug, Clone)]
 pub struct Builder {
@@ -393,6 +409,7 @@ pub struct Builder {
     headers: Vec<(String, String)>,
     resume: Option<(String, u64)>,
     upstream: Option<Upstream>,
+    token_in: TokenIn,
 }
 
 impl Builder {
@@ -439,6 +456,11 @@ impl Builder {
     /// A header for every upgrade request (e.g. `Authorization`).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Where resumes send the token (default [`TokenIn::Protocol`]).
+    pub fn token_in(mut self, token_in: TokenIn) -> Self {
+        self.token_in = token_in;
         self
     }
     /// Resume a session saved earlier (from [`Client::token`] and
@@ -580,6 +602,7 @@ impl Client {
             headers: Vec::new(),
             resume: None,
             upstream: None,
+            token_in: TokenIn::default(),
         }
     }
 
@@ -771,8 +794,21 @@ fn request(b: &Builder, resume: Option<(&str, u64)>) -> Result<tungstenite::hand
         req.headers_mut().append(name, HeaderValue::from_str(value).map_err(|_| bad(value))?);
     }
     if let Some((token, offset)) = resume {
-        req.headers_mut().insert("tether-session", HeaderValue::from_str(token).map_err(|_| bad("tether-session"))?);
-        req.headers_mut().insert("tether-offset", HeaderValue::from(offset));
+        let h = req.headers_mut();
+        match b.token_in {
+            TokenIn::Header => {
+                h.insert("tether-session", HeaderValue::from_str(token).map_err(|_| bad("tether-session"))?);
+            }
+            TokenIn::Protocol => {
+                // After the application's own, which the backend picks from.
+                let own = h.get_all("sec-websocket-protocol").iter().filter_map(|v| v.to_str().ok());
+                let offered = own.chain(["tether.v1"]).collect::<Vec<_>>().join(", ");
+                let offered = format!("{offered}, tether.session.{token}");
+                let value = HeaderValue::from_str(&offered).map_err(|_| bad("sec-websocket-protocol"))?;
+                h.insert("sec-websocket-protocol", value);
+            }
+        }
+        h.insert("tether-offset", HeaderValue::from(offset));
     }
     if b.upstream.is_some() {
         req.headers_mut().insert("tether-up", HeaderValue::from_static("seq"));
@@ -1038,7 +1074,8 @@ async fn connection(
                 };
                 let in_doubt = match (up, up_welcome) {
                     (None, _) => Vec::new(),
-                    (Some(up), Some(u)) => up.update(|b| b.welcome(&w.session, new_session, u)),
+                    // A new session (after a reset) or a gap's: seqs restart.
+                    (Some(up), Some(u)) => up.update(|b| b.welcome(new_session || w.outcome == Outcome::New, u)),
                     (Some(_), None) => {
                         // Stamped messages would reach the backend stamped.
                         shared.set_state(State::Closed);

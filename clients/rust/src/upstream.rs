@@ -325,7 +325,6 @@ pub(crate) struct Buf {
     /// sent without one.
     live: Option<u64>,
     last_conn: Option<u64>,
-    session: Option<String>,
     stopped: Option<UpstreamReason>,
     stats: UpstreamStats,
 }
@@ -341,7 +340,6 @@ impl Buf {
             acked: 0,
             live: None,
             last_conn: None,
-            session: None,
             stopped: None,
             stats: UpstreamStats::default(),
         }
@@ -365,9 +363,11 @@ impl Buf {
         Ok(rx)
     }
 
-    /// A welcome with `up` on the connection of `session`. Returns the
-    /// messages to report in doubt ([`InDoubt::Report`]).
-    pub(crate) fn welcome(&mut self, session: &str, new_session: bool, up: UpWelcome) -> Vec<UpMessage> {
+    /// A welcome with `up`; `other_session`: it is not the session the sent
+    /// messages were stamped for (a new one after a reset, or a gap's new
+    /// session). (Tokens cannot tell: they change on every resume.) Returns
+    /// the messages to report in doubt ([`InDoubt::Report`]).
+    pub(crate) fn welcome(&mut self, other_session: bool, up: UpWelcome) -> Vec<UpMessage> {
         enum Fate {
             Done,
             Pending,
@@ -375,8 +375,6 @@ impl Buf {
             Doubt,
         }
         // Seqs of another session mean nothing to this one.
-        let other_session = new_session || self.session.as_deref().is_some_and(|s| s != session);
-        self.session = Some(session.to_owned());
         let mut report = Vec::new();
         let old = std::mem::take(&mut self.entries);
         let mut stamped = 0;
@@ -582,7 +580,7 @@ mod tests {
         let mut rx = push(&mut b, 3);
         assert!(!b.has_unsent());
         assert!(b.take(10).is_empty());
-        assert!(b.welcome("s", false, up(1, 0, 7, true)).is_empty());
+        assert!(b.welcome(false, up(1, 0, 7, true)).is_empty());
         assert!(b.has_unsent());
         assert_eq!(texts(b.take(2)), ["1:p1", "2:p2"]);
         assert_eq!(texts(b.take(2)), ["3:p3"]);
@@ -605,12 +603,12 @@ mod tests {
     fn same_conn_keeps_the_accepted_and_resends_from_next() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 6);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         assert_eq!(b.take(5).len(), 5); // 1..=5 sent, p6 not yet
         b.disconnected();
         assert!(b.take(5).is_empty(), "nothing is sent between a drop and the welcome");
         // tether accepted 1..=3, wrote 1; 4 and 5 were lost in the cut.
-        let report = b.welcome("s", false, up(4, 1, 7, true));
+        let report = b.welcome(false, up(4, 1, 7, true));
         assert!(report.is_empty());
         assert_eq!(outcome(&mut rx[0]), Some(Ok(())));
         assert_eq!(pending(&mut rx[1..]), 5);
@@ -626,10 +624,10 @@ mod tests {
     fn a_welcome_can_ack_everything_sent() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 2);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(10);
         let _ = push(&mut b, 1);
-        b.welcome("s", false, up(3, 2, 7, true));
+        b.welcome(false, up(3, 2, 7, true));
         assert_eq!(pending(&mut rx), 0);
         assert_eq!(texts(b.take(10)), ["3:p3"]);
     }
@@ -638,11 +636,11 @@ mod tests {
     fn changed_conn_exact_resends_what_was_never_written() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 5);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(10);
         // A drain: 1..=2 written and recorded, 3 accepted and written to the
         // old connection (acked later), 4..=5 never written.
-        let report = b.welcome("s", false, up(4, 2, 8, true));
+        let report = b.welcome(false, up(4, 2, 8, true));
         assert!(report.is_empty());
         assert_eq!(pending(&mut rx), 3);
         assert_eq!(texts(b.take(10)), ["4:p4", "5:p5"]);
@@ -655,11 +653,11 @@ mod tests {
     fn changed_conn_not_exact_reports_the_doubt_and_renumbers_the_rest() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 5);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         assert_eq!(b.take(4).len(), 4);
         // kill -9: tether recorded 1 as written and 2 as accepted; 3 and 4
         // were sent on conn 7 and may have been written. p5 was never sent.
-        let report = b.welcome("s", false, up(3, 1, 8, false));
+        let report = b.welcome(false, up(3, 1, 8, false));
         assert_eq!(report, [UpMessage { seq: 3, payload: "p3".into() }, UpMessage { seq: 4, payload: "p4".into() }]);
         assert_eq!(outcome(&mut rx[0]), Some(Ok(())));
         assert_eq!(outcome(&mut rx[1]), None);
@@ -677,9 +675,9 @@ mod tests {
     fn in_doubt_resend_and_drop_policies() {
         let mut b = buf(InDoubt::Resend);
         let mut rx = push(&mut b, 3);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(10);
-        assert!(b.welcome("s", false, up(2, 1, 8, false)).is_empty());
+        assert!(b.welcome(false, up(2, 1, 8, false)).is_empty());
         assert_eq!(texts(b.take(10)), ["2:p2", "3:p3"]);
         assert_eq!((b.stats().in_doubt, b.stats().resends), (2, 2));
         b.ack(3);
@@ -687,9 +685,9 @@ mod tests {
 
         let mut b = buf(InDoubt::Drop);
         let mut rx = push(&mut b, 3);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(2);
-        assert!(b.welcome("s", false, up(2, 1, 8, false)).is_empty());
+        assert!(b.welcome(false, up(2, 1, 8, false)).is_empty());
         assert_eq!(outcome(&mut rx[0]), Some(Ok(())));
         assert_eq!(outcome(&mut rx[1]), Some(Err((UpstreamReason::Dropped, Some(2), "p2".into()))));
         assert_eq!(texts(b.take(10)), ["2:p3"]);
@@ -700,11 +698,11 @@ mod tests {
     fn a_new_session_puts_everything_sent_in_doubt() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 3);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(2);
         b.ack(1);
         // The session expired: seqs restart at 1 on another backend connection.
-        let report = b.welcome("t", true, up(1, 0, 9, true));
+        let report = b.welcome(true, up(1, 0, 9, true));
         assert_eq!(report, [UpMessage { seq: 2, payload: "p2".into() }]);
         assert_eq!(outcome(&mut rx[1]), Some(Err((UpstreamReason::InDoubt, Some(2), "p2".into()))));
         assert_eq!(texts(b.take(10)), ["1:p3"]);
@@ -715,7 +713,7 @@ mod tests {
     fn end_fails_what_was_not_written() {
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 4);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(3);
         b.end(Some(2));
         assert_eq!(outcome(&mut rx[1]), Some(Ok(())));
@@ -729,7 +727,7 @@ mod tests {
         // Without `up` in the end, what was sent is in doubt.
         let mut b = buf(InDoubt::Report);
         let mut rx = push(&mut b, 2);
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(1);
         b.end(None);
         assert_eq!(outcome(&mut rx[0]), Some(Err((UpstreamReason::InDoubt, Some(1), "p1".into()))));
@@ -744,7 +742,7 @@ mod tests {
         assert!(matches!(b.try_push("12345".into()), Err(Push::Full(p)) if p == "12345".into()), "bytes bound");
         rx.push(b.try_push("1234".into()).ok().unwrap());
         assert!(matches!(b.try_push("".into()), Err(Push::Full(_))), "message bound");
-        b.welcome("s", false, up(1, 0, 7, true));
+        b.welcome(false, up(1, 0, 7, true));
         b.take(10);
         b.ack(2);
         // An oversized message fits an empty buffer.

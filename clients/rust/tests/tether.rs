@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use support::{bounded, Backend, Cmd, Proxy, Tether};
-use tether_client::{Backoff, Client, Event, Outcome, Payload, StampMode, State};
+use tether_client::{Backoff, Client, Event, Outcome, Payload, StampMode, State, TokenIn};
 
 fn fast() -> Backoff {
     Backoff { initial: Duration::from_millis(10), max: Duration::from_millis(100), factor: 2.0 }
@@ -169,7 +169,8 @@ async fn takeover_stops_the_first_client_and_close_ends_the_session() {
 
     let mut b = Client::builder(&url).backoff(fast()).resume(a.token().unwrap(), a.offset()).build().unwrap();
     let wb = welcome(&mut b).await;
-    assert_eq!((wb.outcome, wb.session), (Outcome::Resumed, w.session));
+    assert_eq!(wb.outcome, Outcome::Resumed);
+    assert_ne!(wb.session, w.session, "every resume brings the session's next token");
     assert_eq!(next(&mut a).await, Event::TakenOver);
     assert!(bounded("a's end", a.next()).await.is_none());
     assert_eq!(a.state(), State::TakenOver);
@@ -182,6 +183,44 @@ async fn takeover_stops_the_first_client_and_close_ends_the_session() {
     assert_eq!(bounded("backend close", conn.closed.recv()).await, Some(Some((1000, "done".into()))));
     assert_eq!(b.state(), State::Closed);
     assert!(b.send("late").is_err());
+}
+
+/// Every welcome brings a new token and the client resumes with the latest
+/// one (in `Sec-WebSocket-Protocol`, or `Tether-Session` with
+/// `TokenIn::Header`): once it did, the first token is refused (401).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_rotate_and_a_superseded_one_is_refused() {
+    for token_in in [TokenIn::Protocol, TokenIn::Header] {
+        let mut backend = Backend::start().await;
+        let tether = Tether::start(&backend.url, "prefix", 100_000).await;
+        let proxy = Proxy::start(tether.data_port).await;
+        let url = format!("ws://127.0.0.1:{}/feed", proxy.port);
+        let mut a = Client::builder(&url).backoff(fast()).token_in(token_in).build().unwrap();
+        let mut tokens = vec![welcome(&mut a).await.session];
+        let _conn = backend.next_conn().await;
+        for _ in 0..2 {
+            assert_eq!(proxy.cut(), 1);
+            let w = welcome(&mut a).await;
+            assert_eq!(w.outcome, Outcome::Resumed, "{token_in:?}");
+            assert_eq!(a.token().as_ref(), Some(&w.session));
+            tokens.push(w.session);
+        }
+        assert_eq!(tokens.iter().collect::<std::collections::HashSet<_>>().len(), 3, "{token_in:?}");
+        // a resumed with tokens[1]: tokens[0] is superseded.
+        let mut thief = Client::builder(&url).backoff(fast()).resume(tokens[0].clone(), 0).build().unwrap();
+        let reset = loop {
+            match next(&mut thief).await {
+                Event::Reset(r) => break r,
+                Event::Disconnected { .. } => {}
+                other => panic!("expected a reset, got {other:?}"),
+            }
+        };
+        assert_eq!(reset.reason, tether_client::ResetReason::Refused(401), "{token_in:?}");
+        // Given up, it starts a session of its own: a's is not taken over.
+        assert_eq!(welcome(&mut thief).await.outcome, Outcome::New);
+        assert_eq!(*backend.accepted.lock().unwrap(), 2);
+        assert_eq!(a.state(), State::Open, "{token_in:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,3 +245,48 @@ test("upstream in Chromium: 4 batches of 250 sends, each lost in flight by a cut
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test("the token never travels in a URL: resumes carry it in Sec-WebSocket-Protocol, the one from the last welcome, and the backend never sees it", T, async (t) => {
+  const s = await stack(t);
+  let state = "";
+  const events = [];
+  const errors = [];
+  const { when, check } = conditions();
+  const page = await openPage(browser, s.page, {
+    onReport() {},
+    onState(st) { state = st; check(); },
+    onEvent(type, data) { events.push([type, data]); check(); },
+    onError: (e) => errors.push(e),
+  });
+  for (let n = 1; n <= 3; n++) {
+    await when(() => events.length === n && state === "open");
+    if (n < 3) s.proxy.cut();
+  }
+  const heads = s.proxy.heads.map(({ request, response }) => ({
+    line: request.split("\r\n")[0],
+    offered: /^sec-websocket-protocol: (.*)$/im.exec(request)?.[1].trim() ?? null,
+    selected: /^sec-websocket-protocol: (.*)$/im.exec(response)?.[1].trim() ?? null,
+    token: /^tether-session: (.*)$/im.exec(response)?.[1].trim() ?? null,
+  }));
+  console.log(`browser token figures: connections=${heads.length} request-lines=${JSON.stringify(heads.map((h) => h.line))}`);
+  assert.equal(heads.length, 3);
+  assert.deepEqual(events, [["welcome", "new"], ["welcome", "resumed"], ["welcome", "resumed"]]);
+  const tokens = heads.map((h) => h.token);
+  assert.equal(new Set(tokens).size, 3, "a new token on every connection");
+  // A new session offers nothing; each resume offers the token of the
+  // previous connection's 101 (= its welcome) and gets the marker back.
+  assert.deepEqual(heads.map((h) => [h.line, h.offered, h.selected]), [
+    ["GET /feed HTTP/1.1", null, null],
+    ["GET /feed?tether_offset=0 HTTP/1.1", `tether.v1, tether.session.${tokens[0]}`, "tether.v1"],
+    ["GET /feed?tether_offset=0 HTTP/1.1", `tether.v1, tether.session.${tokens[1]}`, "tether.v1"],
+  ]);
+  for (const { request } of s.proxy.heads) {
+    assert.ok(!/tether_session/.test(request.split("\r\n")[0]));
+  }
+  // The session kept its one backend connection, which saw none of it.
+  assert.equal(s.backend.conns.length, 1);
+  assert.equal(s.backend.conns[0].path, "/feed");
+  assert.equal(s.backend.conns[0].headers["sec-websocket-protocol"], undefined);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -17,6 +17,7 @@ export async function startBackend({ payload = (i) => `m${i}` } = {}) {
   wss.on("connection", (ws, req) => {
     conns.push(ws);
     ws.path = req.url;
+    ws.headers = req.headers;
     ws.received = [];
     ws.on("message", (data, isBinary) => {
       const m = isBinary ? Buffer.from(data) : data.toString();

@@ -5,12 +5,22 @@ export async function startProxy(targetPort) {
   const pairs = new Set();
   let blocked = false;
   const stats = { accepted: 0, cuts: 0 };
+  // The head of every request the client sent and of tether's answer, as
+  // bytes on the wire: what an access log of this hop could hold.
+  const heads = [];
   const server = net.createServer((down) => {
     if (blocked) return down.resetAndDestroy();
     stats.accepted++;
     const up = net.connect(targetPort, "127.0.0.1");
     const pair = { down, up };
     pairs.add(pair);
+    const head = { request: "", response: "" };
+    heads.push(head);
+    const record = (key) => (chunk) => {
+      if (!head[key].includes("\r\n\r\n")) head[key] += chunk.toString("latin1");
+    };
+    down.on("data", record("request"));
+    up.on("data", record("response"));
     const drop = () => {
       pairs.delete(pair);
       down.destroy();
@@ -25,6 +35,7 @@ export async function startProxy(targetPort) {
   return {
     port: server.address().port,
     stats,
+    heads,
     /**
      * Resets every open connection (the client sees 1006); returns how many.
      * `both`: tether's side gets a RST too, so bytes the proxy or tether's

@@ -13,8 +13,10 @@ export function scriptedSockets() {
     onmessage = null;
     onclose = null;
     onerror = null;
-    constructor(url) {
+    constructor(url, protocols) {
       this.url = new URL(url);
+      /** The offered subprotocols, as the client passed them. */
+      this.protocols = protocols;
       /** What the client sent: strings as they are, binary as arrays of bytes. */
       this.sent = [];
       this.closedWith = null;

@@ -18,7 +18,9 @@ test("takeover (4001): the old client stops, the new one carries on from the off
   await takenOver;
 
   assert.equal(w.outcome, "resumed");
-  assert.equal(w.session, a.client.token);
+  // b resumed with a's token (from the shared storage) and got the next one.
+  assert.equal(w.session, b.client.token);
+  assert.notEqual(w.session, a.client.token);
   assert.equal(a.client.state, "taken_over");
   s.backend.send(2);
   await b.delivered(2);

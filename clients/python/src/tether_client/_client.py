@@ -7,7 +7,7 @@ import contextlib
 import random as _random
 import ssl as _ssl
 from collections import deque
-from typing import Callable, Iterable, Mapping, Union
+from typing import Callable, Iterable, Literal, Mapping, Union
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -32,9 +32,13 @@ _Item = Union[tuple[int, Event], ProtocolError]
 
 class TetherClient:
     """A tether session: an async iterator of :data:`Event` s that connects,
-    reconnects with backoff and resumes (``Tether-Session`` /
-    ``Tether-Offset`` headers) until :meth:`close`, an :class:`End` or a
-    :class:`TakenOver`. Made inside a running event loop, it starts at once.
+    reconnects with backoff and resumes until :meth:`close`, an :class:`End`
+    or a :class:`TakenOver`. Made inside a running event loop, it starts at
+    once. A resume sends the token of the last welcome (tokens rotate on
+    every resume) in ``Sec-WebSocket-Protocol`` (``tether.v1``,
+    ``tether.session.<token>``, after ``subprotocols``; tether removes both
+    before the backend sees them), or with ``token_in="header"`` in
+    ``Tether-Session``; the offset in ``Tether-Offset``.
 
     A :class:`Message` is acknowledged (its seq becomes the offset of the
     next resume) when the application asks for the next event, or calls
@@ -58,6 +62,7 @@ class TetherClient:
         connect_timeout: float = 10.0,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
         subprotocols: Iterable[str] = (),
+        token_in: Literal["protocol", "header"] = "protocol",
         resume: tuple[str, int] | None = None,
         upstream: Upstream | None = None,
         ssl: _ssl.SSLContext | None = None,
@@ -67,6 +72,8 @@ class TetherClient:
     ) -> None:
         if not url.startswith(("ws://", "wss://")):
             raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+        if token_in not in ("protocol", "header"):
+            raise ValueError(f"token_in must be protocol or header, not {token_in!r}")
         if stamp_mode not in ("prefix", "json"):
             raise ValueError(f"stamp_mode must be prefix or json, not {stamp_mode!r}")
         #: tether's URL.
@@ -78,7 +85,8 @@ class TetherClient:
         self._send_queue = max(1, send_queue)
         self._connect_timeout = connect_timeout
         self._headers = list(headers.items() if isinstance(headers, Mapping) else headers)
-        self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
+        self._subprotocols = [Subprotocol(p) for p in subprotocols]
+        self._token_in = token_in
         self._ssl = ssl
         self._max_size = max_message_bytes
         self._ping_interval = ping_interval
@@ -272,10 +280,20 @@ class TetherClient:
     def _request_headers(self) -> list[tuple[str, str]]:
         headers = list(self._headers)
         if self._token is not None:
-            headers += [("Tether-Session", self._token), ("Tether-Offset", str(self._offset))]
+            if self._token_in == "header":
+                headers.append(("Tether-Session", self._token))
+            headers.append(("Tether-Offset", str(self._offset)))
         if self._up is not None:
             headers.append(("Tether-Up", "seq"))
         return headers
+
+    def _offered(self) -> list[Subprotocol] | None:
+        """The application's subprotocols, then tether's with the token
+        (docs/PROTOCOL.md §2): it never goes in the URL."""
+        offered = list(self._subprotocols)
+        if self._token is not None and self._token_in == "protocol":
+            offered += [Subprotocol("tether.v1"), Subprotocol(f"tether.session.{self._token}")]
+        return offered or None
 
     async def _loop(self) -> None:
         attempt = failed = 0
@@ -288,7 +306,7 @@ class TetherClient:
                 ws = await connect(
                     self.url,
                     additional_headers=self._request_headers(),
-                    subprotocols=self._subprotocols,
+                    subprotocols=self._offered(),
                     compression=None,  # tether negotiates no extensions
                     open_timeout=self._connect_timeout,
                     ping_interval=self._ping_interval,
@@ -375,7 +393,8 @@ class TetherClient:
                                 "tether accepted no upstream guarantee (no `up` in the welcome): "
                                 "is it older than this client?"))
                             return None
-                        in_doubt = self._up.welcome(frame.session, new_session, frame.up)
+                        # A new session (after a reset) or a gap's: seqs restart.
+                        in_doubt = self._up.welcome(new_session or frame.outcome == "new", frame.up)
                     self._connections += 1
                     self._state = "open"
                     epoch = self._epoch

@@ -140,7 +140,6 @@ class UpBuffer:
         # The backend connection of the live, welcomed connection: nothing is sent without one.
         self._live: int | None = None
         self._last_conn: int | None = None
-        self._session: str | None = None
         self.stopped: UpstreamReason | None = None
         self._stats = UpstreamStats()
         self._changed = asyncio.Event()
@@ -203,12 +202,14 @@ class UpBuffer:
         self._count(sent=len(out))
         return out
 
-    def welcome(self, session: str, new_session: bool, up: UpWelcome) -> InDoubt | None:
-        """A welcome with ``up`` (§12, "What a client does with it"). Returns
-        the in-doubt report, if anything is in doubt, after applying the policy."""
+    def welcome(self, other_session: bool, up: UpWelcome) -> InDoubt | None:
+        """A welcome with ``up`` (§12, "What a client does with it");
+        ``other_session``: not the session the sent messages were stamped for
+        (a new one after a reset, or a gap's new session; tokens cannot tell,
+        they change on every resume). Returns the in-doubt report, if
+        anything is in doubt, after applying the policy."""
         # Seqs of another session mean nothing to this one.
-        other = new_session or (self._session is not None and self._session != session)
-        self._session = session
+        other = other_session
         doubts: list[_Entry] = []
         kept: deque[_Entry] = deque()
         stamped = 0
