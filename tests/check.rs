@@ -33,7 +33,7 @@ async fn a_healthy_tether_passes_every_check_under_every_fault() {
     for fault in ["reset", "blackout", "close-1001", "idle", "takeover"] {
         assert!(counts["faults"][fault].as_u64() > Some(0), "fault {fault} never injected: {counts:#}");
     }
-    for how in ["header", "query", "rewind"] {
+    for how in ["header", "query", "protocol", "rewind"] {
         assert!(counts["resumes"][how].as_u64() > Some(0), "no resume by {how}: {counts:#}");
     }
     // Four refusal probes per session, each with its documented answer.

@@ -1,5 +1,6 @@
-//! Opening a session's connection: a new session, a resume (by header or by
-//! query parameter), or a deliberately bad resume (a refusal probe); with
+//! Opening a session's connection: a new session, a resume (by header, by
+//! query parameter or in `Sec-WebSocket-Protocol`), or a deliberately bad
+//! resume (a refusal probe); with
 //! retries while tether answers a retryable status.
 
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ pub enum Via {
     Header,
     /// `tether_session` / `tether_offset` query parameters.
     Query,
+    /// The token in `Sec-WebSocket-Protocol` (`tether.v1,
+    /// tether.session.<token>`, as browsers send it), the offset in
+    /// `Tether-Offset`.
+    Protocol,
 }
 
 /// An open connection and its welcome.
@@ -93,6 +98,10 @@ fn credentials(judge: &Judge, start: Start, via: Via) -> (Pairs, Pairs) {
     match via {
         Via::Header => (vec![("Tether-Session", token), ("Tether-Offset", offset)], Vec::new()),
         Via::Query => (Vec::new(), vec![("tether_session", token), ("tether_offset", offset)]),
+        Via::Protocol => {
+            let offered = format!("tether.v1, tether.session.{token}");
+            (vec![("Sec-WebSocket-Protocol", offered), ("Tether-Offset", offset)], Vec::new())
+        }
     }
 }
 
@@ -139,6 +148,14 @@ async fn attempt(
     if ctx.opts.send {
         judge.checks.expect(Check::Upstream, wire::header(&resp, "tether-up") == Some("seq"), || {
             "a Tether-Up: seq request was answered without Tether-Up: seq".into()
+        });
+    }
+    if via == Via::Protocol {
+        // A browser fails a 101 that selects none of the protocols offered.
+        let selected = wire::header(&resp, "sec-websocket-protocol").unwrap_or_default().to_owned();
+        let ok = !selected.is_empty() && !selected.starts_with("tether.session.");
+        judge.checks.expect(Check::Outcomes, ok, || {
+            format!("a resume with the token in Sec-WebSocket-Protocol was answered selecting {selected:?}")
         });
     }
     match judge.welcome(start, &resp, &w) {

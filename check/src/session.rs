@@ -195,7 +195,9 @@ impl Slot {
     /// Resumes the session after an interruption that began at `since`;
     /// `rewind`: from this older offset. Counts the latency.
     async fn resume(&mut self, since: Instant, rewind: Option<u64>) -> Option<Box<Ws>> {
-        let via = if self.resumes % 2 == 0 { Via::Header } else { Via::Query };
+        // Shifted every three resumes, so that rewinds (every third) use
+        // each way in turn.
+        let via = [Via::Header, Via::Query, Via::Protocol][(self.resumes + self.resumes / 3) % 3];
         self.resumes += 1;
         let offset = rewind.unwrap_or_else(|| self.judge.offset());
         let opened = connect::open(&self.ctx, self.proxy.port, &mut self.judge, Start::Resume(offset), via).await;
@@ -204,7 +206,11 @@ impl Slot {
             Ok(o) => {
                 self.latencies.push(since.elapsed());
                 self.judge.checks.pass(Check::Resume);
-                let key = if via == Via::Header { "header" } else { "query" };
+                let key = match via {
+                    Via::Header => "header",
+                    Via::Query => "query",
+                    Via::Protocol => "protocol",
+                };
                 Counts::bump(&mut self.judge.counts.resumes, key);
                 if rewind.is_some() {
                     Counts::bump(&mut self.judge.counts.resumes, "rewind");
