@@ -61,7 +61,13 @@ pub struct RocksLog {
     pub compactions: u64,
     /// Bytes compactions wrote: `total_output_size` of `compaction_finished`.
     pub compacted: u64,
-    /// Bytes compactions read: `input_data_size` of `compaction_started`.
+    /// Bytes of the SST files compactions wrote: `file_size` of the
+    /// `table_file_creation` events whose `job` is a compaction's. Unlike
+    /// `compacted`, it counts the files a compaction still running at the
+    /// end has finished.
+    pub compaction_tables: u64,
+    /// Bytes compactions read: `input_data_size` of `compaction_started`
+    /// (a compaction still running included).
     pub compaction_input: u64,
     /// SST bytes of jobs that were neither (recovery): `file_size` of the
     /// other `table_file_creation` events.
@@ -117,7 +123,7 @@ fn add_log(out: &mut RocksLog, text: &str) {
     for (job, size) in tables {
         match job {
             Some(j) if flush_jobs.contains(&j) => out.flushed += size,
-            Some(j) if compaction_jobs.contains(&j) => {}
+            Some(j) if compaction_jobs.contains(&j) => out.compaction_tables += size,
             _ => out.other_tables += size,
         }
     }
@@ -169,6 +175,7 @@ mod tests {
         add_log(&mut r, log);
         assert_eq!((r.flushes, r.flushed), (1, 1000));
         assert_eq!((r.compactions, r.compacted, r.compaction_input), (1, 2500, 3000));
+        assert_eq!(r.compaction_tables, 2500);
         assert_eq!(r.other_tables, 70);
     }
 }

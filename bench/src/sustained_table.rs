@@ -205,9 +205,10 @@ impl Table<'_> {
                 fixed(m(&|r| r.per_payload(Some(r.io.cancelled))), 2),
                 fixed(m(&|r| r.per_payload(Some(r.io.write_bytes.saturating_sub(r.io.cancelled)))), 2),
                 fixed(t(&log(|l| l.flushed)), 2),
-                fixed(t(&log(|l| l.compacted)), 2),
+                fixed(t(&log(|l| l.compaction_tables)), 2),
                 fixed(
-                    t(&|r| r.per_payload(r.log.map(|l| r.io.write_bytes.saturating_sub(l.flushed + l.compacted)))),
+                    t(&|r| r
+                        .per_payload(r.log.map(|l| r.io.write_bytes.saturating_sub(l.flushed + l.compaction_tables)))),
                     2
                 ),
                 thousands(t(&|r| r.log.map_or(f64::NAN, |l| l.flushes as f64))),
