@@ -385,7 +385,12 @@ impl Session {
         }
         self.shared.journal.append(self.id, first, n as u32, chunk, self.committed.clone()).await?;
         match trim {
-            Some(meta) => self.shared.journal.trim(self.id, meta.trimmed_to, meta).await,
+            Some(mut meta) => {
+                // A resume may have recorded a newer token generation while
+                // the append waited: this record must not take it back.
+                meta.token_used = self.lock().meta.token_used;
+                self.shared.journal.trim(self.id, meta.trimmed_to, meta).await
+            }
             None => Ok(()),
         }
     }

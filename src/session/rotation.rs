@@ -6,7 +6,11 @@
 //! The session keeps `token_used`, the highest generation presented, in its
 //! journaled record, so the rule holds across a restart. It is written
 //! before the 101 (which carries the next generation) is sent: a restarted
-//! tether never accepts a generation it had already superseded.
+//! tether never accepts a generation it had already superseded. Every other
+//! writer of the record copies it under the session's lock and queues it
+//! right away (the frame path refreshes `token_used` after its append), and
+//! the journal's queue is first come, first served, so an older copy cannot
+//! land after this one — except behind a trim that waits out a full disk.
 
 use super::Session;
 use crate::journal::JournalError;
