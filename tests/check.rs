@@ -40,6 +40,8 @@ async fn a_healthy_tether_passes_every_check_under_every_fault() {
     for r in ["409 offset_ahead", "400 malformed_credentials", "400 malformed_token", "401 invalid_token"] {
         assert_eq!(counts["refusals"][r], 4, "{counts:#}");
     }
+    // At the end, a session resumed twice or more has a superseded token.
+    assert!(counts["refusals"]["401 token_superseded"].as_u64() > Some(0), "{counts:#}");
     assert!(counts["replayed"].as_u64() > Some(0));
     assert_eq!(counts["sent"], counts["acked"].as_u64().unwrap() + counts["in_doubt"].as_u64().unwrap());
     assert!(c.check("replay")["passed"].as_u64() > Some(0));

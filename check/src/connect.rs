@@ -198,37 +198,58 @@ pub async fn probes(ctx: &Ctx, port: u16, judge: &mut Judge) {
         ("forged token", vec![], vec![("tether_session", forged), ("tether_offset", "0".into())], 401, "invalid_token"),
     ];
     for (what, headers, params, status, error) in cases {
-        let path = ctx.target.path_with(&params);
-        // A deployment that is draining or restarting answers 502/503 to
-        // anything: ask again, as for a resume.
-        let began = Instant::now();
-        let got = loop {
-            let got = wire::open(&ctx.target, port, &path, &headers).await;
-            let retry = matches!(&got, Ok(Answer::Refused(r)) if matches!(r.status, 502 | 503) && status != r.status);
-            if !retry || began.elapsed() > ctx.opts.resume_timeout {
-                break got;
-            }
-            if let Ok(Answer::Refused(r)) = &got {
-                Counts::bump(&mut judge.counts.retries, format!("{} {}", r.status, r.error.as_deref().unwrap_or("?")));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        let why = match got {
-            Ok(Answer::Refused(r)) if r.status == status && r.error.as_deref() == Some(error) => {
-                let json = r.content_type.as_deref().is_some_and(|c| c.starts_with("application/json"));
-                Counts::bump(&mut judge.counts.refusals, format!("{status} {error}"));
-                if json {
-                    judge.checks.pass(Check::Refusals);
-                    continue;
-                }
-                format!("{status} {error} without Content-Type: application/json")
-            }
-            Ok(Answer::Refused(r)) => format!("got {r}"),
-            Ok(Answer::Upgraded(..)) => "got 101".to_owned(),
-            Err(e) => format!("got no answer: {e}"),
-        };
-        judge.checks.fail(Check::Refusals, format!("session {}: {what}: expected {status} {error}, {why}", judge.slot));
+        probe(ctx, port, judge, what, (&headers, &params), (status, error)).await;
     }
+}
+
+/// A resume with a token of the session that a later resume superseded, if
+/// the judge knows one: it must get 401 `token_superseded`. Run at the end,
+/// when the session was resumed a few times.
+pub async fn superseded(ctx: &Ctx, port: u16, judge: &mut Judge) {
+    let Some(token) = judge.superseded_token().map(str::to_owned) else { return };
+    let headers = vec![("Tether-Session", token), ("Tether-Offset", "0".to_owned())];
+    probe(ctx, port, judge, "superseded token", (&headers, &Vec::new()), (401, "token_superseded")).await;
+}
+
+/// One deliberately bad resume, which must get `status` and `error`.
+async fn probe(
+    ctx: &Ctx,
+    port: u16,
+    judge: &mut Judge,
+    what: &str,
+    (headers, params): (&Pairs, &Pairs),
+    (status, error): (u16, &str),
+) {
+    let path = ctx.target.path_with(params);
+    // A deployment that is draining or restarting answers 502/503 to
+    // anything: ask again, as for a resume.
+    let began = Instant::now();
+    let got = loop {
+        let got = wire::open(&ctx.target, port, &path, headers).await;
+        let retry = matches!(&got, Ok(Answer::Refused(r)) if matches!(r.status, 502 | 503) && status != r.status);
+        if !retry || began.elapsed() > ctx.opts.resume_timeout {
+            break got;
+        }
+        if let Ok(Answer::Refused(r)) = &got {
+            Counts::bump(&mut judge.counts.retries, format!("{} {}", r.status, r.error.as_deref().unwrap_or("?")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let why = match got {
+        Ok(Answer::Refused(r)) if r.status == status && r.error.as_deref() == Some(error) => {
+            let json = r.content_type.as_deref().is_some_and(|c| c.starts_with("application/json"));
+            Counts::bump(&mut judge.counts.refusals, format!("{status} {error}"));
+            if json {
+                judge.checks.pass(Check::Refusals);
+                return;
+            }
+            format!("{status} {error} without Content-Type: application/json")
+        }
+        Ok(Answer::Refused(r)) => format!("got {r}"),
+        Ok(Answer::Upgraded(..)) => "got 101".to_owned(),
+        Err(e) => format!("got no answer: {e}"),
+    };
+    judge.checks.fail(Check::Refusals, format!("session {}: {what}: expected {status} {error}, {why}", judge.slot));
 }
 
 /// The `up.acked` of an `end` frame.

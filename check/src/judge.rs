@@ -67,6 +67,10 @@ pub struct Judge {
     /// Counts.
     pub counts: Counts,
     token: Option<String>,
+    /// The token the last successful resume presented: tether's newest used.
+    used: Option<String>,
+    /// A token of this session older than `used`: tether must refuse it.
+    superseded: Option<String>,
     hashes: HashMap<u64, Hash>,
     max_seen: u64,
     conn: Conn,
@@ -80,6 +84,8 @@ impl Judge {
             checks: Checks::default(),
             counts: Counts::default(),
             token: None,
+            used: None,
+            superseded: None,
             hashes: HashMap::new(),
             max_seen: 0,
             conn: Conn::default(),
@@ -89,6 +95,12 @@ impl Judge {
     /// The token of the current session.
     pub fn token(&self) -> Option<&str> {
         self.token.as_deref()
+    }
+
+    /// A token of the current session that a later resume superseded: tether
+    /// must answer it with 401 `token_superseded` (docs/PROTOCOL.md §8).
+    pub fn superseded_token(&self) -> Option<&str> {
+        self.superseded.as_deref()
     }
 
     /// The last seq processed: what a resume sends as its offset.
@@ -104,6 +116,8 @@ impl Judge {
     /// Forgets the session (it ended or was replaced).
     pub fn forget(&mut self) {
         self.token = None;
+        self.used = None;
+        self.superseded = None;
         self.hashes.clear();
         self.max_seen = 0;
         self.conn = Conn::default();
@@ -165,6 +179,17 @@ impl Judge {
                 new_session = self.gap_welcome(offset, headers, w, old_token.as_deref(), &session);
             }
             (Start::Resume(_), o) => self.fail(Check::Outcomes, format!("a resume got outcome {o:?}")),
+        }
+        if matches!(start, Start::Resume(_)) && !new_session {
+            // The token presented is now the newest used; the one presented
+            // before it, if another (its welcome arrived), is superseded.
+            if let Some(presented) = old_token {
+                if let Some(before) = self.used.replace(presented.clone()) {
+                    if before != presented {
+                        self.superseded = Some(before);
+                    }
+                }
+            }
         }
         self.token = Some(session);
         let replay = &w["replay"];
@@ -411,5 +436,30 @@ mod tests {
         j.data(65, h(65));
         j.conn_over();
         assert_eq!(j.checks.failures(), 1, "{:?}", j.checks);
+    }
+
+    #[test]
+    fn a_token_is_superseded_once_its_successor_was_presented() {
+        let mut j = Judge::new(0);
+        started(&mut j);
+        let resume = |j: &mut Judge, generation: u32| {
+            let tok = token::tests::v3([7; 16], generation);
+            let headers = vec![("tether-session".into(), tok.clone()), ("tether-outcome".into(), "resumed".into())];
+            let w = json!({"type":"welcome","v":1,"session":tok,"outcome":"resumed","replay":null,"gap":null});
+            j.conn_over();
+            j.welcome(Start::Resume(0), &headers, &w).unwrap();
+        };
+        resume(&mut j, 1); // presented generation 0
+        assert_eq!(j.superseded_token(), None);
+        resume(&mut j, 2); // presented 1: 0 is superseded
+        assert_eq!(j.superseded_token(), Some(token::tests::v3([7; 16], 0).as_str()));
+        j.token = Some(token::tests::v3([7; 16], 1)); // the welcome with 2 was lost: 1 again
+        resume(&mut j, 2);
+        assert_eq!(j.superseded_token(), Some(token::tests::v3([7; 16], 0).as_str()));
+        resume(&mut j, 3); // presented 2: 1 is superseded
+        assert_eq!(j.superseded_token(), Some(token::tests::v3([7; 16], 1).as_str()));
+        assert_eq!(j.checks.failures(), 0, "{:?}", j.checks);
+        j.forget();
+        assert_eq!(j.superseded_token(), None);
     }
 }

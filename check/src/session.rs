@@ -393,6 +393,8 @@ impl Slot {
             }
         }
         self.up.finish(self.judge.slot, &mut self.judge.checks);
+        // While attached, so that a tether that accepted it would show a takeover too.
+        connect::superseded(&self.ctx, self.proxy.port, &mut self.judge).await;
         let bye = CloseFrame { code: CloseCode::Normal, reason: "tether check done".into() };
         let _ = ws.send(Message::Close(Some(bye))).await;
         self.drain(&mut ws).await;
