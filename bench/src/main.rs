@@ -24,6 +24,7 @@ mod relay;
 mod reopen;
 mod report;
 mod sink;
+mod soak;
 mod special;
 mod stats;
 mod stream;

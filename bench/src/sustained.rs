@@ -19,6 +19,12 @@
 //!   every `--session-secs` and opens a new one (the first sessions are
 //!   staggered so that sessions end all the time), and `journal.retention`
 //!   is as long, so ended sessions are purged during the run.
+//!
+//! With `--rate`, the backends send at that fixed total rate instead of
+//! flat out (the soak of issue 23: half the saturation rate for ten
+//! minutes), and every trial also gets a curve ([`crate::soak`]): per
+//! `--curve-secs` interval, the delivered rate, tether's RSS and the
+//! journal directory's size.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,6 +40,7 @@ use crate::fleet::{Fleet, Start};
 use crate::journal_disk::{self, Io};
 use crate::procs::{Launcher, Setup, TetherProc};
 use crate::report::DISTURBED_PCT;
+use crate::soak::{self, rate_between, Sampler};
 use crate::stats::{fixed, thousands};
 use crate::stream::{flow_window, STALL};
 use crate::sustained_table::{Kind, Run, Table};
@@ -85,6 +92,12 @@ pub struct SustainedOpts {
     /// Also write every trial's raw figures (with the per-second samples) to this JSON file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Total messages per second over all sessions, split evenly (default: flat out).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds per row of each trial's curve table (rate, RSS, journal size).
+    #[arg(long, default_value_t = 60)]
+    pub curve_secs: u64,
 }
 
 /// What every trial of one invocation shares.
@@ -94,6 +107,8 @@ struct Plan {
     session_ms: u64,
     kinds: Vec<Kind>,
     trim_frames: Option<u64>,
+    /// Total msg/s over all sessions; 0: flat out.
+    rate: f64,
 }
 
 /// Runs the rounds, prints the report; Ok(false) if a message went missing
@@ -115,7 +130,11 @@ pub fn main(o: SustainedOpts) -> anyhow::Result<bool> {
         session_ms: (session_secs * 1000.0).round().max(100.0) as u64,
         kinds,
         trim_frames: o.trim_frames,
+        rate: o.rate.unwrap_or(0.0),
     };
+    if !(plan.rate >= 0.0 && plan.rate.is_finite()) {
+        bail!("--rate must be a positive number of messages per second");
+    }
     let nofile = sys::raise_nofile();
     let root = data_root(o.data_root.clone());
     let bins: Vec<Option<PathBuf>> =
@@ -144,8 +163,16 @@ pub fn main(o: SustainedOpts) -> anyhow::Result<bool> {
         let env: Vec<String> = o.tether_env.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
         println!("- Extra tether settings: {}", env.join(", "));
     }
+    let load = if plan.rate > 0.0 {
+        format!(
+            "sends {} msg/s in all, split evenly over the sessions (each on its own schedule from a random phase, not flow-controlled)",
+            thousands(plan.rate)
+        )
+    } else {
+        "streams flat out (at most 32 MiB or 65,536 messages unread over all sessions)".to_owned()
+    };
     println!(
-        "- Load: every session's backend streams flat out for {} s (at most 32 MiB or 65,536 messages unread over all sessions); clients read as fast as they can. {} round(s); figures are medians over rounds.",
+        "- Load: every session's backend {load} for {} s; clients read as fast as they can. {} round(s); figures are medians over rounds.",
         plan.seconds, o.runs
     );
     println!("- Setups (tether: prefix stamps, `journal.sync = \"none\"`, `max_session_bytes` and `disk_budget_bytes` 1 TiB, `max_frame_age` 1 h):");
@@ -164,6 +191,17 @@ pub fn main(o: SustainedOpts) -> anyhow::Result<bool> {
     );
     println!("- Columns: msg/s and MB/s (payload) delivered over the last {w} s of sending (from the clients' counts, sampled once a second); last ÷ first: that rate over the rate of the first {w} s; ÷ relay: over the relay's in the same round; CPU µs/msg: utime + stime of tether (or the relay) from `/proc/PID/stat` over the run ÷ messages; peak RSS: VmHWM at the end; written, cancelled: `write_bytes`, `cancelled_write_bytes` of `/proc/PID/io` over the run, net = written − cancelled; flushed: `file_size` of the `table_file_creation` events of flush jobs in RocksDB's `LOG`; compacted: `file_size` of the `table_file_creation` events of compaction jobs (this counts the finished output files of a compaction still running at the end, which `total_output_size` of `compaction_finished` does not); rest = written − flushed − compacted (the WAL, MANIFEST, LOG, and the unfinished output file of a compaction still running); journal: blocks allocated under the journal directory at the end (`du`; RocksDB preallocates WAL files); others' CPU: what processes other than tether, the backend and the clients used, % of all CPUs.", w = plan.window);
     print!("{}", Table { runs: &runs, bins: &labels }.markdown());
+    println!("\n### Curves\n\nPer {c} s interval: delivered msg/s (from the clients' counts); RSS: `VmRSS` of tether (or the relay) from `/proc/PID/status`, and journal: blocks allocated under the journal directory (`du`), both at the last once-a-second sample of the interval; max in interval: the largest journal sampled during it; framelog: files under `framelog/`; SST: `*.sst`; WAL: `*.log`; other: MANIFEST, LOG, OPTIONS... last ÷ first: the last interval's figure over the first's.", c = o.curve_secs);
+    for r in &runs {
+        let title = format!(
+            "{} {} B × {}, round {}",
+            Table { runs: &runs, bins: &labels }.label(r.kind, r.bin),
+            r.size,
+            r.conns,
+            r.round + 1
+        );
+        print!("{}", soak::markdown(&soak::curve(&r.samples, &r.points, r.seconds, o.curve_secs as f64), &title));
+    }
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_vec_pretty(&runs)?)?;
     }
@@ -296,7 +334,8 @@ async fn trial(plan: &Plan, l: &Launcher, c: Cell) -> anyhow::Result<Run> {
     };
     let url = proc.url("/stream");
     let window = flow_window(c.size, c.conns);
-    let spec = Spec { size: c.size, rate: 0.0, ms: plan.seconds * 1000, count: 0, tick_us: 1000, window };
+    let rate = plan.rate / c.conns.max(1) as f64;
+    let spec = Spec { size: c.size, rate, ms: plan.seconds * 1000, count: 0, tick_us: 1000, window };
     let check = Check {
         stamped: c.kind != Kind::Relay,
         record_from: u64::MAX,
@@ -321,6 +360,7 @@ async fn trial(plan: &Plan, l: &Launcher, c: Cell) -> anyhow::Result<Run> {
     let t_go = now_ns();
     let send_end = t_go + plan.seconds * 1_000_000_000;
     watch.progress.store(t_go, std::sync::atomic::Ordering::Relaxed);
+    let sampler = Sampler::start(proc.pid, proc.dir().map(Into::into), t_go)?;
     let mut running: Vec<tokio::task::JoinHandle<Seen>> = Vec::new();
     let mut fleet_run = None;
     match fleet {
@@ -377,6 +417,7 @@ async fn trial(plan: &Plan, l: &Launcher, c: Cell) -> anyhow::Result<Run> {
             }
         }
     }
+    let points = sampler.finish();
     let measured_at = now_ns();
     let after = (sys::usage(proc.pid), sys::usage(backend.proc.pid), sys::usage(me), sys::machine_busy_ns());
     let io = match journal_disk::io(proc.pid) {
@@ -437,6 +478,7 @@ async fn trial(plan: &Plan, l: &Launcher, c: Cell) -> anyhow::Result<Run> {
         first_rate: rate_between(&samples, 0.0, w),
         last_rate: rate_between(&samples, secs - w, secs),
         samples,
+        points,
         delivered: seen.delivered,
         sessions: seen.sessions,
         cpu_us: used(0) as f64 / 1e3 / seen.delivered.max(1) as f64,
@@ -451,31 +493,4 @@ async fn trial(plan: &Plan, l: &Launcher, c: Cell) -> anyhow::Result<Run> {
         incomplete: seen.incomplete,
         errors,
     })
-}
-
-/// Messages per second between `a` and `b` seconds after go, the counts
-/// interpolated between samples.
-fn rate_between(samples: &[(f64, u64)], a: f64, b: f64) -> f64 {
-    let at = |t: f64| -> f64 {
-        let i = samples.partition_point(|s| s.0 < t);
-        match (i.checked_sub(1).and_then(|j| samples.get(j)), samples.get(i)) {
-            (Some(p), Some(n)) if n.0 > p.0 => p.1 as f64 + (n.1 - p.1) as f64 * (t - p.0) / (n.0 - p.0),
-            (_, Some(n)) => n.1 as f64,
-            (Some(p), None) => p.1 as f64,
-            (None, None) => f64::NAN,
-        }
-    };
-    (at(b) - at(a)) / (b - a)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_interpolate_between_samples() {
-        let s = [(0.0, 0), (1.0, 100), (2.0, 300), (3.0, 600)];
-        assert_eq!(rate_between(&s, 0.0, 1.0), 100.0);
-        assert_eq!(rate_between(&s, 1.5, 3.0), (600.0 - 200.0) / 1.5);
-    }
 }

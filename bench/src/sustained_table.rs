@@ -64,6 +64,8 @@ pub struct Run {
     pub window: f64,
     /// `(seconds since go, messages delivered so far)`, about once a second.
     pub samples: Vec<(f64, u64)>,
+    /// tether's RSS and its journal's size, about once a second.
+    pub points: Vec<crate::soak::Point>,
     /// Data messages delivered over the whole run.
     pub delivered: u64,
     /// Sessions the clients opened.
@@ -142,7 +144,8 @@ impl Table<'_> {
         median(self.runs.iter().filter(|r| (r.size, r.conns, r.kind, r.bin) == cell).map(f))
     }
 
-    fn label(&self, kind: Kind, bin: usize) -> String {
+    /// The setup's name in tables, with its binary's label if there are several.
+    pub fn label(&self, kind: Kind, bin: usize) -> String {
         match kind {
             Kind::Relay => "relay".into(),
             _ if self.bins.len() > 1 => format!("{} ({})", kind.name(), self.bins[bin]),
