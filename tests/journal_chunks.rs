@@ -77,9 +77,9 @@ fn old_per_frame_layout_is_refused_at_start() {
     assert_eq!(
         stderr,
         format!(
-            "tether: cannot open the journal: {}: the journal there is in layout 1 (one key per frame, written by an \
-             older tether); this tether reads layout 2 only. Let the old tether's clients finish and start this one \
-             with an empty journal.data_dir\n",
+            "tether: cannot open the journal: {}: the journal there is in layout 1 (one RocksDB key per frame, written by an \
+             older tether); this tether reads layout 3 and migrates layout 2. Let the old tether's clients finish and \
+             start this one with an empty journal.data_dir\n",
             dir.path().display()
         )
     );

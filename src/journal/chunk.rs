@@ -1,10 +1,11 @@
-//! Journal layout 2: frames are stored in **chunks**, one RocksDB key per
-//! batch of consecutive frames of one session that a link task drained from
-//! its backend socket at once.
+//! Frames are stored in **chunks**, one per batch of consecutive frames of
+//! one session that a link task drained from its backend socket at once.
 //!
-//! - key: `session id (16) ‖ first seq (8, big-endian)`, so a session's
-//!   chunks sort by seq;
-//! - value: the frames one after another, each `kind (1: 0 text, 1 binary)
+//! - key (in RocksDB's `frames` column family): `session id (16) ‖ first
+//!   seq (8, big-endian)`, so a session's chunks sort by seq; its value is
+//!   where the chunk is in the frame log (layout 3, [`super::framelog`]);
+//!   in layout 2 it was the chunk itself;
+//! - chunk: the frames one after another, each `kind (1: 0 text, 1 binary)
 //!   ‖ payload length (4, big-endian) ‖ payload`; the seqs are implied.
 //!
 //! One key per batch instead of one per frame is what makes journaling
@@ -20,19 +21,30 @@
 //! chunk whose first seq is `<= upto`, and deletes exactly the frames
 //! `<= upto`: gap reports stay exact.
 //!
-//! A read seeks to the chunk holding its first seq (`seek_for_prev`) and
-//! skips the frames before it.
+//! A read seeks to the chunk holding its first seq (`seek_for_prev`), reads
+//! it from the frame log and skips the frames before it.
 
 use bytes::Bytes;
 use rocksdb::{ReadOptions, DB};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::framelog::{FrameLog, Pointer};
 use super::{JournalError, CF_FRAMES};
 use crate::protocol::{Payload, SessionId};
 
 /// The layout this code writes and reads, stored under `layout` in the
-/// `meta` column family. Layout 1 (no `layout` key) had one key per frame.
-pub(crate) const LAYOUT: u32 = 2;
+/// `meta` column family. Layout 1 (no `layout` key) had one key per frame;
+/// layout 2 kept chunks inside RocksDB.
+pub(crate) const LAYOUT: u32 = 3;
+
+/// What a layout was, for the line that refuses it.
+pub(crate) fn describe_layout(layout: u32) -> &'static str {
+    match layout {
+        1 => "one RocksDB key per frame",
+        2 => "frames inside RocksDB",
+        _ => "unknown",
+    }
+}
 
 const KIND_TEXT: u8 = 0;
 const KIND_BINARY: u8 = 1;
@@ -60,7 +72,7 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, p: &Payload) {
 }
 
 /// The frames of a chunk, `(offset of the payload, length, kind)`, without
-/// copying: what recovery counts and what reads slice.
+/// copying: what reads slice.
 fn frames(value: &[u8]) -> impl Iterator<Item = Result<(usize, usize, u8), JournalError>> + '_ {
     let mut at = 0usize;
     std::iter::from_fn(move || {
@@ -83,15 +95,14 @@ fn frames(value: &[u8]) -> impl Iterator<Item = Result<(usize, usize, u8), Journ
     })
 }
 
-/// `(frames, payload bytes)` in a chunk, for recovery.
-pub(crate) fn count(value: &[u8]) -> Result<(u64, u64), JournalError> {
-    let (mut n, mut bytes) = (0u64, 0u64);
-    for f in frames(value) {
-        let (_, len, _) = f?;
+/// Frames in a chunk (checked), for a migration from layout 2.
+pub(crate) fn frame_count(chunk: &[u8]) -> Result<u32, JournalError> {
+    let mut n = 0u32;
+    for f in frames(chunk) {
+        f?;
         n += 1;
-        bytes += len as u64;
     }
-    Ok((n, bytes))
+    Ok(n)
 }
 
 fn payload(chunk: &Bytes, start: usize, len: usize, kind: u8) -> Result<Payload, JournalError> {
@@ -107,10 +118,11 @@ fn payload(chunk: &Bytes, start: usize, len: usize, kind: u8) -> Result<Payload,
 
 /// Frames `from..=to` of `session`, stopping after `max_bytes` of payload
 /// (at least one frame is returned if any exists). Trimmed frames are
-/// absent: the caller compares the first seq. Each chunk is copied out of
-/// RocksDB once; its frames are slices of that copy.
+/// absent: the caller compares the first seq. Each chunk is read from the
+/// frame log once; its frames are slices of that copy.
 pub(crate) fn read(
     db: &DB,
+    log: &FrameLog,
     session: SessionId,
     from: u64,
     to: u64,
@@ -133,7 +145,7 @@ pub(crate) fn read(
             break;
         }
         let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        let chunk = Bytes::copy_from_slice(v);
+        let Some(chunk) = fetch(log, v, &session, first, out.is_empty())? else { break };
         for (seq, f) in (first..).zip(frames(&chunk)) {
             let (start, len, kind) = f?;
             if seq > to {
@@ -233,11 +245,25 @@ fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]
     Ok(())
 }
 
+/// The chunk a pointer names. `None` if its file is gone: every pointer
+/// into it was deleted since this read's iterator started, so the chunk was
+/// trimmed. Trims delete a prefix of a session's chunks, so before the
+/// first frame is found (`skip`) that is skipped and the read goes on;
+/// after it, the read ends there.
+fn fetch(log: &FrameLog, v: &[u8], session: &SessionId, first: u64, skip: bool) -> Result<Option<Bytes>, JournalError> {
+    let at = Pointer::decode(v)?;
+    match log.read(&at, session, first)? {
+        Some(chunk) => Ok(Some(chunk)),
+        None if skip => Ok(Some(Bytes::new())),
+        None => Ok(None),
+    }
+}
+
 /// Like [`read`], but the frames come out as one buffer of wire bytes,
-/// stamped: one copy of each payload, straight from RocksDB's block into
-/// the buffer the pump writes (no `Payload`, no `Message` per frame).
+/// stamped (no `Payload`, no `Message` per frame), ready for the pump.
 pub(crate) fn read_wire(
     db: &DB,
+    log: &FrameLog,
     session: SessionId,
     from: u64,
     to: u64,
@@ -247,8 +273,6 @@ pub(crate) fn read_wire(
     let cf = db.cf_handle(CF_FRAMES).expect("frames cf");
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(chunk_key(&session, to.saturating_add(1)).to_vec());
-    // A replay reads on through many chunks: let RocksDB read ahead.
-    ro.set_readahead_size(2 << 20);
     let mut it = db.raw_iterator_cf_opt(cf, ro);
     let start = chunk_key(&session, from);
     it.seek_for_prev(start);
@@ -263,13 +287,14 @@ pub(crate) fn read_wire(
             break;
         }
         let chunk_first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        for (seq, f) in (chunk_first..).zip(frames(v)) {
+        let Some(chunk) = fetch(log, v, &session, chunk_first, first.is_none())? else { break };
+        for (seq, f) in (chunk_first..).zip(frames(&chunk)) {
             let (start, len, kind) = f?;
             if seq > to {
                 break 'chunks;
             }
             if seq >= from {
-                put_wire(&mut out, stamp, seq, kind, &v[start..start + len])?;
+                put_wire(&mut out, stamp, seq, kind, &chunk[start..start + len])?;
                 first.get_or_insert(seq);
                 last = seq;
                 bytes += len;
@@ -294,7 +319,7 @@ mod tests {
         encode_frame(&mut v, &Payload::Text("héllo".into()));
         encode_frame(&mut v, &Payload::Binary(Bytes::from_static(b"\0\x01")));
         encode_frame(&mut v, &Payload::Text("".into()));
-        assert_eq!(count(&v).unwrap(), (3, 6 + 2));
+        assert_eq!(frames(&v).map(|f| f.unwrap().1).collect::<Vec<_>>(), [6, 2, 0]);
         let chunk = Bytes::from(v);
         let got: Vec<Payload> =
             frames(&chunk).map(|f| f.unwrap()).map(|(s, l, k)| payload(&chunk, s, l, k).unwrap()).collect();
@@ -325,7 +350,7 @@ mod tests {
     fn truncated_chunks_are_corrupt() {
         let mut v = Vec::new();
         encode_frame(&mut v, &Payload::Binary(Bytes::from_static(b"abcdef")));
-        assert!(count(&v[..v.len() - 1]).is_err());
-        assert!(count(&v[..3]).is_err());
+        assert!(frames(&v[..v.len() - 1]).any(|f| f.is_err()));
+        assert!(frames(&v[..3]).any(|f| f.is_err()));
     }
 }

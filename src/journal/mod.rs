@@ -1,32 +1,40 @@
 //! The journal: every backend→client frame, in RocksDB, before any client
 //! can see it.
 //!
-//! Layout 2 (column families):
-//! - `frames`: `session id (16) ‖ first seq (8, big-endian)` → a chunk of
-//!   consecutive frames ([`chunk`])
+//! Layout 3: the frames themselves are in the frame log ([`framelog`]),
+//! files of chunks written once; RocksDB holds everything else, in column
+//! families:
+//! - `frames`: `session id (16) ‖ first seq (8, big-endian)` → where a chunk
+//!   of consecutive frames ([`chunk`]) is in the frame log
+//!   ([`framelog::Pointer`])
 //! - `sessions`: `session id` → [`SessionMeta`] as JSON
 //! - `upstream`: `session id` → the upstream guarantee's written mark
 //!   ([`UpMark`]), for sessions whose clients opted in
 //! - `requests`: `session id` → the upgrade request that opened the
 //!   session's backend connection (`session::eager`), when reopened eagerly
-//! - `meta`: `layout` (u32, big-endian: 2), `epoch` (8 bytes, big-endian),
+//! - `meta`: `layout` (u32, big-endian: 3), `epoch` (8 bytes, big-endian),
 //!   if none is configured, `secret`, and `clean_stop` between a drain and
 //!   the next start
 //!
 //! All writes go through one writer thread ([`writer`]) that batches
-//! operations from every session into one RocksDB write; reads run on the
-//! blocking pool. No RocksDB call runs on an async worker.
+//! operations from every session into one frame log append and one RocksDB
+//! write; reads run on the blocking pool. No RocksDB call or file I/O runs
+//! on an async worker.
 
 mod chunk;
 mod dir;
+mod framelog;
+mod liveness;
+mod migrate;
 mod recover;
 mod rocks;
 mod space;
+mod syncer;
 mod upmark;
 mod writer;
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rocksdb::DB;
@@ -72,10 +80,12 @@ pub enum JournalError {
     #[error(transparent)]
     Dir(#[from] dir::DirError),
     /// The data directory holds a journal in a layout this tether does not
-    /// read (an older tether's per-frame layout): refused at start.
+    /// read (an older tether's): refused at start.
     #[error(
-        "{path}: the journal there is in layout {found} (one key per frame, written by an older tether); this tether \
-         reads layout {} only. Let the old tether's clients finish and start this one with an empty journal.data_dir",
+        "{path}: the journal there is in layout {found} ({}, written by an older tether); this tether \
+         reads layout {} and migrates layout 2. Let the old tether's clients finish and start this one with an \
+         empty journal.data_dir",
+        chunk::describe_layout(*found),
         chunk::LAYOUT
     )]
     Layout {
@@ -222,6 +232,8 @@ impl Op {
 #[derive(Clone)]
 pub(crate) struct Journal {
     db: Arc<DB>,
+    log: Arc<framelog::FrameLog>,
+    live: Arc<Mutex<liveness::Liveness>>,
     tx: mpsc::Sender<Op>,
     epoch: u64,
     /// Shared with the writer: how its writes are going.
@@ -253,7 +265,7 @@ impl Journal {
         dir::prepare(&config.data_dir)?;
         let db = Arc::new(rocks::open_db(config)?);
         let meta = db.cf_handle(CF_META).expect("meta cf");
-        recover::check_layout(&db, &config.data_dir)?;
+        let layout = recover::check_layout(&db, &config.data_dir)?;
         let epoch = match db.get_cf(meta, b"epoch")? {
             Some(v) => u64::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("epoch".into()))?),
             None => {
@@ -282,11 +294,28 @@ impl Journal {
             None
         };
         let clean_stop = upmark::take_clean_stop(&db)?;
-        let recovered = recover::recover(&db, clean_stop)?;
+        let (log, files) = framelog::FrameLog::open(&config.data_dir)?;
+        let log = Arc::new(log);
+        let files = match layout {
+            2 => migrate::from_layout_2(&db, &log, &files, config.memtable_bytes as u64)?,
+            _ => files,
+        };
+        let (recovered, mut live) = recover::recover(&db, &log, &files, clean_stop)?;
+        let newest = files.last().map_or(0, |(id, _)| *id);
+        let appender = framelog::Appender::start(
+            log.clone(),
+            newest,
+            config.memtable_bytes as u64,
+            config.sync == crate::config::SyncMode::Interval,
+        )?;
+        live.active = appender.active();
+        let live = Arc::new(Mutex::new(live));
         let (tx, rx) = mpsc::channel(config.max_batch * 4);
         let health = writer::Health::new();
-        let writer = writer::spawn(db.clone(), rx, config.clone(), health.clone(), metrics.clone());
-        Ok(Opened { journal: Journal { db, tx, epoch, health, metrics }, stored_secret, recovered, writer })
+        let parts = writer::Parts { db: db.clone(), log: log.clone(), appender, live: live.clone() };
+        let writer = writer::spawn(parts, rx, config.clone(), health.clone(), metrics.clone());
+        let journal = Journal { db, log, live, tx, epoch, health, metrics };
+        Ok(Opened { journal, stored_secret, recovered, writer })
     }
 
     /// The epoch created with this database; tokens carry it.
@@ -403,23 +432,19 @@ impl Journal {
         Ok(())
     }
 
-    /// Deletes the SST files that hold nothing but `session`'s frames up to
-    /// `upto`, on the blocking pool. Only a MANIFEST record is written, so it
-    /// works while the disk is full. The trim or purge record is queued
-    /// after it; should a restart come first, `recover` sees the hole and
-    /// counts the frames before it as trimmed, so they are reported, never
-    /// replayed in part.
+    /// Counts `session`'s chunks up to `upto` dead before the trim or purge
+    /// that deletes them is written, and deletes the frame log files that
+    /// leaves with nothing live, on the blocking pool: that writes nothing,
+    /// so it works while the disk is full. The trim or purge record is
+    /// queued after it; should a restart come first, `recover` sees the
+    /// hole and counts the frames before it as trimmed, so they are
+    /// reported, never replayed in part.
     async fn reclaim(&self, session: SessionId, upto: u64) {
-        let db = self.db.clone();
+        let (db, log, live) = (self.db.clone(), self.log.clone(), self.live.clone());
         let deleted = tokio::task::spawn_blocking(move || {
-            let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-            let before = db.live_files().map(|f| f.len())?;
-            // Inclusive of `to` (RocksDB's `include_end`): a chunk keyed at
-            // or before `upto` holds nothing past it (no chunk straddles a
-            // trim), and the chunk keyed `upto + 1` is kept.
-            let (from, to) = (chunk::chunk_key(&session, 0), chunk::chunk_key(&session, upto));
-            db.delete_file_in_range_cf(frames, from, to)?;
-            Ok::<_, rocksdb::Error>(before.saturating_sub(db.live_files()?.len()))
+            let mut live = live.lock().expect("liveness lock");
+            live.reclaim(&db, &session, upto)?;
+            Ok::<_, JournalError>(live.delete_dead(&log))
         })
         .await;
         match deleted {
@@ -464,8 +489,8 @@ impl Journal {
         to: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Payload)>, JournalError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || chunk::read(&db, session, from, to, max_bytes))
+        let (db, log) = (self.db.clone(), self.log.clone());
+        tokio::task::spawn_blocking(move || chunk::read(&db, &log, session, from, to, max_bytes))
             .await
             .map_err(|_| JournalError::Closed)?
     }
@@ -481,14 +506,16 @@ impl Journal {
         max_bytes: usize,
         stamp: chunk::WireStamp,
     ) -> tokio::task::JoinHandle<Result<chunk::Wire, JournalError>> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || chunk::read_wire(&db, session, from, to, max_bytes, stamp))
+        let (db, log) = (self.db.clone(), self.log.clone());
+        tokio::task::spawn_blocking(move || chunk::read_wire(&db, &log, session, from, to, max_bytes, stamp))
     }
 
-    /// Bytes of the journal on disk (SST files plus live WAL files).
+    /// Bytes of the journal on disk (frame log files, SST files and live
+    /// WAL files).
     pub(crate) async fn disk_bytes(&self) -> u64 {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let log = self.log.disk_bytes();
+        log + tokio::task::spawn_blocking(move || {
             let sst = db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
             let wal = db.property_int_value("rocksdb.live-wal-files-size").ok().flatten().unwrap_or(0);
             let mem = db.property_int_value("rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);

@@ -6,40 +6,57 @@ use std::path::Path;
 use rocksdb::{IteratorMode, DB};
 
 use super::chunk::{self, chunk_key};
+use super::framelog::{FrameLog, Pointer};
+use super::liveness::Liveness;
 use super::{
     upmark, JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM,
 };
 use crate::protocol::SessionId;
 
+/// The journal's layout: the current one, or 2, which `migrate` converts.
 /// Layout 1 (one key per frame, no `layout` key) is refused rather than
 /// misread; a database with no frames at all is simply (re)stamped with the
 /// current layout.
-pub(super) fn check_layout(db: &DB, dir: &Path) -> Result<(), JournalError> {
+pub(super) fn check_layout(db: &DB, dir: &Path) -> Result<u32, JournalError> {
     let meta = db.cf_handle(CF_META).expect("meta cf");
-    let found = match db.get_cf(meta, b"layout")? {
-        Some(v) => u32::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("layout".into()))?),
-        None => {
-            let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-            if db.iterator_cf(frames, IteratorMode::Start).next().transpose()?.is_some() {
-                1
-            } else {
-                let mut wo = rocksdb::WriteOptions::default();
-                wo.set_sync(true);
-                db.put_cf_opt(meta, b"layout", chunk::LAYOUT.to_be_bytes(), &wo)?;
-                chunk::LAYOUT
-            }
+    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
+    let stored = match db.get_cf(meta, b"layout")? {
+        Some(v) => {
+            Some(u32::from_be_bytes(v.as_slice().try_into().map_err(|_| JournalError::Corrupt("layout".into()))?))
         }
+        None => None,
     };
-    if found != chunk::LAYOUT {
-        return Err(JournalError::Layout { path: dir.to_owned(), found });
+    if stored == Some(chunk::LAYOUT) {
+        return Ok(chunk::LAYOUT);
     }
-    Ok(())
+    if db.iterator_cf(frames, IteratorMode::Start).next().transpose()?.is_none() {
+        // No frames: nothing a layout changes.
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.put_cf_opt(meta, b"layout", chunk::LAYOUT.to_be_bytes(), &wo)?;
+        return Ok(chunk::LAYOUT);
+    }
+    match stored {
+        Some(2) => Ok(2),
+        found => Err(JournalError::Layout { path: dir.to_owned(), found: found.unwrap_or(1) }),
+    }
 }
 
-/// Scans the journal for sessions. Frames and upstream marks whose session
-/// record is missing cannot be resumed by anyone and are deleted. A mark
-/// counts as `stopped` only if the last drain was clean (`clean_stop`).
-pub(super) fn recover(db: &DB, clean_stop: bool) -> Result<Vec<RecoveredSession>, JournalError> {
+/// Scans the journal for sessions, and counts what is live in the frame
+/// log's `files` (id, length), deleting the files nothing points into.
+/// Frames and upstream marks whose session record is missing cannot be
+/// resumed by anyone and are deleted; so are pointers to chunks a trim
+/// already covers (appended after it was queued) and pointers to bytes
+/// that are not in the frame log (its file was deleted by a full-disk
+/// reclaim whose trim record a restart interrupted, or lost with the page
+/// cache): the frames before such a hole count as trimmed. A mark counts as
+/// `stopped` only if the last drain was clean (`clean_stop`).
+pub(super) fn recover(
+    db: &DB,
+    log: &FrameLog,
+    files: &[(u64, u64)],
+    clean_stop: bool,
+) -> Result<(Vec<RecoveredSession>, Liveness), JournalError> {
     let sessions = db.cf_handle(CF_SESSIONS).expect("sessions cf");
     let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
     let mut out: Vec<RecoveredSession> = Vec::new();
@@ -69,7 +86,9 @@ pub(super) fn recover(db: &DB, clean_stop: bool) -> Result<Vec<RecoveredSession>
             Err(_) => db.delete_cf(upstream, id.0)?,
         }
     }
+    let mut live = Liveness::of_files(files.iter().map(|(id, _)| *id));
     let mut orphans: Vec<SessionId> = Vec::new();
+    let mut dropped: Vec<Box<[u8]>> = Vec::new();
     for item in db.iterator_cf(frames, IteratorMode::Start) {
         let (k, v) = item?;
         if k.len() != 24 {
@@ -77,72 +96,100 @@ pub(super) fn recover(db: &DB, clean_stop: bool) -> Result<Vec<RecoveredSession>
         }
         let id = SessionId(k[..16].try_into().expect("16 bytes"));
         let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        match out.binary_search_by_key(&id, |s| s.id) {
-            Ok(i) => {
-                let s = &mut out[i];
-                let (n, bytes) = chunk::count(&v)?;
-                // A chunk never straddles a trim (see `chunk`); one left
-                // behind by a trim queued before its append is not counted.
-                if first > s.meta.trimmed_to {
-                    // Chunks follow one another; a hole means files were
-                    // deleted for a trim (or purge) whose record a restart
-                    // interrupted (`reclaim`): what precedes the hole was
-                    // being trimmed, and is reported as trimmed.
-                    if first != s.meta.trimmed_to + s.frames + 1 {
-                        s.meta.trimmed_to = first - 1;
-                        (s.frames, s.bytes) = (0, 0);
-                    }
-                    s.last_seq = s.last_seq.max(first + n - 1);
-                    s.frames += n;
-                    s.bytes += bytes;
-                }
+        let Ok(i) = out.binary_search_by_key(&id, |s| s.id) else {
+            if orphans.last() != Some(&id) {
+                orphans.push(id);
             }
-            Err(_) => {
-                if orphans.last() != Some(&id) {
-                    orphans.push(id);
-                }
-            }
+            continue;
+        };
+        let s = &mut out[i];
+        let at = Pointer::decode(&v)?;
+        let written = files
+            .binary_search_by_key(&at.file, |(f, _)| *f)
+            .is_ok_and(|j| at.offset + at.record_bytes() <= files[j].1);
+        // A chunk never straddles a trim (see `chunk`); one left behind by
+        // a trim queued before its append is not counted.
+        if first <= s.meta.trimmed_to || !written {
+            dropped.push(k);
+            continue;
         }
+        // Chunks follow one another; a hole means files were deleted for a
+        // trim (or purge) whose record a restart interrupted (`reclaim`):
+        // what precedes the hole was being trimmed, and is reported as
+        // trimmed.
+        if first != s.meta.trimmed_to + s.frames + 1 {
+            s.meta.trimmed_to = first - 1;
+            (s.frames, s.bytes) = (0, 0);
+        }
+        let n = u64::from(at.frames);
+        s.last_seq = s.last_seq.max(first + n - 1);
+        s.frames += n;
+        s.bytes += at.payload_bytes();
+        live.add(&at);
+    }
+    for k in dropped {
+        db.delete_cf(frames, k)?;
     }
     for id in orphans {
         db.delete_range_cf(frames, chunk_key(&id, 0), chunk_key(&id, u64::MAX))?;
     }
-    Ok(out)
+    live.delete_dead(log);
+    Ok((out, live))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::JournalConfig;
+    use crate::journal::framelog::{Appender, Record};
     use crate::protocol::Payload;
 
     /// Writes chunks of 64 one-byte frames of `id` starting at each of
-    /// `firsts`, and the session's record.
-    fn write(db: &DB, id: &SessionId, firsts: &[u64]) {
+    /// `firsts` to the frame log, their pointers, and the session's record.
+    fn write(db: &DB, app: &mut Appender, id: &SessionId, firsts: &[u64]) {
         let meta = SessionMeta::default();
         db.put_cf(db.cf_handle(CF_SESSIONS).unwrap(), id.0, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let mut v = Vec::new();
+        for _ in 0..64 {
+            chunk::encode_frame(&mut v, &Payload::Text("x".into()));
+        }
         for &first in firsts {
-            let mut v = Vec::new();
-            for _ in 0..64 {
-                chunk::encode_frame(&mut v, &Payload::Text("x".into()));
-            }
-            db.put_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(id, first), v).unwrap();
+            let (at, _) = app.append(&[Record { session: id, first, frames: 64, chunk: &v }]).unwrap();
+            db.put_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(id, first), at[0].encode()).unwrap();
         }
     }
 
     /// Contiguous chunks are all retained; after a hole (files deleted for
     /// a trim whose record never landed) only the chunks after it are, and
-    /// the rest counts as trimmed.
+    /// the rest counts as trimmed. A pointer past the end of its file (a
+    /// torn write) is a hole too, and a file nothing points into is deleted.
     #[test]
     fn a_hole_in_a_sessions_chunks_counts_as_trimmed() {
         let dir = tempfile::tempdir().unwrap();
         let config = JournalConfig { data_dir: dir.path().to_owned(), ..JournalConfig::default() };
         let db = super::super::rocks::open_db(&config).unwrap();
-        let (whole, holed) = (SessionId([1; 16]), SessionId([2; 16]));
-        write(&db, &whole, &[1, 65, 129]);
-        write(&db, &holed, &[1, 129, 193]);
-        let got = recover(&db, false).unwrap();
-        let summary: Vec<_> = got.iter().map(|s| (s.id, s.meta.trimmed_to, s.frames, s.last_seq)).collect();
-        assert_eq!(summary, vec![(whole, 0, 192, 192), (holed, 128, 128, 256)]);
+        let log = Arc::new(FrameLog::open(dir.path()).unwrap().0);
+        let mut app = Appender::start(log.clone(), 0, 1 << 20, false).unwrap();
+        let (whole, holed, torn) = (SessionId([1; 16]), SessionId([2; 16]), SessionId([3; 16]));
+        write(&db, &mut app, &whole, &[1, 65, 129]);
+        write(&db, &mut app, &holed, &[1, 129, 193]);
+        write(&db, &mut app, &torn, &[1, 65]);
+        // A second file nothing points into.
+        Appender::start(log.clone(), 1, 1 << 20, false).unwrap();
+        drop((app, log));
+        // The torn session's first chunk points past the end of the file.
+        let mut bad =
+            Pointer::decode(&db.get_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 1)).unwrap().unwrap())
+                .unwrap();
+        bad.offset += 1 << 20;
+        db.put_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 1), bad.encode()).unwrap();
+        let (log, files) = FrameLog::open(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let (got, _) = recover(&db, &log, &files, false).unwrap();
+        let summary: Vec<_> = got.iter().map(|s| (s.id, s.meta.trimmed_to, s.frames, s.bytes, s.last_seq)).collect();
+        assert_eq!(summary, vec![(whole, 0, 192, 192, 192), (holed, 128, 128, 128, 256), (torn, 64, 64, 64, 128)]);
+        assert_eq!(FrameLog::open(dir.path()).unwrap().1.len(), 1, "the empty file is deleted");
     }
 }

@@ -1,31 +1,35 @@
-//! The one journal writer: drains the queue shared by every session, commits
-//! what it drained as one RocksDB write batch (group commit), then tells each
-//! session how far its frames are durable.
+//! The one journal writer: drains the queue shared by every session, appends
+//! the chunks it drained to the frame log, commits their pointers and every
+//! other operation as one RocksDB write batch (group commit), then tells
+//! each session how far its frames are durable.
 //!
-//! It runs on its own OS thread so RocksDB writes and fsyncs never block an
-//! async worker. Nothing after a failed write is acknowledged, so no frame
-//! reaches a client without being in the journal. Failures come in three
-//! kinds:
+//! It runs on its own OS thread so file writes, RocksDB writes and fsyncs
+//! never block an async worker. Nothing after a failed write is
+//! acknowledged, so no frame reaches a client without being in the journal.
+//! Failures come in three kinds:
 //! - transient (busy, try again, timed out): retried with backoff;
-//! - a full disk: RocksDB refuses every write until its `SstFileManager`
-//!   sees enough free space and resumes it (`space`), so the writer holds
-//!   the batch and retries it until then, or until tether shuts down;
-//! - anything else (an I/O error such as EMFILE, corruption) leaves RocksDB
-//!   stopped until it is reopened: the writer marks the journal failed and
+//! - a full disk: the frame log's write fails with ENOSPC, or RocksDB
+//!   refuses every write until its `SstFileManager` sees enough free space
+//!   and resumes it (`space`); the writer holds the batch and retries it
+//!   until then (trims and purges meanwhile delete whole log files, see
+//!   `Journal::reclaim`), or until tether shuts down;
+//! - anything else (an I/O error such as EMFILE, corruption) leaves the
+//!   journal stopped until it is reopened: the writer marks it failed and
 //!   stops; the server drains and exits non-zero, and the restart replays
 //!   the WAL: everything acknowledged is there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::RecvTimeoutError;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rocksdb::{ErrorKind, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
-use super::space;
-use super::{upmark, Op, CF_FRAMES, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
+use super::framelog::{Appender, FrameLog, Pointer, Record};
+use super::liveness::{Appended, Liveness};
+use super::syncer::{sync_all, Syncer};
+use super::{space, upmark, JournalError, Op, CF_FRAMES, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
 
@@ -55,14 +59,50 @@ impl Health {
     }
 }
 
-/// Whether a failed write may succeed if tried again in this process: only
-/// statuses RocksDB returns without recording a background error.
-fn is_transient(e: &rocksdb::Error) -> bool {
-    matches!(e.kind(), ErrorKind::Busy | ErrorKind::TryAgain | ErrorKind::TimedOut | ErrorKind::Incomplete)
+/// A failed write, of the frame log or of RocksDB.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("frame log: {0}")]
+    Log(#[from] std::io::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl WriteError {
+    /// Whether the write may succeed if tried again in this process: only
+    /// statuses RocksDB returns without recording a background error.
+    fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Rocks(e) => {
+                matches!(e.kind(), ErrorKind::Busy | ErrorKind::TryAgain | ErrorKind::TimedOut | ErrorKind::Incomplete)
+            }
+            WriteError::Log(e) => e.kind() == std::io::ErrorKind::Interrupted,
+            WriteError::Journal(_) => false,
+        }
+    }
+
+    /// Whether it failed for want of disk space, which is waited out.
+    fn is_full_disk(&self) -> bool {
+        match self {
+            WriteError::Rocks(e) => space::is_full_disk(e),
+            WriteError::Log(e) => matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            WriteError::Journal(_) => false,
+        }
+    }
+}
+
+/// What the writer thread works with.
+pub(super) struct Parts {
+    pub(super) db: Arc<DB>,
+    pub(super) log: Arc<FrameLog>,
+    pub(super) appender: Appender,
+    pub(super) live: Arc<Mutex<Liveness>>,
 }
 
 pub(super) fn spawn(
-    db: Arc<DB>,
+    parts: Parts,
     rx: mpsc::Receiver<Op>,
     config: JournalConfig,
     health: Health,
@@ -73,9 +113,10 @@ pub(super) fn spawn(
         .spawn(move || {
             precise_sleeps();
             let dirty = Arc::new(AtomicBool::new(false));
+            let Parts { db, log, appender, live } = parts;
             let syncer = (config.sync == SyncMode::Interval)
-                .then(|| Syncer::spawn(db.clone(), config.sync_interval, dirty.clone(), metrics.clone()));
-            Writer { db, config, health, metrics, dirty }.run(rx);
+                .then(|| Syncer::spawn(db.clone(), log.clone(), config.sync_interval, dirty.clone(), metrics.clone()));
+            Writer { db, log, appender, live, config, health, metrics, dirty }.run(rx);
             if let Some(s) = syncer {
                 s.stop();
             }
@@ -85,6 +126,9 @@ pub(super) fn spawn(
 
 struct Writer {
     db: Arc<DB>,
+    log: Arc<FrameLog>,
+    appender: Appender,
+    live: Arc<Mutex<Liveness>>,
     config: JournalConfig,
     health: Health,
     metrics: Arc<Metrics>,
@@ -99,7 +143,8 @@ impl Writer {
         // A write lands in one memtable whatever its size, and after a full
         // disk RocksDB must flush the memtables before writes resume: a
         // bounded batch keeps that near `memtable_bytes`, the free space it
-        // waits for.
+        // waits for. (Frames go to the frame log, but a batch is also what
+        // one retry holds.)
         let max_bytes = self.config.memtable_bytes / 8;
         let max_ops = self.config.max_batch;
         let delay = self.config.commit_delay;
@@ -133,28 +178,31 @@ impl Writer {
                 Err(e) => return self.fail(&e),
             }
         }
-        sync_wal(&self.db, &self.metrics, Fsync::Drain);
+        sync_all(&self.db, &self.log, &self.metrics, Fsync::Drain);
     }
 
     /// The journal cannot be written in this process any more: nothing more
     /// is acknowledged, and dropping the queue fails every later operation.
-    fn fail(&self, e: &rocksdb::Error) {
+    fn fail(&self, e: &WriteError) {
         tracing::error!(error = %e, "journal failed; tether drains and exits so that it is restarted");
         let reason: Arc<str> = e.to_string().into();
         self.health.failed.send_replace(Some(reason));
     }
 
-    /// Writes `ops` (retrying transient failures and a full disk), then
-    /// acknowledges them. Returns true if one of them closes the journal, or
-    /// the error that failed it.
-    fn commit(&mut self, ops: &mut Vec<Op>) -> Result<bool, rocksdb::Error> {
+    /// Runs `attempt` until it succeeds, retrying transient failures and a
+    /// full disk; the error that failed the journal otherwise.
+    fn retry<T>(&mut self, mut attempt: impl FnMut(&mut Self) -> Result<T, WriteError>) -> Result<T, WriteError> {
         let mut backoff = Duration::from_millis(10);
-        while let Err(e) = self.write(ops) {
+        let done = loop {
+            let e = match attempt(self) {
+                Ok(done) => break done,
+                Err(e) => e,
+            };
             self.metrics.journal_write_errors.inc();
-            let full = space::is_full_disk(&e);
+            let full = e.is_full_disk();
             // At shutdown a full disk is not waited for: what is held was
             // never acknowledged, so no client has seen it.
-            if !(is_transient(&e) || full && !self.health.give_up.load(Ordering::Relaxed)) {
+            if !(e.is_transient() || full && !self.health.give_up.load(Ordering::Relaxed)) {
                 return Err(e);
             }
             self.health.disk_full.store(full, Ordering::Relaxed);
@@ -167,11 +215,30 @@ impl Writer {
             // a quarter-second retry adds little to that.
             let cap = if full { Duration::from_millis(250) } else { Duration::from_secs(1) };
             backoff = (backoff * 2).min(cap);
-        }
+        };
         if !self.health.healthy.swap(true, Ordering::Relaxed) {
             self.health.disk_full.store(false, Ordering::Relaxed);
             self.metrics.journal_disk_full.set(0);
             tracing::info!("journal writes succeed again");
+        }
+        Ok(done)
+    }
+
+    /// Writes `ops` (chunks to the frame log, then everything to RocksDB),
+    /// then acknowledges them. Returns true if one of them closes the
+    /// journal, or the error that failed it.
+    fn commit(&mut self, ops: &mut Vec<Op>) -> Result<bool, WriteError> {
+        let pointers = self.retry(|w| w.append(ops))?;
+        let appended = self.count(ops, &pointers)?;
+        self.retry(|w| w.write(ops, &appended))?;
+        {
+            let mut live = self.live.lock().expect("liveness lock");
+            for op in ops.iter() {
+                if let Op::Purge { session } = op {
+                    live.forget(session);
+                }
+            }
+            live.delete_dead(&self.log);
         }
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
         let mut syncs = Vec::new();
@@ -213,7 +280,7 @@ impl Writer {
             advance(&to, seq);
         }
         if !syncs.is_empty() {
-            sync_wal(&self.db, &self.metrics, Fsync::Drain);
+            sync_all(&self.db, &self.log, &self.metrics, Fsync::Drain);
             for done in syncs {
                 let _ = done.send(());
             }
@@ -221,16 +288,66 @@ impl Writer {
         Ok(closing)
     }
 
-    fn write(&mut self, ops: &[Op]) -> Result<(), rocksdb::Error> {
+    /// Appends the batch's chunks to the frame log (fsynced with `sync =
+    /// always`): where each went, in order.
+    fn append(&mut self, ops: &[Op]) -> Result<Vec<Pointer>, WriteError> {
+        let records: Vec<Record<'_>> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Append { session, first, frames, chunk, .. } => {
+                    Some(Record { session, first: *first, frames: *frames, chunk })
+                }
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (pointers, written) = self.appender.append(&records)?;
+        if self.config.sync == SyncMode::Always {
+            for f in &written {
+                f.sync_data()?;
+            }
+        }
+        Ok(pointers)
+    }
+
+    /// Counts the batch's chunks live in their files, and the chunks its
+    /// trims and purges delete dead (before the batch is written: a reclaim
+    /// on a full disk must not count them again). The batch's chunks, in
+    /// order.
+    fn count(&mut self, ops: &[Op], pointers: &[Pointer]) -> Result<Vec<Appended>, WriteError> {
+        let mut live = self.live.lock().expect("liveness lock");
+        live.active = self.appender.active();
+        let mut appended: Vec<Appended> = Vec::with_capacity(pointers.len());
+        let mut next = pointers.iter();
+        for op in ops {
+            match op {
+                Op::Append { session, first, .. } => {
+                    let at = *next.next().expect("a pointer per chunk");
+                    live.add(&at);
+                    appended.push(Appended { session: *session, first: *first, at, dead: false });
+                }
+                Op::Trim { session, upto, .. } => live.trim(&self.db, session, *upto, &mut appended)?,
+                Op::Purge { session } => live.trim(&self.db, session, u64::MAX, &mut appended)?,
+                _ => {}
+            }
+        }
+        Ok(appended)
+    }
+
+    fn write(&mut self, ops: &[Op], appended: &[Appended]) -> Result<(), WriteError> {
         let frames = self.db.cf_handle(CF_FRAMES).expect("frames cf");
         let sessions = self.db.cf_handle(CF_SESSIONS).expect("sessions cf");
         let upstream = self.db.cf_handle(CF_UPSTREAM).expect("upstream cf");
         let requests = self.db.cf_handle(CF_REQUESTS).expect("requests cf");
         let mut batch = WriteBatch::default();
+        let mut chunks = appended.iter();
         for op in ops {
             match op {
-                Op::Append { session, first, chunk, .. } => {
-                    batch.put_cf(frames, chunk_key(session, *first), chunk);
+                Op::Append { session, first, .. } => {
+                    let a = chunks.next().expect("a pointer per chunk");
+                    batch.put_cf(frames, chunk_key(session, *first), a.at.encode());
                 }
                 Op::PutMeta { session, meta, .. } => {
                     batch.put_cf(sessions, session.0, serde_json::to_vec(meta).expect("meta serializes"));
@@ -308,61 +425,10 @@ fn advance(committed: &watch::Sender<u64>, seq: u64) {
     });
 }
 
-/// `sync = interval`: fsyncs the WAL every `sync_interval` if anything was
-/// written since the last time. It has its own thread so the writer keeps
-/// committing while an fsync runs: on the writer thread, every frame that
-/// arrived during an fsync waited for it (p99 of 0.8–7.8 ms at 16 KiB in
-/// docs/BENCHMARKS.md). An fsync covers everything written before it started,
-/// so a power loss still loses at most about one interval of writes.
-struct Syncer {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Syncer {
-    fn spawn(db: Arc<DB>, interval: Duration, dirty: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Syncer {
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("tether-wal-sync".into())
-            .spawn(move || {
-                let _fail_fast = AbortOnPanic;
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    if dirty.swap(false, Ordering::AcqRel) && !sync_wal(&db, &metrics, Fsync::Interval) {
-                        // Tried again at the next interval.
-                        dirty.store(true, Ordering::Release);
-                    }
-                }
-            })
-            .expect("spawn WAL sync thread");
-        Syncer { stop, thread }
-    }
-
-    /// Stops the thread, once the writer has made its own final fsync.
-    fn stop(self) {
-        drop(self.stop);
-        let _ = self.thread.join();
-    }
-}
-
-/// Fsyncs the WAL; false (counted and logged) if that failed.
-fn sync_wal(db: &DB, metrics: &Metrics, trigger: Fsync) -> bool {
-    match db.flush_wal(true) {
-        Ok(()) => {
-            metrics.fsync(trigger);
-            true
-        }
-        Err(e) => {
-            metrics.journal_write_errors.inc();
-            tracing::error!(error = %e, "journal fsync failed");
-            false
-        }
-    }
-}
-
 /// Without its writer tether can deliver nothing, and would stall silently
 /// (nor may the WAL silently stop being synced): a panic here ends the process so the supervisor restarts it, and every
 /// session resumes from the intact journal as `restarted`.
-struct AbortOnPanic;
+pub(super) struct AbortOnPanic;
 
 impl Drop for AbortOnPanic {
     fn drop(&mut self) {
