@@ -226,11 +226,11 @@ impl Metrics {
             ),
             journal_reclaimed_files: f.counter(
                 "tether_journal_reclaimed_files_total",
-                "Journal SST files deleted whole by retention while the disk was full.",
+                "Frame log files deleted whole by retention while the disk was full.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f
-                .gauge("tether_journal_disk_bytes", "Bytes of the journal on disk (SST files and WAL)."),
+                .gauge("tether_journal_disk_bytes", "Bytes of the journal on disk (frame log, SST files and WAL)."),
             journal_retained_bytes: f
                 .gauge("tether_journal_retained_bytes", "Payload bytes retained in the journal across sessions."),
             replayed_frames: f.counter("tether_replayed_frames_total", "Frames replayed to resuming clients."),
