@@ -61,14 +61,14 @@ async fn streams_of_twenty_times_the_limit_keep_the_journal_bounded_and_gaps_exa
     let trimmed = metric(&m, r#"tether_trimmed_frames_total{reason="max_frames"}"#) as u64;
     assert!(trimmed >= 2 * (N - LIMIT - CHUNK), "{trimmed} trimmed");
 
-    // What the frame log may hold: each session's retained frames (the
-    // limit and one chunk more, each with its 5-byte frame header), the
-    // 32-byte record header of each chunk (a chunk is at least one frame),
-    // the active file, and per session one file whose other chunks are
-    // dead (a trim ends inside it), with a file's slack for the one being
-    // written when it rolls.
-    let retained = (LIMIT + CHUNK) * (SIZE as u64 + 5 + 32);
-    let bound = 2 * retained + 4 * FILE;
+    // What the frame log may hold: twice what is live (the cleaner empties
+    // files at most half live while the log holds more than 1.5 times what
+    // is live and four files) and five files (those four, and the active
+    // one). Live: each session's retained frames (the limit and one chunk
+    // more), each with its 5-byte frame header and at most a 32-byte
+    // record header (a chunk is at least one frame).
+    let live = 2 * (LIMIT + CHUNK) * (SIZE as u64 + 5 + 32);
+    let bound = 2 * live + 5 * FILE;
     let streamed = 2 * N * SIZE as u64;
     let framelog = du(&data_dir.join("framelog"));
     eprintln!("frame log {framelog} bytes, bound {bound}, streamed {streamed}, trimmed {trimmed}");
@@ -96,6 +96,57 @@ async fn streams_of_twenty_times_the_limit_keep_the_journal_bounded_and_gaps_exa
     );
     assert_eq!(w["replay"], json!({"from": first, "to": N}));
     for i in first..=N {
+        assert_eq!(next_text(&mut ws2).await, format!("{i}:{}", body(i)));
+    }
+    t.stop().await;
+}
+
+/// A quiet session keeps one frame in each of many files while a busy one
+/// streams and trims (both detached): the cleaner moves the quiet session's chunks out of
+/// the files that are otherwise dead, so the frame log stays near what is
+/// live, and the moved frames replay byte for byte.
+#[tokio::test]
+async fn the_cleaner_frees_files_a_quiet_session_would_pin() {
+    const QUIET: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("journal");
+    let dd = data_dir.clone();
+    let (mut backend, t) = setup_with(move |c| {
+        c.journal.data_dir = dd;
+        c.journal.max_session_frames = LIMIT;
+        c.journal.memtable_bytes = FILE as usize;
+    })
+    .await;
+    let (ws, quiet_token, quiet) = attach(&mut backend, &t.url("/")).await;
+    drop_abruptly(ws);
+    wait_metric(t.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;
+    let (ws, _, busy) = attach(&mut backend, &t.url("/")).await;
+    drop_abruptly(ws);
+    wait_metric(t.admin_addr, r#"tether_sessions{state="detached"}"#, 2.0).await;
+    // A file's worth of the busy stream, then one quiet frame, 40 times:
+    // each quiet frame lands in another file.
+    let per_file = FILE / SIZE as u64;
+    for q in 1..=QUIET {
+        let from = (q - 1) * per_file + 1;
+        busy.stream_padded(from, q * per_file, SIZE);
+        wait_metric(t.admin_addr, "tether_journal_appends_total", (q * per_file + q - 1) as f64).await;
+        quiet.stream_padded(q, q, SIZE);
+        wait_metric(t.admin_addr, "tether_journal_appends_total", (q * per_file + q) as f64).await;
+    }
+    let m = t.metrics().await;
+    let cleaned = metric(&m, "tether_journal_cleaned_bytes_total");
+    let framelog = du(&data_dir.join("framelog"));
+    // Live: the busy session's limit and one chunk, the quiet frames.
+    let live = (LIMIT + CHUNK + QUIET) * (SIZE as u64 + 5 + 32);
+    let bound = 2 * live + 5 * FILE;
+    eprintln!("frame log {framelog} bytes, bound {bound}, {cleaned} bytes cleaned, {} streamed", QUIET * FILE);
+    assert!(cleaned > 0.0, "the cleaner ran");
+    assert!(framelog <= bound, "frame log {framelog} > {bound}");
+    let mut ws2 = resume(&t.url("/"), &quiet_token, 0).await;
+    let (w, _) = welcome(&mut ws2).await;
+    assert_eq!(w["outcome"], "resumed");
+    assert_eq!(w["replay"], json!({"from": 1, "to": QUIET}));
+    for i in 1..=QUIET {
         assert_eq!(next_text(&mut ws2).await, format!("{i}:{}", body(i)));
     }
     t.stop().await;

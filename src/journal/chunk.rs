@@ -145,7 +145,7 @@ pub(crate) fn read(
             break;
         }
         let first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        let Some(chunk) = fetch(log, v, &session, first, out.is_empty())? else { break };
+        let Some(chunk) = fetch(db, log, v, &session, first, out.is_empty())? else { break };
         for (seq, f) in (first..).zip(frames(&chunk)) {
             let (start, len, kind) = f?;
             if seq > to {
@@ -250,12 +250,30 @@ fn put_wire(out: &mut Vec<u8>, stamp: WireStamp, seq: u64, kind: u8, body: &[u8]
 /// trimmed. Trims delete a prefix of a session's chunks, so before the
 /// first frame is found (`skip`) that is skipped and the read goes on;
 /// after it, the read ends there.
-fn fetch(log: &FrameLog, v: &[u8], session: &SessionId, first: u64, skip: bool) -> Result<Option<Bytes>, JournalError> {
-    let at = Pointer::decode(v)?;
-    match log.read(&at, session, first)? {
-        Some(chunk) => Ok(Some(chunk)),
-        None if skip => Ok(Some(Bytes::new())),
-        None => Ok(None),
+///
+/// The cleaner also deletes files, after moving their chunks: a chunk whose
+/// file is gone but whose key is still there is read again where its
+/// pointer now says.
+fn fetch(
+    db: &DB,
+    log: &FrameLog,
+    v: &[u8],
+    session: &SessionId,
+    first: u64,
+    skip: bool,
+) -> Result<Option<Bytes>, JournalError> {
+    let mut at = Pointer::decode(v)?;
+    loop {
+        if let Some(chunk) = log.read(&at, session, first)? {
+            return Ok(Some(chunk));
+        }
+        let cf = db.cf_handle(CF_FRAMES).expect("frames cf");
+        // The same pointer: its file was deleted by a full-disk reclaim
+        // for a trim that is still queued.
+        match db.get_pinned_cf(cf, chunk_key(session, first))?.map(|v| Pointer::decode(&v)).transpose()? {
+            Some(moved) if moved != at => at = moved,
+            _ => return Ok(skip.then(Bytes::new)),
+        }
     }
 }
 
@@ -287,7 +305,7 @@ pub(crate) fn read_wire(
             break;
         }
         let chunk_first = u64::from_be_bytes(k[16..].try_into().expect("8 bytes"));
-        let Some(chunk) = fetch(log, v, &session, chunk_first, first.is_none())? else { break };
+        let Some(chunk) = fetch(db, log, v, &session, chunk_first, first.is_none())? else { break };
         for (seq, f) in (chunk_first..).zip(frames(&chunk)) {
             let (start, len, kind) = f?;
             if seq > to {

@@ -167,6 +167,39 @@ impl FrameLog {
         Ok(Some(Bytes::from(buf).slice(RECORD_HEADER..)))
     }
 
+    /// The records in file `id`, `(offset, session, first seq, chunk
+    /// length)`, read in 1 MiB blocks, up to a torn tail (which nothing
+    /// points into).
+    pub(crate) fn scan(&self, id: u64) -> Result<Vec<(u64, SessionId, u64, u32)>, JournalError> {
+        let Some(file) = self.files.lock().expect("frame log lock").get(&id).cloned() else {
+            return Ok(Vec::new());
+        };
+        let io = |source| JournalError::Io { path: self.path(id), source };
+        let size = file.metadata().map_err(io)?.len();
+        let mut out = Vec::new();
+        let mut block = vec![0u8; 1 << 20];
+        let (mut at, mut block_at, mut filled) = (0u64, 0u64, 0usize);
+        while at + RECORD_HEADER as u64 <= size {
+            // The header must be in the block; read the next one from `at`.
+            if at < block_at || at + RECORD_HEADER as u64 > block_at + filled as u64 {
+                let want = block.len().min((size - at) as usize);
+                file.read_exact_at(&mut block[..want], at).map_err(io)?;
+                (block_at, filled) = (at, want);
+            }
+            let h = &block[(at - block_at) as usize..][..RECORD_HEADER];
+            let len = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+            let session = SessionId(h[8..24].try_into().expect("16 bytes"));
+            let first = u64::from_be_bytes(h[24..].try_into().expect("8 bytes"));
+            let end = at + RECORD_HEADER as u64 + u64::from(len);
+            if end > size {
+                break;
+            }
+            out.push((at, session, first, len));
+            at = end;
+        }
+        Ok(out)
+    }
+
     /// Deletes a file no pointer names any more.
     pub(crate) fn remove(&self, id: u64) -> std::io::Result<()> {
         let Some(file) = self.files.lock().expect("frame log lock").remove(&id) else { return Ok(()) };

@@ -22,11 +22,19 @@ use crate::protocol::SessionId;
 /// Live bytes of a file whose accounting went wrong: never reaches zero.
 const KEPT: u64 = u64::MAX / 2;
 
+/// How much more than what is live the frame log may hold before the
+/// cleaner moves live chunks out of mostly dead files (see `to_clean`).
+const SLACK: f64 = 1.5;
+
 /// Live bytes per log file, shared by the writer and a full-disk reclaim.
 #[derive(Default)]
 pub(crate) struct Liveness {
     /// Live record bytes per file; a file missing here holds none.
     bytes: HashMap<u64, u64>,
+    /// Bytes written to each file (its length).
+    sizes: HashMap<u64, u64>,
+    /// The sum of `bytes`.
+    total: u64,
     /// Per session, the first seq of the newest committed chunk already
     /// counted dead: a later trim counts only the chunks after it, so a
     /// chunk is never subtracted twice (a reclaim on a full disk counts
@@ -34,6 +42,8 @@ pub(crate) struct Liveness {
     counted: HashMap<SessionId, u64>,
     /// The file being appended to: never deleted.
     pub(crate) active: u64,
+    /// Files the cleaner failed on: not tried again in this process.
+    unclean: std::collections::HashSet<u64>,
 }
 
 /// A chunk appended in the write batch being prepared.
@@ -51,19 +61,29 @@ pub(crate) struct Appended {
 impl Liveness {
     /// Accounting for `files`, none of them live yet (a start counts the
     /// pointers it finds with [`Liveness::add`]).
-    pub(crate) fn of_files(files: impl IntoIterator<Item = u64>) -> Liveness {
-        Liveness { bytes: files.into_iter().map(|f| (f, 0)).collect(), ..Liveness::default() }
+    pub(crate) fn of_files(files: &[(u64, u64)]) -> Liveness {
+        Liveness {
+            bytes: files.iter().map(|(f, _)| (*f, 0)).collect(),
+            sizes: files.iter().copied().collect(),
+            ..Liveness::default()
+        }
     }
 
     /// Counts a written chunk as live.
     pub(crate) fn add(&mut self, at: &Pointer) {
         *self.bytes.entry(at.file).or_default() += at.record_bytes();
+        self.total += at.record_bytes();
+        let size = self.sizes.entry(at.file).or_default();
+        *size = (*size).max(at.offset + at.record_bytes());
     }
 
     fn kill(&mut self, at: &Pointer) {
         let Some(b) = self.bytes.get_mut(&at.file) else { return };
         match b.checked_sub(at.record_bytes()) {
-            Some(left) => *b = left,
+            Some(left) => {
+                *b = left;
+                self.total -= at.record_bytes();
+            }
             None => {
                 // A chunk counted dead twice: deleting the file could lose
                 // other sessions' frames, so it is kept until the next start
@@ -140,6 +160,47 @@ impl Liveness {
         Ok(last)
     }
 
+    /// Counts a chunk moved out of its file by [`super::cleaner`] dead
+    /// there and live at `to`.
+    pub(crate) fn moved(&mut self, from: &Pointer, to: &Pointer) {
+        self.kill(from);
+        self.add(to);
+    }
+
+    /// A file no pointer names any more (the cleaner moved every chunk the
+    /// index points to out of it): nothing in it is live, whatever the
+    /// count says (a chunk left behind by a trim, say).
+    pub(crate) fn emptied(&mut self, file: u64) {
+        if let Some(b) = self.bytes.get_mut(&file) {
+            if *b != KEPT {
+                self.total -= *b;
+            }
+            *b = 0;
+        }
+    }
+
+    /// The file the cleaner should empty next, if the frame log holds more
+    /// than `SLACK` times what is live plus four files of `file_bytes`: of
+    /// the files but the active one, the one with the smallest share live,
+    /// if at most half of it is.
+    pub(crate) fn to_clean(&self, file_bytes: u64) -> Option<(u64, u64, u64)> {
+        let on_disk: u64 = self.sizes.values().sum();
+        if on_disk as f64 <= SLACK * self.total as f64 + 4.0 * file_bytes as f64 {
+            return None;
+        }
+        self.sizes
+            .iter()
+            .filter(|(&f, _)| f != self.active && !self.unclean.contains(&f))
+            .map(|(&f, &size)| (f, self.bytes.get(&f).copied().unwrap_or(0), size))
+            .filter(|&(_, live, size)| size > 0 && live <= size / 2)
+            .min_by(|a, b| (a.1 as f64 / a.2 as f64).total_cmp(&(b.1 as f64 / b.2 as f64)))
+    }
+
+    /// The cleaner could not empty `file`: it is not tried again.
+    pub(crate) fn give_up(&mut self, file: u64) {
+        self.unclean.insert(file);
+    }
+
     /// Deletes the files nothing live is left in, but the active one;
     /// returns how many.
     pub(crate) fn delete_dead(&mut self, log: &FrameLog) -> usize {
@@ -149,6 +210,7 @@ impl Liveness {
             match log.remove(f) {
                 Ok(()) => {
                     self.bytes.remove(&f);
+                    self.sizes.remove(&f);
                     n += 1;
                 }
                 // Tried again after the next write.

@@ -22,6 +22,7 @@
 //! on an async worker.
 
 mod chunk;
+mod cleaner;
 mod dir;
 mod framelog;
 mod liveness;

@@ -86,7 +86,7 @@ pub(super) fn recover(
             Err(_) => db.delete_cf(upstream, id.0)?,
         }
     }
-    let mut live = Liveness::of_files(files.iter().map(|(id, _)| *id));
+    let mut live = Liveness::of_files(files);
     let mut orphans: Vec<SessionId> = Vec::new();
     let mut dropped: Vec<Box<[u8]>> = Vec::new();
     for item in db.iterator_cf(frames, IteratorMode::Start) {

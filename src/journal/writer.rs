@@ -26,6 +26,7 @@ use rocksdb::{ErrorKind, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
+use super::cleaner::Cleaner;
 use super::framelog::{Appender, FrameLog, Pointer, Record};
 use super::liveness::{Appended, Liveness};
 use super::syncer::{sync_all, Syncer};
@@ -240,6 +241,7 @@ impl Writer {
             }
             live.delete_dead(&self.log);
         }
+        self.clean();
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
         let mut syncs = Vec::new();
         let mut closing = false;
@@ -286,6 +288,29 @@ impl Writer {
             }
         }
         Ok(closing)
+    }
+
+    /// Empties one mostly dead frame log file if the log holds much more
+    /// than is live ([`super::cleaner`]). Not while the disk is full: the
+    /// copies need space, and a full-disk reclaim frees files without them.
+    fn clean(&mut self) {
+        if self.health.disk_full.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut live = self.live.lock().expect("liveness lock");
+        let Some((file, before, size)) = live.to_clean(self.config.memtable_bytes as u64) else { return };
+        let sync = self.config.sync == SyncMode::Always;
+        let mut cleaner = Cleaner { db: &self.db, log: &self.log, appender: &mut self.appender, sync };
+        match cleaner.clean(&mut live, file) {
+            Ok(moved) => {
+                self.metrics.journal_cleaned_bytes.inc_by(moved);
+                tracing::debug!(file, live = before, size, moved, "frame log file cleaned");
+            }
+            Err(e) => {
+                live.give_up(file);
+                tracing::warn!(file, error = %e, "could not clean a frame log file; it stays until a restart");
+            }
+        }
     }
 
     /// Appends the batch's chunks to the frame log (fsynced with `sync =

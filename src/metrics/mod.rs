@@ -78,6 +78,8 @@ pub(crate) struct Metrics {
     pub(crate) journal_disk_full: IntGauge,
     /// Journal files deleted whole to free space while the disk was full.
     pub(crate) journal_reclaimed_files: IntCounter,
+    /// Live frame bytes the cleaner moved out of mostly dead frame log files.
+    pub(crate) journal_cleaned_bytes: IntCounter,
     fsyncs: [IntCounter; 3],
     /// Live bytes of the journal on disk (SST files plus WAL).
     pub(crate) journal_disk_bytes: IntGauge,
@@ -227,6 +229,10 @@ impl Metrics {
             journal_reclaimed_files: f.counter(
                 "tether_journal_reclaimed_files_total",
                 "Frame log files deleted whole by retention while the disk was full.",
+            ),
+            journal_cleaned_bytes: f.counter(
+                "tether_journal_cleaned_bytes_total",
+                "Bytes of live frames moved out of mostly dead frame log files so that the files could be deleted.",
             ),
             fsyncs: ["batch", "interval", "drain"].map(|t| fsyncs.with_label_values(&[t])),
             journal_disk_bytes: f
