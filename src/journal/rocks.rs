@@ -25,6 +25,13 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     // preallocates): `journal.memtable_bytes`, not RocksDB's 64 MiB.
     let memtable = config.memtable_bytes;
     opts.set_write_buffer_size(memtable);
+    // A WAL file is deleted only once every column family with data in it
+    // has been flushed. The small families (`sessions`, `upstream`, ...)
+    // rarely fill a memtable, so without a cap the WAL grew by 100 MiB a
+    // minute in a 10-minute soak, towards RocksDB's default cap (about
+    // 3 GiB with six families of 64 MiB memtables). Past this size RocksDB
+    // flushes the families that hold the oldest WAL file.
+    opts.set_max_total_wal_size((4 * memtable) as u64);
     // Most frames are replayed or trimmed while they are young: the memtable
     // flush (L0) and the first compaction (L1) write them uncompressed, which
     // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
