@@ -31,17 +31,24 @@ fn du(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum()
 }
 
-#[tokio::test]
-async fn streams_of_twenty_times_the_limit_keep_the_journal_bounded_and_gaps_exact() {
+/// tether with its journal in `<dir>/journal`, files of [`FILE`] bytes and
+/// the frame limit [`LIMIT`].
+async fn start() -> (tempfile::TempDir, Backend, Tether) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("journal");
-    let dd = data_dir.clone();
-    let (mut backend, t) = setup_with(move |c| {
-        c.journal.data_dir = dd;
+    let (backend, t) = setup_with(move |c| {
+        c.journal.data_dir = data_dir;
         c.journal.max_session_frames = LIMIT;
         c.journal.memtable_bytes = FILE as usize;
     })
     .await;
+    (dir, backend, t)
+}
+
+#[tokio::test]
+async fn streams_of_twenty_times_the_limit_keep_the_journal_bounded_and_gaps_exact() {
+    let (dir, mut backend, t) = start().await;
+    let data_dir = dir.path().join("journal");
     let (ws, token, detached) = attach(&mut backend, &t.url("/")).await;
     drop_abruptly(ws);
     wait_metric(t.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;
@@ -108,15 +115,8 @@ async fn streams_of_twenty_times_the_limit_keep_the_journal_bounded_and_gaps_exa
 #[tokio::test]
 async fn the_cleaner_frees_files_a_quiet_session_would_pin() {
     const QUIET: u64 = 40;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, mut backend, t) = start().await;
     let data_dir = dir.path().join("journal");
-    let dd = data_dir.clone();
-    let (mut backend, t) = setup_with(move |c| {
-        c.journal.data_dir = dd;
-        c.journal.max_session_frames = LIMIT;
-        c.journal.memtable_bytes = FILE as usize;
-    })
-    .await;
     let (ws, quiet_token, quiet) = attach(&mut backend, &t.url("/")).await;
     drop_abruptly(ws);
     wait_metric(t.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;

@@ -27,6 +27,7 @@ mod dir;
 mod framelog;
 mod liveness;
 mod migrate;
+mod op;
 mod recover;
 mod rocks;
 mod space;
@@ -57,6 +58,7 @@ const CF_REQUESTS: &str = "requests";
 
 pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
 pub use dir::DirError;
+pub(crate) use op::Op;
 pub(crate) use upmark::UpMark;
 
 /// Journal failures.
@@ -165,68 +167,6 @@ pub(crate) struct RecoveredSession {
     pub(crate) up: Option<UpMark>,
     /// The stored backend request (`put_request`), if any.
     pub(crate) request: Option<Vec<u8>>,
-}
-
-/// One journal operation, applied in order by the writer.
-pub(crate) enum Op {
-    /// A chunk of `frames` consecutive frames from `first` (see [`chunk`]).
-    Append {
-        session: SessionId,
-        first: u64,
-        frames: u32,
-        chunk: Vec<u8>,
-        committed: Arc<watch::Sender<u64>>,
-        at: Instant,
-    },
-    PutMeta {
-        session: SessionId,
-        meta: SessionMeta,
-        written: Option<oneshot::Sender<()>>,
-    },
-    Trim {
-        session: SessionId,
-        upto: u64,
-        meta: SessionMeta,
-    },
-    Purge {
-        session: SessionId,
-    },
-    /// A session's upstream mark; `acked` advances to `mark.written` once
-    /// it is durable (the client's `up_ack` follows it).
-    PutUp {
-        session: SessionId,
-        mark: UpMark,
-        acked: Arc<watch::Sender<u64>>,
-    },
-    /// The request a session's backend connection was opened with.
-    PutRequest {
-        session: SessionId,
-        request: Vec<u8>,
-    },
-    /// Sync, then stop the writer: later operations fail with `Closed`.
-    /// `clean`: every session stopped in order (its marks are exact).
-    Close {
-        done: oneshot::Sender<()>,
-        clean: bool,
-    },
-}
-
-impl Op {
-    /// Frame bytes this operation writes.
-    fn payload_bytes(&self) -> usize {
-        match self {
-            Op::Append { chunk, .. } => chunk.len(),
-            _ => 0,
-        }
-    }
-
-    /// Frames this operation appends.
-    fn frames(&self) -> usize {
-        match self {
-            Op::Append { frames, .. } => *frames as usize,
-            _ => 0,
-        }
-    }
 }
 
 /// A cheap handle to the journal.
