@@ -314,6 +314,12 @@ fn text_of(p: &Payload) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Flaky (issue 20 note, 7 December 2026): the new backend connection
+// sometimes stops short of k2000 and the wait times out (once in a full
+// run on the token-rotation branch, once in CI at 248c85d). Until its
+// cause is found it runs only on request:
+// `cargo test -p tether-client --test upstream -- --ignored`.
+#[ignore = "flaky: the new connection sometimes stops short of the last message; see issue 20"]
 async fn after_a_kill_9_policy_resend_sends_the_doubtful_again() {
     const N: u64 = 2000;
     let mut backend = Backend::start().await;
