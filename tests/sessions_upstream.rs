@@ -2,7 +2,8 @@
 //! A backend that writes its reply before it reads the next message gets
 //! every pipelined message; a backend that stops reading cannot hold a
 //! session past its linger, a drain, or `limits.max_sessions`; and a client
-//! whose messages find no room is closed with 1013 (docs/PROTOCOL.md §10).
+//! whose messages find no room is closed with 1013 (docs/PROTOCOL.md §10);
+//! a client still sending when tether closes gets the close, not a reset.
 
 mod common;
 
@@ -238,6 +239,68 @@ async fn client_whose_messages_find_no_room_is_closed_with_1013() {
     let mut ws = resume(&t.url("/"), &token, 0).await;
     let (w, _) = welcome(&mut ws).await;
     assert_eq!(w["outcome"], "resumed");
+    drop(deaf);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_busy_sending_gets_the_close_code_not_a_reset() {
+    // The backend never reads, so tether stops reading the client too: when
+    // tether closes, the client's bytes are waiting unread in its socket.
+    let (addr, mut conns) = deaf_backend().await;
+    let t = Tether::start_with(&Backend::start().await, |c| c.server.upstream = format!("ws://{addr}")).await;
+    let mut ws = open(&t.url("/"), &[]).await;
+    let (_, token) = welcome(&mut ws).await;
+    let deaf = within("the backend connection", conns.recv()).await.unwrap();
+    let (mut sink, mut stream) = ws.split();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = closed.clone();
+    let (progress, mut sent_so_far) = watch::channel(0u64);
+    // Sends until it learns of tether's close, as any client busy sending
+    // does; then replies to the close.
+    let sender = tokio::spawn(async move {
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            match sink.send(Message::binary(numbered(sent, MIB))).await {
+                Ok(()) => {
+                    sent += 1;
+                    progress.send_replace(sent);
+                }
+                Err(tokio_tungstenite::tungstenite::Error::Protocol(_)) => break, // the close was read meanwhile
+                Err(e) => return Err(format!("send {sent}: {e}")),
+            }
+        }
+        match sink.close().await {
+            Ok(()) | Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed) => Ok(sent),
+            Err(e) => Err(format!("close reply: {e}")),
+        }
+    });
+    // More than the path to the backend holds: tether's reader waits for
+    // room, and the client's next bytes stay unread in tether's socket.
+    within("the client's sends to back up", sent_so_far.wait_for(|s| *s >= SENT)).await.unwrap();
+    // A takeover: tether closes the first connection with 4001.
+    let mut other = resume(&t.url("/"), &token, 0).await;
+    welcome(&mut other).await;
+
+    let close = within("the close frame", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame before: {other:?}"),
+            }
+        }
+    })
+    .await;
+    closed.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
+    let sent = within("the sender", sender).await.unwrap().unwrap_or_else(|e| panic!("a reset: {e}"));
+    // tether read what the client still sent, then closed TCP after the
+    // closing handshake: an end, not "connection reset".
+    match within("the end", stream.next()).await {
+        None | Some(Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)) => {}
+        other => panic!("expected the end of the stream, got {other:?} ({sent} messages sent)"),
+    }
     drop(deaf);
     t.stop().await;
 }

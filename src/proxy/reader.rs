@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -19,6 +20,11 @@ use super::upward::UpReader;
 use crate::protocol::unix_ms;
 use crate::session::{Session, ToBackend};
 
+/// The read half of a client connection. The reader task holds its lock
+/// while it runs; once it is gone, the pump's goodbye reads what the client
+/// still sends until its close reply (`Pump::linger`).
+pub(super) type ClientStream = Arc<Mutex<SplitStream<ClientSocket>>>;
+
 /// Forwards the client's frames to the backend and reports how it left.
 /// While the session's queue toward the backend is full, the client is not
 /// read (TCP backpressure); a message that finds no room within `stall` is
@@ -26,7 +32,7 @@ use crate::session::{Session, ToBackend};
 /// connection with the upstream guarantee (`up`), each message's stamp is
 /// checked and removed first (§12).
 pub(super) async fn read_client(
-    mut stream: SplitStream<ClientSocket>,
+    stream: ClientStream,
     session: Arc<Session>,
     last_seen: Arc<AtomicU64>,
     stall: Duration,
@@ -34,6 +40,7 @@ pub(super) async fn read_client(
 ) -> Exit {
     let metrics = &session.metrics().up;
     let queue = session.upstream_queue();
+    let mut stream = stream.lock_owned().await;
     loop {
         let Some(msg) = stream.next().await else { break Exit::Gone(Gone::Abnormal) };
         last_seen.store(unix_ms(), Ordering::Relaxed);

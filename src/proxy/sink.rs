@@ -29,7 +29,7 @@ const STAMP_ROOM: usize = 21;
 
 /// How long tether waits to deliver a last frame (a close, `draining`,
 /// `end`) to a client that may no longer read.
-const LAST_WORDS: Duration = Duration::from_secs(1);
+pub(super) const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// Writes to one client.
 pub(super) struct ClientSink {

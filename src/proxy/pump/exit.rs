@@ -2,13 +2,14 @@
 //! code, last control frame and disconnect count each reason calls for
 //! (docs/PROTOCOL.md §10).
 
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::Pump;
 use crate::journal::{EndInfo, JournalError};
 use crate::protocol::control::{Control, UpEnd};
-use crate::proxy::sink::sendable;
+use crate::proxy::sink::{sendable, LAST_WORDS};
 use crate::session::ToBackend;
 
 /// Close code sent to a connection whose session was taken over.
@@ -67,12 +68,23 @@ impl Pump {
     /// Says goodbye as `exit` calls for, counts the disconnect and detaches.
     pub(super) async fn finish(mut self, exit: Exit) {
         let id = self.session.id;
+        // A close of tether's own to a client that keeps to the framing
+        // rules: it may still be sending, and should read the close code.
+        // (After 1002, 1007 or 1009 its stream is not worth reading.)
+        let linger = !matches!(
+            exit,
+            Exit::ClientClosed(_)
+                | Exit::Gone(
+                    Gone::Away | Gone::Abnormal | Gone::Timeout | Gone::Protocol | Gone::InvalidPayload | Gone::TooBig
+                )
+        );
         let kind = match exit {
             Exit::TakenOver => {
                 self.sink.close(CLOSE_TAKEN_OVER, "session taken over by a newer connection").await;
                 // The newer connection holds the session now: no detach.
                 self.attachment.finish();
                 self.ctx.rt.metrics.client_disconnect("takeover");
+                self.linger().await;
                 return;
             }
             Exit::Draining => {
@@ -144,6 +156,31 @@ impl Pump {
         self.ctx.rt.metrics.client_disconnect(kind);
         self.session.detach(&self.attachment);
         self.attachment.finish();
+        if linger {
+            self.linger().await;
+        }
+    }
+
+    /// After a close frame of tether's own: reads, and drops, what the
+    /// client still sends until its close reply or its EOF, for
+    /// [`LAST_WORDS`] at most, after the session is free for a resume.
+    /// Closing a socket with unread bytes in it makes the kernel answer
+    /// with a reset; a client busy sending (an upstream stream during a
+    /// drain) then sees "broken pipe" or "connection reset", or 1006 in a
+    /// browser, instead of the close code that says why and whether to
+    /// resume. RFC 6455 §7.1.1: the server closes TCP after the closing
+    /// handshake.
+    async fn linger(&mut self) {
+        let _ = tokio::time::timeout(LAST_WORDS, async {
+            // Free once the reader task (aborted or returned) is dropped.
+            let mut stream = self.stream.lock().await;
+            while let Some(Ok(m)) = stream.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// The client sent a close: 1000 ends the session, anything else only

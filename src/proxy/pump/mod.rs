@@ -13,13 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use super::reader::read_client;
+use super::reader::{read_client, ClientStream};
 use super::sink::{self, ClientSink, ClientSocket};
 use super::upward::{UpAcks, UpReader};
 use super::Context;
@@ -73,8 +72,8 @@ impl From<PumpError> for Exit {
 /// One attached client connection.
 pub(super) struct Pump {
     sink: ClientSink,
-    /// The read half, until the reader task takes it.
-    stream: Option<SplitStream<ClientSocket>>,
+    /// The read half: the reader task's while it runs, then `linger`'s.
+    stream: ClientStream,
     session: Arc<Session>,
     attachment: Attachment,
     ctx: Arc<Context>,
@@ -110,7 +109,7 @@ impl Pump {
             sink: ClientSink::new(sink, tap, inband),
             wire,
             ahead: None,
-            stream: Some(stream),
+            stream: Arc::new(tokio::sync::Mutex::new(stream)),
             committed: session.watch_committed(),
             ended: session.watch_ended(),
             session,
@@ -166,11 +165,11 @@ impl Pump {
     /// for the reader's exit, a takeover and shutdown.
     async fn serve(&mut self, up: Option<UpReader>, mut acks: Option<UpAcks>) -> Exit {
         let last_seen = Arc::new(AtomicU64::new(unix_ms()));
-        let stream = self.stream.take().expect("served once");
         // The reader's own join handle reports how it left: a channel for that
         // one message would cost every idle session about 1.8 KB.
         let stall = self.ctx.config.session.upstream_stall_timeout;
-        let mut reader = tokio::spawn(read_client(stream, self.session.clone(), last_seen.clone(), stall, up));
+        let mut reader =
+            tokio::spawn(read_client(self.stream.clone(), self.session.clone(), last_seen.clone(), stall, up));
         let attached_at = Instant::now();
         let replay_to = self.attachment.replay_to;
         let mut replaying = self.cursor <= replay_to;
