@@ -178,6 +178,9 @@ pub enum Cmd {
         batch: u64,
     },
     Close(u16, String),
+    /// Stop (false) or resume (true) reading: a backend that does not read
+    /// backs tether's writes up.
+    Read(bool),
 }
 
 /// One backend WebSocket connection (tether's upstream side).
@@ -230,6 +233,7 @@ async fn serve(
     closed: mpsc::UnboundedSender<Option<(u16, String)>>,
     received: mpsc::UnboundedSender<Message>,
 ) {
+    let mut reading = true;
     loop {
         tokio::select! {
             c = cmd.recv() => match c {
@@ -246,9 +250,10 @@ async fn serve(
                 Some(Cmd::Close(code, reason)) => {
                     let _ = ws.close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() })).await;
                 }
+                Some(Cmd::Read(on)) => reading = on,
                 None => return,
             },
-            m = ws.next() => match m {
+            m = ws.next(), if reading => match m {
                 Some(Ok(Message::Close(f))) => {
                     let _ = closed.send(f.map(|f| (u16::from(f.code), f.reason.to_string())));
                     let _ = ws.close(None).await;
