@@ -1,7 +1,8 @@
-//! kill -9 at random points of a stream, 20 times over one journal (issue
-//! 23): every frame a client received before a kill is replayed after it,
-//! byte for byte, and none twice; the seqs go on after each restart; and at
-//! the end one replay from the start returns the whole history.
+//! kill -9 at random points of a 30 s stream, 20 times over one journal
+//! (issue 23): every frame a client received before a kill is replayed
+//! after it, byte for byte, and none twice; the seqs go on after each
+//! restart; and at the end one replay from the start returns the whole
+//! history.
 //!
 //! The frame log's files are 1 MiB here, so the stream crosses many of
 //! them, and every restart starts a new one after a torn tail.
@@ -13,9 +14,12 @@ use serde_json::Value;
 
 /// Kills and restarts.
 const ROUNDS: u64 = 20;
-/// Messages the backend sends per round (flat out), and their size.
-const PER_ROUND: u64 = 5_000;
+/// Messages the backend sends per round, at most, and their size.
+const PER_ROUND: u64 = 6_000;
 const SIZE: usize = 200;
+/// Messages a second, sent every 10 ms: a round is a 3 s stream cut at a
+/// random point, so the 20 rounds stream for about 30 s in all.
+const RATE: u64 = 2_000;
 
 /// xorshift64*: enough to pick kill points, and repeatable from its seed.
 struct Rng(u64);
@@ -84,10 +88,24 @@ async fn kill9_at_random_points_replays_every_delivered_frame_once() {
         // A new backend connection goes on; kill tether somewhere in its stream.
         let b = backend.next_conn().await;
         let base = (round + 1) * 1_000_000;
-        b.stream_padded(base + 1, base + PER_ROUND, SIZE);
+        // The pacer keeps the backend connection until it is dropped, after
+        // the kill: a dropped one would end the session.
+        let pacer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(10)); // pacing, not synchronisation
+            let (step, end) = (RATE / 100, base + PER_ROUND);
+            let mut next = base + 1;
+            while next <= end {
+                tick.tick().await;
+                let last = (next + step - 1).min(end);
+                b.stream_padded(next, last, SIZE);
+                next = last + 1;
+            }
+            b
+        });
         let live = 1 + rng.below(PER_ROUND - 1);
         read_checked(&mut ws, journaled + 1, journaled + live, &mut history).await;
         p.kill9().await;
+        pacer.abort();
         drop(ws);
     }
     // One replay of everything, after 20 kills.
