@@ -82,9 +82,14 @@ async fn a_healthy_tether_passes_twenty_runs_in_a_row() {
 #[tokio::test]
 async fn tether_check_passes_against_tether_demo() {
     let (data, admin, page) = (free_port(), free_port(), free_port());
+    // The demo's default journal is under $XDG_STATE_HOME: a test's own, so
+    // that it neither touches the user's demo journal nor collides with
+    // another run of this test.
+    let state = tempfile::tempdir().unwrap();
     let mut demo = tokio::process::Command::new(tether_bin())
         .args(["demo", "--listen", &format!("127.0.0.1:{data}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--demo-page-listen", &format!("127.0.0.1:{page}")])
+        .env("XDG_STATE_HOME", state.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
