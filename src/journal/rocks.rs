@@ -30,8 +30,12 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     // rarely fill a memtable, so without a cap the WAL grew by 100 MiB a
     // minute in a 10-minute soak, towards RocksDB's default cap (about
     // 3 GiB with six families of 64 MiB memtables). Past this size RocksDB
-    // flushes the families that hold the oldest WAL file.
-    opts.set_max_total_wal_size((4 * memtable) as u64);
+    // flushes the families that hold the oldest WAL file. One memtable's
+    // worth: the WAL holds pointers, not frames, so flushes stay rare (43
+    // against 48 in 4 minutes at 35,000 msg/s, the same CPU and bytes
+    // written), and the largest journal of that run fell from 472 MiB at
+    // 4 memtables to 278 MiB (docs/BENCHMARKS.md).
+    opts.set_max_total_wal_size(memtable as u64);
     // Most frames are replayed or trimmed while they are young: the memtable
     // flush (L0) and the first compaction (L1) write them uncompressed, which
     // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
