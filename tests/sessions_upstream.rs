@@ -92,6 +92,22 @@ fn pipeline(mut sink: futures_util::stream::SplitSink<Ws, Message>, n: u64) -> P
     Pipeline { task, sent }
 }
 
+/// The close frame on a client's read half, past any data before it.
+async fn close_frame(
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame> {
+    within("the close frame", async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                other => panic!("no close frame before: {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
 impl Pipeline {
     /// Waits until `n` messages have been sent.
     async fn sent(&mut self, n: u64) {
@@ -218,17 +234,7 @@ async fn client_whose_messages_find_no_room_is_closed_with_1013() {
     let (sink, mut stream) = ws.split();
     let sender = pipeline(sink, 200);
 
-    let close = within("the client's close", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(Message::Close(f))) => return f,
-                Some(Ok(_)) => {}
-                other => panic!("no close frame: {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("a close code");
+    let close = close_frame(&mut stream).await.expect("a close code");
     assert_eq!(u16::from(close.code), 1013, "{close:?}");
     let m = wait_metric(t.admin_addr, r#"tether_client_disconnects_total{kind="upstream_stalled"}"#, 1.0).await;
     assert_eq!(metric(&m, r#"tether_sessions{state="detached"}"#), 1.0);
@@ -282,16 +288,7 @@ async fn a_client_busy_sending_gets_the_close_code_not_a_reset() {
     let mut other = resume(&t.url("/"), &token, 0).await;
     welcome(&mut other).await;
 
-    let close = within("the close frame", async {
-        loop {
-            match stream.next().await {
-                Some(Ok(Message::Close(f))) => return f,
-                Some(Ok(_)) => {}
-                other => panic!("no close frame before: {other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = close_frame(&mut stream).await;
     closed.store(true, std::sync::atomic::Ordering::Release);
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
     let sent = within("the sender", sender).await.unwrap().unwrap_or_else(|e| panic!("a reset: {e}"));
