@@ -9,119 +9,24 @@
 // Env: TETHER_BIN (the built tether; `bash scripts/demo` must find it
 // fresh), CARGO_TARGET_DIR. Prints one line per check and ends with
 // `newcomer: N passed, N failed`.
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { launch } from "../clients/js/test/helpers/browser.mjs";
 import { freePort } from "../clients/js/test/helpers/proxy.mjs";
+import { blocks, check, consecutive, finish, run as spawnIn } from "./readme-kit.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const readme = readFileSync(join(root, "README.md"), "utf8");
 const scratch = mkdtempSync(join(tmpdir(), "tether-newcomer-"));
-const started = Date.now();
-const procs = new Set();
-const results = [];
-// Whatever happens, no demo or client outlives this script (each runs in its own process group).
-process.on("exit", () => {
-  for (const p of procs) try { process.kill(-p.child.pid, "SIGKILL"); } catch {}
-});
-
-/** Fenced code blocks of the `##` sections named, with their line numbers. */
-function blocks(text, sections) {
-  const out = [];
-  let section = null, open = null;
-  text.split("\n").forEach((line, i) => {
-    if (open) {
-      if (line.startsWith("```")) { out.push(open); open = null; } else open.text += line + "\n";
-    } else if (line.startsWith("## ")) {
-      section = line.slice(3).trim();
-    } else if (line.startsWith("```") && sections.includes(section)) {
-      open = { section, lang: line.slice(3).trim(), line: i + 1, text: "" };
-    }
-  });
-  return out;
-}
+const run = (command, { cwd = root, env } = {}) => spawnIn(command, { cwd, env });
 
 /** Inline `code` of the README that starts with `prefix`; exactly one must exist. */
 function inline(prefix) {
   const found = [...new Set([...readme.matchAll(/`([^`\n]+)`/g)].map((m) => m[1]).filter((c) => c.startsWith(prefix)))];
   if (found.length !== 1) throw new Error(`README: expected one command starting with "${prefix}", found ${JSON.stringify(found)}`);
   return found[0];
-}
-
-/** A child in its own process group, its stdout and stderr collected. */
-function run(command, { cwd = root, env = {} } = {}) {
-  const child = spawn("bash", ["-c", command], { cwd, env: { ...process.env, ...env }, detached: true });
-  const p = { command, child, out: "", waiters: [] };
-  const feed = (d) => {
-    p.out += d;
-    p.waiters = p.waiters.filter((w) => !w.check());
-  };
-  child.stdout.on("data", feed);
-  child.stderr.on("data", feed);
-  p.exit = new Promise((resolve) => child.once("exit", (code, signal) => {
-    procs.delete(p);
-    p.exited = { code, signal };
-    p.waiters.forEach((w) => w.fail());
-    resolve(p.exited);
-  }));
-  /**
-   * Resolves with `test(output)` once it is truthy; fails if the child exits
-   * first, or after `ms` (a bound on a hung step, not a pace).
-   */
-  p.until = (test, what, ms = 60_000) => new Promise((resolve, reject) => {
-    const timer = setTimeout(() => w.fail("timed out"), ms);
-    const w = {
-      check() {
-        const r = test(p.out);
-        if (r) { clearTimeout(timer); resolve(r); }
-        return Boolean(r);
-      },
-      fail(why = `exited (${JSON.stringify(p.exited)})`) {
-        clearTimeout(timer);
-        reject(new Error(`${what}: ${why} running\n  ${command}\noutput:\n${p.out.slice(-3000)}`));
-      },
-    };
-    if (!w.check()) {
-      if (p.exited) w.fail(); else p.waiters.push(w);
-    }
-  });
-  p.waitFor = (re, what, ms) => p.until((out) => re.exec(out), what, ms);
-  /** The exit status, within `ms`. */
-  p.done = (ms) => Promise.race([p.exit, new Promise((_, reject) =>
-    setTimeout(() => reject(new Error(`still running after ${ms / 1000} s: ${command}\n${p.out.slice(-3000)}`)), ms).unref())]);
-  /** SIGINT to the whole group (Ctrl-C), then its exit status. */
-  p.interrupt = async () => {
-    if (!p.exited) {
-      try { process.kill(-child.pid, "SIGINT"); } catch {}
-    }
-    return p.exit;
-  };
-  procs.add(p);
-  return p;
-}
-
-async function check(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    results.push(true);
-    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-  } catch (e) {
-    results.push(false);
-    console.log(`FAIL ${name}\n${e.stack ?? e}`);
-  }
-}
-
-/** The seqs of `lines` that match `re` (group 1), which must be consecutive. */
-function consecutive(out, re, what) {
-  const seqs = [...out.matchAll(re)].map((m) => Number(m[1]));
-  for (let i = 1; i < seqs.length; i++) {
-    if (seqs[i] !== seqs[i - 1] + 1) throw new Error(`${what}: seq ${seqs[i]} after ${seqs[i - 1]}:\n${out}`);
-  }
-  return seqs;
 }
 
 const [data, admin, pagePort] = [await freePort(), await freePort(), await freePort()];
@@ -254,8 +159,4 @@ await check("follow examples (JS and Rust) resume across a demo restart", async 
 });
 
 await demo?.interrupt();
-for (const p of procs) await p.interrupt();
-rmSync(scratch, { recursive: true, force: true });
-const passed = results.filter(Boolean).length;
-console.log(`newcomer: ${passed} passed, ${results.length - passed} failed (${((Date.now() - started) / 1000).toFixed(0)} s)`);
-process.exit(results.length - passed === 0 ? 0 : 1);
+await finish("newcomer", () => rmSync(scratch, { recursive: true, force: true }));
