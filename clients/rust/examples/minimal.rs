@@ -1,7 +1,8 @@
-//! The Rust example of the top-level README.md, "Client example": the code
-//! below this comment is that block, character for character
-//! (`scripts/newcomer` fails if they differ, then runs this example against
-//! `tether demo`).
+//! The Rust example of the top-level README.md, "Client example", and the
+//! first of clients/rust/README.md: the code below this comment is that
+//! block, character for character (`scripts/newcomer` and
+//! `scripts/client-readmes` fail if they differ, then run this example
+//! against `tether demo`).
 //!
 //! ```text
 //! cargo run --release -p tether-client --example minimal -- ws://127.0.0.1:8080/demo
