@@ -18,6 +18,7 @@
 //! message was lost or duplicated, or a session did not come back.
 
 mod haproxy;
+mod session;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ use crate::stats::{fixed, median, micros, pct, ratio, thousands};
 use crate::sys::{self, now_ns, Rng};
 
 use haproxy::{free_ports, Haproxy};
+use session::{check_frame, new_tally, outcome, resume};
 
 /// Replicas in every part.
 pub const REPLICAS: usize = 3;
@@ -196,30 +198,6 @@ impl Rig {
         }
         out
     }
-}
-
-/// Checks that an `/auto/` frame's backend index matches its seq.
-fn check_frame(tally: &mut Tally, seq: u64, idx: u64) {
-    tally.check_seq(seq);
-    if idx + 1 != seq {
-        tally.dups += 1;
-        tally.error.get_or_insert_with(|| format!("seq {seq} carries backend index {idx}"));
-    }
-}
-
-fn new_tally() -> Tally {
-    Tally::new(&Check { stamped: true, record_from: u64::MAX, first_seq: 1, first_idx: 0, ack_every: 0 })
-}
-
-async fn resume(url: &str, token: &str, offset: u64) -> anyhow::Result<(Ws, serde_json::Value)> {
-    let headers = [("tether-session", token.to_owned()), ("tether-offset", offset.to_string())];
-    let (mut ws, _) = client::connect(url, &headers).await?;
-    let welcome = client::read_welcome(&mut ws).await?;
-    Ok((ws, welcome))
-}
-
-fn outcome(welcome: &serde_json::Value) -> &str {
-    welcome["outcome"].as_str().unwrap_or("?")
 }
 
 // ---------------------------------------------------------------- latency
