@@ -7,9 +7,9 @@ use anyhow::{anyhow, Context as _};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::opts::REPLICAS;
 use super::rig::Rig;
 use super::session::{check_frame, new_tally, outcome, resume};
-use super::REPLICAS;
 use crate::client;
 use crate::stats::pct;
 use crate::sys::{now_ns, Rng};

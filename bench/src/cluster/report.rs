@@ -3,9 +3,9 @@
 use serde::Serialize;
 
 use super::latency::LatencyRun;
+use super::opts::REPLICAS;
 use super::storm::StormRun;
 use super::throughput::TputRun;
-use super::REPLICAS;
 use crate::stats::{fixed, median, micros, ratio, thousands};
 
 /// Throughput goal: forwarded ÷ direct at 64 B × 100 connections.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::haproxy::{free_ports, Haproxy};
-use super::{ClusterOpts, REPLICAS};
+use super::opts::{ClusterOpts, REPLICAS};
 use crate::procs::{BackendProc, Launcher, Setup, TetherProc};
 use crate::sys;
 

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::opts::ClusterOpts;
 use super::rig::Rig;
 use super::session::{check_frame, new_tally, outcome, resume};
-use super::ClusterOpts;
 use crate::client::{self, Tally, Ws};
 use crate::stats::pct;
 use crate::sys::{self, now_ns, Rng};

@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
+use super::opts::ClusterOpts;
 use super::rig::Rig;
 use super::session::{outcome, resume};
-use super::ClusterOpts;
 use crate::backend::Spec;
 use crate::client::{self, Check, Watch, Ws};
 use crate::sys::now_ns;
