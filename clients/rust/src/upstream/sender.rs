@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::oneshot;
 
-use super::{Push, UpShared};
+use super::buffer::{Push, UpShared};
 use crate::{Payload, UpstreamError, UpstreamReason};
 
 /// Completes when tether acks the message (`Ok`), or fails with the reason
