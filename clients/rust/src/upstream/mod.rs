@@ -10,4 +10,4 @@ mod types;
 
 pub(crate) use buffer::{Push, UpShared};
 pub use sender::{Receipt, Sender};
-pub use types::{InDoubt, UpMessage, Upstream, UpstreamError, UpstreamReason, UpstreamStats};
+pub use types::{InDoubt, Upstream, UpstreamError, UpstreamReason, UpstreamStats};

@@ -100,16 +100,6 @@ pub struct UpstreamError {
     pub payload: Payload,
 }
 
-/// An upstream message and the seq it was sent with
-/// ([`crate::Event::InDoubt`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpMessage {
-    /// Its seq in the session.
-    pub seq: u64,
-    /// The message.
-    pub payload: Payload,
-}
-
 /// Upstream counters, see [`crate::Client::upstream_stats`] (all zero
 /// without [`crate::Builder::upstream`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
