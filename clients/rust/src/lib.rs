@@ -85,11 +85,13 @@
 //! # Ok(()) }
 //! ```
 
+mod error;
 mod event;
 mod frame;
 mod message;
 mod upstream;
 
+pub use error::Error;
 pub use event::{Event, GapReport, Lost, Outcome, Replay, ResetInfo, ResetReason, Welcome};
 pub use message::{Message, Payload, StampMode, UpMessage};
 pub use upstream::{InDoubt, Receipt, Sender, Upstream, UpstreamError, UpstreamReason, UpstreamStats};
@@ -175,25 +177,6 @@ impl Backoff {
         let cap = (self.initial.as_secs_f64() * self.factor.powi(attempt.min(64) as i32)).min(self.max.as_secs_f64());
         Duration::from_secs_f64((cap * random.clamp(0.0, 1.0)).max(0.0))
     }
-}
-
-/// Errors of this crate.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The URL or a header could not make an upgrade request.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// tether sent something this client cannot read (often: the wrong
-    /// [`StampMode`]). The client closes the connection (4000) and stops.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// [`Client::send`]: the queue is full ([`Builder::send_queue`]).
-    #[error("the send queue is full")]
-    QueueFull(Payload),
-    /// [`Client::send`]: the client has stopped (closed, ended, taken over).
-    #[error("the client has stopped")]
-    Stopped(Payload),
 }
 
 /// Where a resume sends the session token (docs/PROTOCOL.md §2). Neither
