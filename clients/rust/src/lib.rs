@@ -89,11 +89,13 @@ mod error;
 mod event;
 mod frame;
 mod message;
+mod shared;
 mod upstream;
 
 pub use error::Error;
 pub use event::{Event, GapReport, Lost, Outcome, Replay, ResetInfo, ResetReason, Welcome};
 pub use message::{Message, Payload, StampMode, UpMessage};
+pub use shared::{State, Stats};
 pub use upstream::{InDoubt, Receipt, Sender, Upstream, UpstreamError, UpstreamReason, UpstreamStats};
 
 use std::collections::hash_map::RandomState;
@@ -114,44 +116,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use frame::Frame;
+use shared::{Cursor, Item, Shared};
 use upstream::{Push, UpShared};
-
-/// The connection state, see [`Client::state`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Connecting (first attempt, or right after a backoff).
-    Connecting,
-    /// Welcomed; messages flow.
-    Open,
-    /// Waiting for the backoff before the next attempt.
-    Reconnecting,
-    /// [`Client::close`] was called.
-    Closed,
-    /// The session ended.
-    Ended,
-    /// Another connection took the session over.
-    TakenOver,
-}
-
-impl State {
-    fn from_u8(v: u8) -> State {
-        [State::Connecting, State::Open, State::Reconnecting, State::Closed, State::Ended, State::TakenOver]
-            [usize::from(v).min(5)]
-    }
-}
-
-/// Counters, see [`Client::stats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Data frames received from tether.
-    pub received: u64,
-    /// Frames dropped because their seq was already delivered.
-    pub duplicates: u64,
-    /// Messages yielded to the application.
-    pub delivered: u64,
-    /// Connections welcomed.
-    pub connections: u64,
-}
 
 /// Exponential backoff with full jitter: attempt `n` (from 0) waits a uniform
 /// random time below `min(max, initial × factor^n)`.
@@ -317,51 +283,6 @@ impl Builder {
         });
         Ok(Client { rx, out: out_tx, shared, pending: None, task: Some(task) })
     }
-}
-
-struct Cursor {
-    token: Option<String>,
-    /// Last seq acknowledged by the application: the offset of the next resume.
-    offset: u64,
-    /// Last seq yielded to the application (≥ offset): anything not above is a duplicate.
-    last: u64,
-    /// Bumped when the session changes (new session after a gap, reset):
-    /// what was queued from the old one is dropped.
-    epoch: u64,
-}
-
-struct Shared {
-    cursor: Mutex<Cursor>,
-    state: AtomicU8,
-    closing: AtomicBool,
-    close_reason: Mutex<String>,
-    notify: Notify,
-    received: AtomicU64,
-    duplicates: AtomicU64,
-    delivered: AtomicU64,
-    connections: AtomicU64,
-    up: Option<Arc<UpShared>>,
-}
-
-impl Shared {
-    fn cursor(&self) -> std::sync::MutexGuard<'_, Cursor> {
-        self.cursor.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Relaxed);
-    }
-    /// Fails the upstream messages left (no-op without the guarantee).
-    fn stop_up(&self, reason: UpstreamReason) {
-        if let Some(up) = &self.up {
-            up.update(|b| b.stop(reason));
-        }
-    }
-}
-
-enum Item {
-    Message(u64, Message),
-    Event(u64, Event),
-    Fatal(Error),
 }
 
 /// A tether session: a [`Stream`] of [`Event`]s that reconnects and resumes
