@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -18,7 +18,7 @@ use super::pump::{Exit, Gone};
 use super::sink::ClientSocket;
 use super::upward::UpReader;
 use crate::protocol::unix_ms;
-use crate::session::{Session, ToBackend};
+use crate::session::{Session, ToBackend, Up};
 
 /// The read half of a client connection. The reader task holds its lock
 /// while it runs; once it is gone, the pump's goodbye reads what the client
@@ -42,7 +42,11 @@ pub(super) async fn read_client(
     let queue = session.upstream_queue();
     let mut stream = stream.lock_owned().await;
     loop {
-        let Some(msg) = stream.next().await else { break Exit::Gone(Gone::Abnormal) };
+        let next = match up {
+            Some(_) => next_or_quiet(&mut stream, session.up()).await,
+            None => stream.next().await,
+        };
+        let Some(msg) = next else { break Exit::Gone(Gone::Abnormal) };
         last_seen.store(unix_ms(), Ordering::Relaxed);
         match msg {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
@@ -81,6 +85,20 @@ pub(super) async fn read_client(
             Err(_) => break Exit::Gone(Gone::Abnormal),
         }
     }
+}
+
+/// The client's next message, on a connection with the upstream guarantee:
+/// when the socket holds nothing more, the session's accounting is told the
+/// client went quiet, so the link marks what it wrote and a client that
+/// waits for its ack is not kept waiting (`Up::set_quiet`).
+async fn next_or_quiet(stream: &mut SplitStream<ClientSocket>, up: &Up) -> Option<Result<Message, WsError>> {
+    if let Some(next) = stream.next().now_or_never() {
+        return next;
+    }
+    up.set_quiet(true);
+    let next = stream.next().await;
+    up.set_quiet(false);
+    next
 }
 
 /// What became of a client message on its way to the backend's queue.

@@ -13,15 +13,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::journal::UpMark;
 use crate::protocol::control::UpWelcome;
 
 /// Marks written to the journal at least once per this many messages of a
-/// busy session (and always when its queue runs empty), so acks flow
-/// under a steady stream without a journal write per message.
-pub(super) const MARK_EVERY: u64 = 64;
+/// session whose client keeps sending, so acks flow under a steady stream
+/// without a journal write per batch. Half the clients' default window
+/// (1,000 messages), so a streaming client is never stalled waiting for
+/// room. The other trigger: the client went quiet (see [`Up::set_quiet`]).
+pub(super) const MARK_EVERY: u64 = 512;
 
 /// One session's upstream accounting.
 pub(crate) struct Up {
@@ -39,6 +41,11 @@ pub(crate) struct Up {
     /// A message was taken on the current backend connection: its client
     /// read this connection's welcome (clients send nothing before it).
     taken: AtomicBool,
+    /// The client's reader found nothing more to read: the client stopped
+    /// sending, perhaps to wait for an ack.
+    quiet: AtomicBool,
+    /// Tells the link task the client went quiet.
+    went_quiet: Notify,
 }
 
 impl Up {
@@ -57,6 +64,8 @@ impl Up {
             conn: AtomicU64::new(conn_id()),
             exact: AtomicBool::new(mark.stopped),
             taken: AtomicBool::new(false),
+            quiet: AtomicBool::new(true),
+            went_quiet: Notify::new(),
         }
     }
 
@@ -79,6 +88,31 @@ impl Up {
     /// Subscribes to the acked seq (the pump's `up_ack` frames).
     pub(crate) fn watch_acked(&self) -> watch::Receiver<u64> {
         self.acked.subscribe()
+    }
+
+    /// The client's reader has (`false`) or has not (`true`) more to read.
+    ///
+    /// A mark costs a journal write and an ack a wake-up on both sides; one
+    /// per batch written cost a third of the throughput of 100 streaming
+    /// clients (docs/BENCHMARKS.md). So the link marks when the client
+    /// stops sending, which is when a client that waits for an ack (a
+    /// full window, one `await` per message) needs it, and otherwise every
+    /// [`MARK_EVERY`] messages. Going quiet wakes the link, which may have
+    /// found its queue empty just before.
+    pub(crate) fn set_quiet(&self, quiet: bool) {
+        if self.quiet.swap(quiet, Ordering::AcqRel) != quiet && quiet {
+            self.went_quiet.notify_one();
+        }
+    }
+
+    /// Whether the client stopped sending for now.
+    pub(super) fn quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the client goes quiet.
+    pub(super) async fn went_quiet(&self) {
+        self.went_quiet.notified().await
     }
 
     /// The acked seq now.

@@ -226,6 +226,11 @@ impl Pump {
             }
         };
         reader.abort();
+        if acks.is_some() {
+            // Gone, so quiet: the link marks what it wrote, and a resume's
+            // welcome reports it acked.
+            self.session.up().set_quiet(true);
+        }
         exit
     }
 

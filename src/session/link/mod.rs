@@ -135,6 +135,7 @@ impl Link {
                 () = optional(hold.then(|| self.session.sent_more())) => Ok(()),
                 wrote = self.writer.forward(&self.session) => Box::pin(self.on_wrote(wrote)).await,
                 () = optional(self.mark_waiting.then(|| committed(self.acked.as_mut()))) => Box::pin(self.mark_written()).await,
+                () = optional(self.session.up_used().map(super::up::Up::went_quiet)) => Box::pin(self.mark_written()).await,
                 () = optional(closing.map(tokio::time::sleep_until)) => Err(Stop::Ended(self.client_ended())),
                 () = lingered(&mut self.linger_sleep) => Box::pin(self.linger_expired()).await,
                 changed = self.linger.changed() => changed.map_err(|_| Stop::Ended(EndInfo::abnormal())),
@@ -255,8 +256,10 @@ impl Link {
     }
 
     /// Hands the upstream mark to the journal when the queue toward the
-    /// backend runs empty, and at least every [`MARK_EVERY`] messages of a
-    /// steady stream: the client's acks follow the journal's commit.
+    /// backend runs empty while the client is quiet (it sent nothing more,
+    /// see [`super::up::Up::set_quiet`]), and at least every [`MARK_EVERY`]
+    /// messages of a steady stream: the client's acks follow the journal's
+    /// commit.
     async fn mark_written(&mut self) -> Next {
         let Some(up) = self.session.up_used() else { return Ok(()) };
         let written = up.written();
@@ -272,7 +275,8 @@ impl Link {
             self.mark_waiting = true;
             return Ok(());
         }
-        let due = self.mark_waiting || written >= self.marked + MARK_EVERY || self.writer.upstream.is_empty();
+        let due =
+            self.mark_waiting || written >= self.marked + MARK_EVERY || self.writer.upstream.is_empty() && up.quiet();
         if due {
             self.mark_waiting = false;
             let mark = UpMark { written, stopped: false };
