@@ -212,6 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn going_quiet_wakes_the_link_once_per_pause() {
+        use futures_util::FutureExt;
+        let up = Up::new();
+        assert!(up.quiet(), "no client has sent yet");
+        up.set_quiet(false);
+        assert!(!up.quiet());
+        assert!(up.went_quiet().now_or_never().is_none(), "still sending: no wake-up");
+        up.set_quiet(true);
+        up.set_quiet(true);
+        assert!(up.quiet());
+        assert!(up.went_quiet().now_or_never().is_some(), "the pause wakes the link");
+        assert!(up.went_quiet().now_or_never().is_none(), "once");
+    }
+
+    #[test]
     fn doubt_stays_until_a_client_sent_on_a_later_connection() {
         let up = Up::recovered(UpMark { written: 5, stopped: false });
         // A connection whose client never sent (it may have missed the
