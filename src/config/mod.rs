@@ -356,6 +356,11 @@ pub struct JournalConfig {
     /// under the volume's size; smaller costs CPU (more flushes and
     /// compactions: docs/BENCHMARKS.md).
     pub memtable_bytes: usize,
+    /// Frame log bytes behind the write point that stay in the page cache,
+    /// so replays of recent frames read memory; older bytes are dropped
+    /// from the cache once written back (docs/ARCHITECTURE.md, "Journal
+    /// layout"). 0 leaves the page cache to the kernel.
+    pub page_cache_bytes: usize,
     /// Under light load, how long the writer waits for more frames to
     /// join a small batch before committing it (0 never waits): fewer
     /// wake-ups and WAL writes per frame, at up to this much latency.
@@ -376,6 +381,7 @@ impl Default for JournalConfig {
             disk_budget_bytes: 1 << 30,
             max_batch: 1024,
             memtable_bytes: 64 << 20,
+            page_cache_bytes: 256 << 20,
             commit_delay: Duration::from_micros(250),
         }
     }

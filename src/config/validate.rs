@@ -110,7 +110,7 @@ impl Config {
     /// process can allocate (an absurd value must be an error, not an abort).
     fn check_sizes(&self) -> Result<(), ConfigError> {
         let (l, j) = (&self.limits, &self.journal);
-        let all: [(&str, usize, usize, usize); 11] = [
+        let all: [(&str, usize, usize, usize); 12] = [
             ("limits.max_message_bytes", l.max_message_bytes, 1, 1 << 30),
             ("limits.max_frame_bytes", l.max_frame_bytes, 1, 1 << 30),
             ("limits.max_header_bytes", l.max_header_bytes, 8192, 1 << 20),
@@ -122,6 +122,7 @@ impl Config {
             ("limits.replay_batch_bytes", l.replay_batch_bytes, 1, 64 << 20),
             ("journal.max_batch", j.max_batch, 1, 65_536),
             ("journal.memtable_bytes", j.memtable_bytes, 1 << 20, 1 << 30),
+            ("journal.page_cache_bytes", j.page_cache_bytes, 0, 1 << 40),
         ];
         for (key, v, min, max) in all {
             if v < min || v > max {

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::dropbehind::DropBehind;
 use super::JournalError;
 use crate::protocol::SessionId;
 
@@ -246,6 +247,8 @@ pub(crate) struct Appender {
     /// (`journal.sync = "interval"`); otherwise a deleted file's space
     /// would stay held by the open descriptor kept for it.
     track: bool,
+    /// What of the written bytes stays in the page cache.
+    cache: DropBehind,
 }
 
 impl Appender {
@@ -254,7 +257,14 @@ impl Appender {
     pub(crate) fn start(log: Arc<FrameLog>, after: u64, max: u64, track: bool) -> Result<Appender, JournalError> {
         let id = after + 1;
         let file = log.create(id)?;
-        Ok(Appender { log, id, file, len: 0, max: max.max(1 << 20), track })
+        Ok(Appender { log, id, file, len: 0, max: max.max(1 << 20), track, cache: DropBehind::new(None) })
+    }
+
+    /// Keeps only the last `keep` bytes written in the page cache
+    /// ([`super::dropbehind`]); `None` (the default) leaves it to the kernel.
+    pub(crate) fn dropping_behind(mut self, keep: Option<u64>) -> Appender {
+        self.cache = DropBehind::new(keep);
+        self
     }
 
     /// The active file's id: never deleted while it is active.
@@ -295,6 +305,7 @@ impl Appender {
                 offset += (RECORD_HEADER + r.chunk.len()) as u64;
             }
             pwritev_all(&self.file, &mut slices, self.len)?;
+            self.cache.written(&self.file, self.len, offset);
             self.log.disk.fetch_add(offset - self.len, Ordering::Relaxed);
             self.len = offset;
             start = end;

@@ -24,6 +24,7 @@
 mod chunk;
 mod cleaner;
 mod dir;
+mod dropbehind;
 mod framelog;
 mod liveness;
 mod migrate;
@@ -248,7 +249,8 @@ impl Journal {
             newest,
             config.memtable_bytes as u64,
             config.sync == crate::config::SyncMode::Interval,
-        )?;
+        )?
+        .dropping_behind((config.page_cache_bytes > 0).then_some(config.page_cache_bytes as u64));
         live.active = appender.active();
         let live = Arc::new(Mutex::new(live));
         let (tx, rx) = mpsc::channel(config.max_batch * 4);

@@ -168,7 +168,7 @@ keys:
   session: [linger, ping_interval, ping_timeout, upstream_stall_timeout, slow_consumer, slow_consumer_lag, backend_on_restart, restart_dials_per_second, restart_dial_concurrency, restart_credential_headers, restart_keep_credentials]
   token: [identity_headers]
   stamp: [mode, json_field]
-  journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes, commit_delay]
+  journal: [sync, sync_interval, retention, max_session_frames, max_session_bytes, max_frame_age, disk_budget_bytes, max_batch, memtable_bytes, page_cache_bytes, commit_delay]
   log: [format, level, warn_interval]
   cluster: [forward_timeout, peer_auth_max_age]
 derived:
