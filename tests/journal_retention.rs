@@ -90,3 +90,33 @@ async fn detached_session_resumes_with_the_exact_gap() {
     assert_eq!(next_text(&mut ws).await, format!("{}:{}", N + 1, body(N + 1)));
     t.stop().await;
 }
+
+/// Each trim is a range delete, and every journal read re-fragments the
+/// range deletes in the memtable, so past 1,000 of them the memtable is
+/// flushed (`memtable_max_range_deletions`), the first memtable too: a
+/// bound set after the database opened reached only the memtables after
+/// the first flush, which a memtable of pointers can take minutes to reach.
+/// RocksDB's LOG names the reason of every flush.
+#[tokio::test]
+async fn a_thousand_trims_flush_the_memtable() {
+    // A trim every 64-frame segment.
+    const LIMIT: u64 = 64;
+    const N: u64 = 200_000;
+    let (mut backend, t) = setup_with(|c| c.journal.max_session_frames = LIMIT).await;
+    let (ws, _, b) = attach(&mut backend, &t.url("/")).await;
+    drop_abruptly(ws);
+    wait_metric(t.admin_addr, r#"tether_sessions{state="detached"}"#, 1.0).await;
+    b.stream_padded(1, N, SIZE);
+    let m = wait_metric(t.admin_addr, "tether_journal_appends_total", N as f64).await;
+    let trims = metric(&m, "tether_journal_trims_total");
+    assert!(trims >= 1_000.0, "{trims} trims");
+    let log = t.dir.path().join("LOG");
+    within("RocksDB to flush for range deletions", async {
+        while !std::fs::read_to_string(&log).unwrap().contains("Memtable Max Range Deletions") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eprintln!("{trims} trims");
+    t.stop().await;
+}

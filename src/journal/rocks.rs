@@ -8,7 +8,7 @@ use crate::config::JournalConfig;
 
 /// Range deletes (trims, purges) a memtable of `frames` holds before it is
 /// flushed.
-const MEMTABLE_MAX_RANGE_DELETIONS: &str = "1000";
+const MEMTABLE_MAX_RANGE_DELETIONS: u32 = 1000;
 
 /// Opens (or creates) the database with every column family.
 pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
@@ -49,8 +49,20 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     // bytes per session with frames in the memtable. RocksDB ignores hints
     // in concurrent memtable writes, which one writer does not need.
     opts.set_allow_concurrent_memtable_write(false);
-    let mut frames = Options::default()
-        .get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16")?;
+    // Range tombstones in the memtable are re-fragmented by every iterator
+    // (each trim's count of what it kills, each replay's read), so each one
+    // makes every journal read slower until the memtable is flushed; bound
+    // them. A memtable takes this bound when it is created, so it must be
+    // set before the database opens: set afterwards (as it was until
+    // December 2026), it reached only the memtables after the first flush,
+    // and a memtable of 24-byte pointers can go minutes without one. Trimming
+    // 100 sessions flat out at `max_session_frames` 1,344, fragmenting was
+    // 45 % of tether's CPU and the rate fell to a fifth within a minute
+    // (docs/BENCHMARKS.md, "Range deletions").
+    let mut frames = Options::default().get_options_from_string(format!(
+        "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.16;\
+         memtable_max_range_deletions={MEMTABLE_MAX_RANGE_DELETIONS}"
+    ))?;
     frames.set_write_buffer_size(memtable);
     use rocksdb::DBCompressionType::{Lz4, None as Plain};
     frames.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
@@ -68,11 +80,5 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     ];
     let db =
         DB::open_cf_descriptors(&opts, &config.data_dir, cfs).map_err(|e| dir::explain_open(&config.data_dir, e))?;
-    // Range tombstones in the memtable are re-fragmented by every iterator,
-    // so each one makes every journal read slower until the memtable is
-    // flushed. Trims come in chunks (session/retention.rs), so this bound is
-    // rarely reached; when it is, the memtable is flushed early.
-    let frames = db.cf_handle(CF_FRAMES).expect("frames cf");
-    db.set_options_cf(frames, &[("memtable_max_range_deletions", MEMTABLE_MAX_RANGE_DELETIONS)])?;
     Ok(db)
 }
