@@ -36,6 +36,12 @@ pub(super) fn open_db(config: &JournalConfig) -> Result<DB, JournalError> {
     // written), and the largest journal of that run fell from 472 MiB at
     // 4 memtables to 278 MiB (docs/BENCHMARKS.md).
     opts.set_max_total_wal_size(memtable as u64);
+    // RocksDB's info LOG grows with every flush and compaction, and with
+    // trims flushing the pointer memtable (below) that is ~100 a minute at
+    // full speed: 4 MiB in a 10-minute soak, without end by default. Keep
+    // four files of 8 MiB, enough for the last few thousand flushes.
+    opts.set_max_log_file_size(8 << 20);
+    opts.set_keep_log_file_num(4);
     // Most frames are replayed or trimmed while they are young: the memtable
     // flush (L0) and the first compaction (L1) write them uncompressed, which
     // was a sixth of tether's CPU time at 512 B (docs/BENCHMARKS.md); data
