@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::framelog::{FrameLog, Pointer};
 use super::{JournalError, CF_FRAMES};
+use crate::protocol::pack::Packer;
 use crate::protocol::{Payload, SessionId};
 
 /// The layout this code writes and reads, stored under `layout` in the
@@ -59,16 +60,33 @@ pub(crate) fn chunk_key(session: &SessionId, seq: u64) -> [u8; 24] {
     k
 }
 
-/// Appends one frame to a chunk value being built.
+/// Appends one frame to a chunk value being built (tests build chunks
+/// by hand).
+#[cfg(test)]
 pub(crate) fn encode_frame(buf: &mut Vec<u8>, p: &Payload) {
-    let (kind, body): (u8, &[u8]) = match p {
-        Payload::Text(t) => (KIND_TEXT, t.as_bytes()),
-        Payload::Binary(b) => (KIND_BINARY, b),
+    buf.extend_from_slice(&frame_header(p));
+    buf.extend_from_slice(p.as_bytes());
+}
+
+/// A chunk being built from frames as they are read.
+pub(crate) type ChunkBuilder = Packer<fn(&Payload) -> [u8; FRAME_HEADER]>;
+
+/// An empty chunk: [`Packer::push`] each frame, [`Packer::finish`] gives
+/// the chunk and the frames as slices of it.
+pub(crate) fn builder() -> ChunkBuilder {
+    Packer::new(frame_header)
+}
+
+/// A frame's header in a chunk: kind and payload length.
+fn frame_header(p: &Payload) -> [u8; FRAME_HEADER] {
+    let kind = match p {
+        Payload::Text(_) => KIND_TEXT,
+        Payload::Binary(_) => KIND_BINARY,
     };
-    buf.push(kind);
+    let mut h = [kind, 0, 0, 0, 0];
     // Frames are bounded by limits.max_message_bytes (at most 1 GiB, validated).
-    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(body);
+    h[1..].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    h
 }
 
 /// The frames of a chunk, `(offset of the payload, length, kind)`, without

@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,7 +58,7 @@ const CF_UPSTREAM: &str = "upstream";
 /// `session.backend_on_restart = "eager"`.
 const CF_REQUESTS: &str = "requests";
 
-pub(crate) use chunk::{encode_frame, put_frame, Wire, WireStamp, FRAME_HEADER};
+pub(crate) use chunk::{builder as chunk_builder, put_frame, ChunkBuilder, Wire, WireStamp, FRAME_HEADER};
 pub use dir::DirError;
 pub(crate) use op::Op;
 pub(crate) use upmark::UpMark;
@@ -301,7 +302,7 @@ impl Journal {
     }
 
     /// Queues `frames` consecutive frames of `session` from seq `first`,
-    /// encoded in `chunk` ([`encode_frame`]) and stored under one key;
+    /// encoded in `chunk` ([`chunk_builder`]) and stored under one key;
     /// `committed` is advanced to the last of them once they are durable per
     /// `journal.sync`. Waits only while the writer's queue is full, which is
     /// how a slow disk slows the backend readers down.
@@ -310,7 +311,7 @@ impl Journal {
         session: SessionId,
         first: u64,
         frames: u32,
-        chunk: Vec<u8>,
+        chunk: Bytes,
         committed: Arc<watch::Sender<u64>>,
     ) -> Result<(), JournalError> {
         self.send(Op::Append { session, first, frames, chunk, committed, at: Instant::now() }).await

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use super::{SessionMeta, UpMark};
@@ -15,7 +16,7 @@ pub(crate) enum Op {
         session: SessionId,
         first: u64,
         frames: u32,
-        chunk: Vec<u8>,
+        chunk: Bytes,
         committed: Arc<watch::Sender<u64>>,
         at: Instant,
     },

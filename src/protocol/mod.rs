@@ -3,6 +3,7 @@
 
 pub(crate) mod control;
 pub(crate) mod credentials;
+pub(crate) mod pack;
 pub(crate) mod stamp;
 pub(crate) mod subprotocol;
 pub(crate) mod token;
@@ -71,6 +72,14 @@ impl Payload {
         match self {
             Payload::Text(t) => t.len(),
             Payload::Binary(b) => b.len(),
+        }
+    }
+
+    /// The payload's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(t) => t.as_bytes(),
+            Payload::Binary(b) => b,
         }
     }
 }

@@ -36,7 +36,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Config;
-use crate::journal::{encode_frame, EndInfo, Journal, JournalError, SessionMeta, FRAME_HEADER};
+use crate::journal::{ChunkBuilder, EndInfo, Journal, JournalError, SessionMeta};
 use crate::protocol::control::RestartNote;
 use crate::protocol::{unix_ms, Payload, SessionId};
 use crate::runtime::Runtime;
@@ -347,18 +347,14 @@ impl Session {
 
     /// Journals a batch of backend frames (at most [`Session::batch_room`])
     /// as one chunk, one queue operation, and applies the frame and byte
-    /// limits once. Leaves `batch` empty, its capacity kept for the next.
-    async fn journal_frames(&self, batch: &mut Vec<Payload>) -> Result<(), JournalError> {
-        let n = batch.len() as u64;
+    /// limits once.
+    async fn journal_frames(&self, frames: ChunkBuilder) -> Result<(), JournalError> {
+        let n = frames.len() as u64;
         debug_assert!(n > 0 && n as usize <= self.batch_room());
         let first = self.assigned.load(Ordering::Relaxed) + 1;
         self.assigned.store(first + n - 1, Ordering::Relaxed);
-        let mut chunk = Vec::with_capacity(batch.iter().map(|p| p.len() + FRAME_HEADER).sum());
-        let mut bytes = 0u64;
-        for p in batch.iter() {
-            encode_frame(&mut chunk, p);
-            bytes += p.len() as u64;
-        }
+        let bytes = frames.payload_bytes() as u64;
+        let (chunk, mut batch) = frames.finish();
         self.shared.rt.metrics.downstream.count_many(n, bytes);
         let now = Instant::now();
         // Retention is decided before the frames can be delivered, so a
@@ -379,9 +375,7 @@ impl Session {
         };
         {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            for (seq, p) in (first..).zip(batch.drain(..)) {
-                ring.push(seq, p);
-            }
+            ring.push_batch(first, &mut batch);
         }
         self.shared.journal.append(self.id, first, n as u32, chunk, self.committed.clone()).await?;
         match trim {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use crate::journal::{put_frame, WireStamp};
+use crate::protocol::pack::repack;
 use crate::protocol::Payload;
 
 /// A byte-bounded window of consecutive frames.
@@ -34,6 +35,30 @@ impl Ring {
         }
         if self.frames.is_empty() {
             self.frames.shrink_to_fit();
+        }
+    }
+
+    /// Appends a batch of frames from seq `first` (emptying `batch`): what
+    /// [`Ring::push`] of each would leave, without keeping a large batch's
+    /// buffer alive for the few frames the ring keeps of it.
+    pub(crate) fn push_batch(&mut self, mut first: u64, batch: &mut Vec<Payload>) {
+        let total: usize = batch.iter().map(Payload::len).sum();
+        if total > self.cap {
+            // Only the newest frames that fit stay; they get a buffer of
+            // their own (at most `cap` bytes) instead of pinning the chunk.
+            let (mut keep, mut kept) = (batch.len(), 0);
+            while keep > 0 && kept + batch[keep - 1].len() <= self.cap {
+                keep -= 1;
+                kept += batch[keep].len();
+            }
+            repack(&mut batch[keep..]);
+            batch.drain(..keep);
+            first += keep as u64;
+            // The frames skipped would have evicted everything before them.
+            self.clear();
+        }
+        for (seq, p) in (first..).zip(batch.drain(..)) {
+            self.push(seq, p);
         }
     }
 
@@ -100,9 +125,41 @@ impl Ring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn p(n: usize) -> Payload {
         Payload::Binary(vec![0; n].into())
+    }
+
+    /// A batch leaves the ring as pushing its frames one by one would, and
+    /// what it keeps of a batch larger than the ring is not a slice of it.
+    #[test]
+    fn a_batch_is_kept_as_its_frames_would_be() {
+        let sizes = [[1, 2, 3].as_slice(), &[4, 4, 4], &[11], &[2, 9], &[], &[3, 3, 3, 3, 3], &[10], &[1]];
+        let (mut one, mut batched) = (Ring::new(10), Ring::new(10));
+        let mut seq = 1;
+        for sizes in sizes {
+            let mut batch: Vec<Payload> = sizes.iter().map(|n| p(*n)).collect();
+            for (i, p) in batch.iter().enumerate() {
+                one.push(seq + i as u64, p.clone());
+            }
+            let big = Bytes::from(vec![7u8; sizes.iter().sum()]);
+            let mut at = 0;
+            for p in batch.iter_mut() {
+                *p = Payload::Binary(big.slice(at..at + p.len()));
+                at += p.len();
+            }
+            batched.push_batch(seq, &mut batch);
+            assert!(batch.is_empty());
+            seq += sizes.len() as u64;
+            let all = |r: &Ring| r.frames.iter().map(|(s, p)| (*s, p.len())).collect::<Vec<_>>();
+            assert_eq!(all(&batched), all(&one), "after {sizes:?}");
+            assert_eq!(batched.bytes, one.bytes);
+            if sizes.iter().sum::<usize>() > 10 {
+                let base = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+                assert!(batched.frames.iter().all(|(_, p)| !base.contains(&(p.as_bytes().as_ptr() as usize))));
+            }
+        }
     }
 
     #[test]

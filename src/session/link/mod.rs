@@ -29,7 +29,7 @@ mod writer;
 use super::up::MARK_EVERY;
 use super::{BackendConn, Session, ToBackend};
 use crate::config::SlowConsumer;
-use crate::journal::{EndInfo, UpMark};
+use crate::journal::{chunk_builder, EndInfo, UpMark};
 use crate::protocol::Payload;
 use crate::select_arm::optional;
 use crate::upstream::BackendSocket;
@@ -180,25 +180,20 @@ impl Link {
     /// with one queue operation and one commit wake-up for all of it.
     async fn on_backend(&mut self, msg: Option<Result<Message, WsError>>) -> Next {
         let room = self.session.batch_room();
-        // A fresh vector per batch: one kept in the link would hold its
-        // capacity in every idle session.
-        let mut batch = Vec::new();
-        let mut bytes = 0;
+        // A fresh chunk per batch: one kept in the link would hold its
+        // capacity in every idle session. Each message is copied in as it
+        // is read, so the socket's read buffer is free again for the next
+        // (see `protocol::pack`).
+        let mut batch = chunk_builder();
         let mut next = msg;
         let end = loop {
             match next {
-                Some(Ok(Message::Text(t))) => {
-                    bytes += t.len();
-                    batch.push(Payload::Text(t));
-                }
-                Some(Ok(Message::Binary(b))) => {
-                    bytes += b.len();
-                    batch.push(Payload::Binary(b));
-                }
+                Some(Ok(Message::Text(t))) => batch.push(&Payload::Text(t)),
+                Some(Ok(Message::Binary(b))) => batch.push(&Payload::Binary(b)),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 other => break Some(other),
             }
-            if batch.len() >= room || bytes >= MAX_BATCH_BYTES {
+            if batch.len() >= room || batch.payload_bytes() >= MAX_BATCH_BYTES {
                 break None;
             }
             // What the socket holds already, without waiting: a batch is
@@ -209,7 +204,7 @@ impl Link {
             }
         };
         if !batch.is_empty() {
-            self.session.journal_frames(&mut batch).await.map_err(|_| Stop::Journal)?;
+            self.session.journal_frames(batch).await.map_err(|_| Stop::Journal)?;
         }
         match end {
             Some(end) => self.on_end(end),
