@@ -1,18 +1,20 @@
-//! A socket wrapper whose read buffer exists only while it holds data.
+//! A socket wrapper whose read buffer exists only while the socket streams.
 //!
 //! tungstenite reads at most `read_buffer_size` bytes per system call into a
 //! buffer every connection keeps for its whole life. Large buffers make idle
 //! sessions expensive (tether holds two sockets per session); small ones mean
 //! many system calls for large messages. `LazyRead` takes both: tungstenite
 //! keeps a small buffer (`limits.read_buffer_bytes`), and each read from the
-//! kernel takes up to [`BURST`] bytes into a stack buffer. What tungstenite
-//! did not ask for yet is kept on the heap until it is consumed, then freed,
-//! so an idle socket holds no burst buffer at all.
+//! kernel takes up to [`BURST`] bytes. A read that brings more than
+//! tungstenite asked for means the socket is streaming: from then on the
+//! kernel's bytes go straight into a burst buffer on the heap, kept until a
+//! read finds the socket empty. So an idle socket holds no burst buffer, and
+//! a streaming one allocates it once, not once per burst.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,55 +25,73 @@ pub(crate) const BURST: usize = 16 * 1024;
 #[derive(Debug)]
 pub(crate) struct LazyRead<S> {
     inner: S,
-    /// Bytes read from the kernel but not handed out yet; empty (and
-    /// unallocated) most of the time.
-    pending: Vec<u8>,
-    /// How much of `pending` has been handed out.
-    pos: usize,
+    /// The burst buffer: empty (unallocated) unless the socket streams,
+    /// else [`BURST`] bytes, of which `start..end` are not handed out yet.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 impl<S> LazyRead<S> {
     /// Wraps `inner`, with nothing buffered.
     pub(crate) fn new(inner: S) -> LazyRead<S> {
-        LazyRead { inner, pending: Vec::new(), pos: 0 }
+        LazyRead { inner, buf: Vec::new(), start: 0, end: 0 }
     }
 
-    /// Hands out as much of `bytes` as `out` takes and keeps the rest.
-    fn hand_out(&mut self, bytes: &[u8], out: &mut ReadBuf<'_>) {
-        let n = bytes.len().min(out.remaining());
-        out.put_slice(&bytes[..n]);
-        if n < bytes.len() {
-            self.pending = bytes[n..].to_vec();
-            self.pos = 0;
+    /// Frees the burst buffer (nothing in it is unread).
+    fn release(&mut self) {
+        debug_assert_eq!(self.start, self.end);
+        self.buf = Vec::new();
+        (self.start, self.end) = (0, 0);
+    }
+}
+impl<S: AsyncRead + Unpin> LazyRead<S> {
+    /// A read while no burst buffer is kept: into the stack, and whatever
+    /// `out` has no room for starts a burst buffer.
+    fn read_via_stack(&mut self, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); BURST];
+        let mut burst = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.inner).poll_read(cx, &mut burst))?;
+        let filled = burst.filled();
+        let n = filled.len().min(out.remaining());
+        out.put_slice(&filled[..n]);
+        if n < filled.len() {
+            let rest = &filled[n..];
+            self.buf = vec![0; BURST];
+            self.buf[..rest.len()].copy_from_slice(rest);
+            (self.start, self.end) = (0, rest.len());
         }
+        Poll::Ready(Ok(()))
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for LazyRead<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.pos < this.pending.len() {
-            let n = (this.pending.len() - this.pos).min(out.remaining());
-            out.put_slice(&this.pending[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.pending.len() {
-                this.pending = Vec::new();
-                this.pos = 0;
+        if this.start == this.end {
+            if out.remaining() >= BURST {
+                this.release();
+                return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            return Poll::Ready(Ok(()));
-        }
-        if out.remaining() >= BURST {
-            return Pin::new(&mut this.inner).poll_read(cx, out);
-        }
-        let mut scratch = [MaybeUninit::<u8>::uninit(); BURST];
-        let mut burst = ReadBuf::uninit(&mut scratch);
-        match Pin::new(&mut this.inner).poll_read(cx, &mut burst) {
-            Poll::Ready(Ok(())) => {
-                this.hand_out(burst.filled(), out);
-                Poll::Ready(Ok(()))
+            if this.buf.is_empty() {
+                return this.read_via_stack(cx, out);
             }
-            other => other,
+            // Streaming: straight into the kept buffer.
+            let mut burst = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut burst) {
+                Poll::Ready(Ok(())) if !burst.filled().is_empty() => (this.start, this.end) = (0, burst.filled().len()),
+                // Nothing more for now (or the end, or an error): the
+                // socket stopped streaming, the buffer goes.
+                other => {
+                    this.release();
+                    return other;
+                }
+            }
         }
+        let n = (this.end - this.start).min(out.remaining());
+        out.put_slice(&this.buf[this.start..this.start + n]);
+        this.start += n;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -126,6 +146,37 @@ mod tests {
         r.read_to_end(&mut rest).await.unwrap();
         got.extend_from_slice(&rest);
         assert_eq!(got, data);
-        assert_eq!((r.pending.capacity(), r.pos), (0, 0));
+        assert_eq!((r.buf.capacity(), r.start, r.end), (0, 0, 0));
+    }
+
+    /// A streaming socket keeps one burst buffer while data flows and
+    /// frees it when a read finds the socket empty.
+    #[tokio::test]
+    async fn keeps_the_buffer_only_while_streaming() {
+        use futures_util::FutureExt;
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut r = LazyRead::new(a);
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+        b.write_all(&data).await.unwrap();
+        let mut got = Vec::new();
+        let mut small = [0u8; 1000];
+        let mut kept = None;
+        while got.len() < data.len() {
+            let n = r.read(&mut small).await.unwrap();
+            got.extend_from_slice(&small[..n]);
+            let ptr = r.buf.as_ptr();
+            if !r.buf.is_empty() {
+                // One allocation for the whole stream.
+                assert_eq!(*kept.get_or_insert(ptr), ptr);
+            }
+        }
+        assert_eq!(got, data);
+        assert!(kept.is_some());
+        assert!(r.read(&mut small).now_or_never().is_none(), "nothing more to read yet");
+        assert_eq!((r.buf.capacity(), r.start, r.end), (0, 0, 0));
+        b.write_all(b"more").await.unwrap();
+        let n = r.read(&mut small).await.unwrap();
+        assert_eq!(&small[..n], b"more");
+        assert_eq!(r.buf.capacity(), 0);
     }
 }
