@@ -248,14 +248,10 @@ impl Writer {
         // One wake-up per session per commit: consecutive chunks of the same
         // session (one busy backend) only advance `committed` once.
         let mut wake: Option<(Arc<watch::Sender<u64>>, u64)> = None;
+        self.observe_appends(ops);
         for op in ops.drain(..) {
             match op {
-                Op::Append { first, frames: n, committed, at, .. } => {
-                    self.metrics.journal_appends.inc_by(u64::from(n));
-                    let waited = at.elapsed().as_secs_f64();
-                    for _ in 0..n {
-                        self.metrics.journal_append_seconds.observe(waited);
-                    }
+                Op::Append { first, frames: n, committed, .. } => {
                     let last = first + u64::from(n) - 1;
                     match &mut wake {
                         Some((to, seq)) if Arc::ptr_eq(to, &committed) => *seq = last,
@@ -288,6 +284,24 @@ impl Writer {
             }
         }
         Ok(closing)
+    }
+
+    /// Counts the appends of a commit, each frame with its wait, before any
+    /// session is woken (a client that has a frame sees it counted). One
+    /// local histogram per commit: the shared one's atomics per frame were
+    /// 1.6 % of tether's CPU on a saturated stream.
+    fn observe_appends(&self, ops: &[Op]) {
+        let waits = self.metrics.journal_append_seconds.local();
+        for op in ops {
+            if let Op::Append { frames, at, .. } = op {
+                self.metrics.journal_appends.inc_by(u64::from(*frames));
+                let waited = at.elapsed().as_secs_f64();
+                for _ in 0..*frames {
+                    waits.observe(waited);
+                }
+            }
+        }
+        waits.flush();
     }
 
     /// Empties one mostly dead frame log file if the log holds much more
