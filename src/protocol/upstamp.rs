@@ -30,8 +30,10 @@ pub(crate) fn unstamp(msg: Message) -> Result<(u64, Message), BadStamp> {
         Message::Text(t) => {
             let (seq, skip) = text_seq(t.as_bytes())?;
             let rest = Bytes::from(t).slice(skip..);
-            // Digits and ':' are ASCII, so what follows them is still UTF-8.
-            let rest = Utf8Bytes::try_from(rest).map_err(|_| BadStamp::Text)?;
+            // SAFETY: `rest` is the tail of a `Utf8Bytes` after ASCII digits
+            // and ':', so it starts at a character boundary and is UTF-8.
+            // (Checking again cost ~1 % of tether's CPU at 64 B.)
+            let rest = unsafe { Utf8Bytes::from_bytes_unchecked(rest) };
             Ok((seq, Message::Text(rest)))
         }
         Message::Binary(b) => {
