@@ -495,9 +495,9 @@ def mebibytes(quantity: str) -> float:
 
 def check_memory_budget(label: str, cfg: dict[str, Any], values: dict[str, Any]) -> None:
     """resources.limits.memory holds the worst case of docs/OPERATIONS.md#memory at the rendered limits:
-    200 MiB + max_sessions x (ring_bytes + 2 x replay_batch_bytes + write_buffer_bytes + 12 KiB)."""
+    200 MiB + max_sessions x (2 x ring_bytes + 2 x replay_batch_bytes + write_buffer_bytes + 12 KiB)."""
     lim = cfg["limits"]
-    per_session = lim["ring_bytes"] + 2 * lim["replay_batch_bytes"] + lim["write_buffer_bytes"] + 12 * 1024
+    per_session = 2 * lim["ring_bytes"] + 2 * lim["replay_batch_bytes"] + lim["write_buffer_bytes"] + 12 * 1024
     need = 200 + lim["max_sessions"] * per_session / 2**20
     have = mebibytes(values["resources"]["limits"]["memory"])
     R.check(f"{label}: resources.limits.memory ({have:.0f} MiB) holds max_sessions at worst ({need:.0f} MiB)",
