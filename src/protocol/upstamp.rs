@@ -58,7 +58,11 @@ fn text_seq(b: &[u8]) -> Result<(u64, usize), BadStamp> {
     if b[0] == b'0' {
         return Err(BadStamp::Spelling);
     }
-    let seq = std::str::from_utf8(&b[..digits]).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BadStamp::Text)?;
+    // Digits only, so a fold; more than fits a u64 is not a seq.
+    let seq = b[..digits]
+        .iter()
+        .try_fold(0u64, |n, c| n.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+        .ok_or(BadStamp::Text)?;
     Ok((seq, digits + 1))
 }
 
