@@ -23,7 +23,7 @@ impl Ring {
 
     /// Appends frame `seq` (must follow the last one) and evicts the oldest
     /// frames beyond the byte budget.
-    pub(crate) fn push(&mut self, seq: u64, payload: Payload) {
+    fn push(&mut self, seq: u64, payload: Payload) {
         if self.frames.back().is_some_and(|(last, _)| *last + 1 != seq) {
             self.clear();
         }
