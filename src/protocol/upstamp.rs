@@ -3,7 +3,7 @@
 //! `prefix` stamp, read back. tether strips the stamp and forwards the
 //! payload byte for byte, with the same opcode.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Digits a u64 seq has at most.
@@ -29,7 +29,10 @@ pub(crate) fn unstamp(msg: Message) -> Result<(u64, Message), BadStamp> {
     match msg {
         Message::Text(t) => {
             let (seq, skip) = text_seq(t.as_bytes())?;
-            let rest = Bytes::from(t).slice(skip..);
+            // Advanced, not sliced: a slice would take and drop a reference
+            // to the shared read buffer per message.
+            let mut rest = Bytes::from(t);
+            rest.advance(skip);
             // SAFETY: `rest` is the tail of a `Utf8Bytes` after ASCII digits
             // and ':', so it starts at a character boundary and is UTF-8.
             // (Checking again cost ~1 % of tether's CPU at 64 B.)
@@ -42,7 +45,9 @@ pub(crate) fn unstamp(msg: Message) -> Result<(u64, Message), BadStamp> {
             if seq == 0 {
                 return Err(BadStamp::Spelling);
             }
-            Ok((seq, Message::Binary(b.slice(8..))))
+            let mut rest = b;
+            rest.advance(8);
+            Ok((seq, Message::Binary(rest)))
         }
         // Only data messages are stamped; the reader never passes others.
         other => Ok((0, other)),

@@ -4,10 +4,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::stream::SplitStream;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -92,12 +93,23 @@ pub(super) async fn read_client(
 /// client went quiet, so the link marks what it wrote and a client that
 /// waits for its ack is not kept waiting (`Up::set_quiet`).
 async fn next_or_quiet(stream: &mut SplitStream<ClientSocket>, up: &Up) -> Option<Result<Message, WsError>> {
-    if let Some(next) = stream.next().now_or_never() {
-        return next;
+    // One poll with the task's own waker: a first poll without it (to see
+    // whether the socket holds more) polled the whole stack twice per pause.
+    let mut quiet = false;
+    let next = std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        Poll::Ready(next) => Poll::Ready(next),
+        Poll::Pending => {
+            if !quiet {
+                quiet = true;
+                up.set_quiet(true);
+            }
+            Poll::Pending
+        }
+    })
+    .await;
+    if quiet {
+        up.set_quiet(false);
     }
-    up.set_quiet(true);
-    let next = stream.next().await;
-    up.set_quiet(false);
     next
 }
 
