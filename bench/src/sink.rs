@@ -14,8 +14,6 @@
 //! data messages it read between `from_ns` and `to_ns`: the client →
 //! backend throughput is measured where the messages arrive.
 
-use std::fmt::Write as _;
-
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -39,12 +37,16 @@ pub fn end(sent: u64) -> String {
 /// Data message `idx`: `size` bytes (at least the index and a comma), after
 /// the upstream stamp `<seq>:` if `stamp` is given.
 pub fn payload(stamp: Option<u64>, idx: u64, size: usize, pad: &str) -> String {
+    // itoa, not `write!`: formatting was a tenth of the clients' CPU at 64 B.
+    let mut num = itoa::Buffer::new();
     let mut s = String::with_capacity(size + 24);
     if let Some(seq) = stamp {
-        let _ = write!(s, "{seq}:");
+        s.push_str(num.format(seq));
+        s.push(':');
     }
     let at = s.len();
-    let _ = write!(s, "{idx},");
+    s.push_str(num.format(idx));
+    s.push(',');
     let need = size.saturating_sub(s.len() - at);
     let off = (idx as usize).wrapping_mul(7919) % (pad.len() - need).max(1);
     s.push_str(&pad[off..off + need]);

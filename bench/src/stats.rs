@@ -6,6 +6,20 @@ pub fn pct(sorted: &[u64], q: f64) -> u64 {
     sorted[i]
 }
 
+/// The `q` quantile (0..=1) of values sorted by value, each `(value,
+/// count)`, `total` being the sum of the counts (nearest rank, as [`pct`]).
+pub fn pct_weighted(sorted: &[(u64, u64)], total: u64, q: f64) -> u64 {
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for &(v, n) in sorted {
+        seen += n;
+        if seen >= rank {
+            return v;
+        }
+    }
+    sorted.last().map_or(0, |&(v, _)| v)
+}
+
 /// The median of the finite values, or NaN if there are none.
 pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
@@ -83,6 +97,15 @@ mod tests {
         assert_eq!(pct(&v, 0.99), 990);
         assert_eq!(pct(&v, 0.999), 999);
         assert_eq!(pct(&[7], 0.999), 7);
+        // The same 1..=1000 as runs: 1..=500 once each, then 600 ten times
+        // and 1000 four hundred times.
+        let mut runs: Vec<(u64, u64)> = (1..=500).map(|v| (v, 1)).collect();
+        runs.extend([(600, 100), (1000, 400)]);
+        assert_eq!(pct_weighted(&runs, 1000, 0.5), 500);
+        assert_eq!(pct_weighted(&runs, 1000, 0.501), 600);
+        assert_eq!(pct_weighted(&runs, 1000, 0.6), 600);
+        assert_eq!(pct_weighted(&runs, 1000, 0.99), 1000);
+        assert_eq!(pct_weighted(&[(7, 3)], 3, 0.999), 7);
         assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median([4.0, 1.0, f64::NAN, 2.0, 3.0]), 2.5);
         assert_eq!(thousands(1234567.4), "1,234,567");

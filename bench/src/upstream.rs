@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::cli::TetherArgs;
 use crate::procs::{Launcher, Setup};
-use crate::stats::{fixed, median, pct, ratio, thousands};
+use crate::stats::{fixed, median, pct_weighted, ratio, thousands};
 use crate::stream::PARALLEL_CONNECTS;
 use crate::sys::{self, now_ns, Usage};
 use crate::upclient::{self, Plan};
@@ -308,9 +308,10 @@ async fn trial(
     let cpus = std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0);
     let in_window: u64 = outcomes.iter().filter_map(|x| x.got).map(|g| g.in_window).sum();
     let per_msg = |u: Usage| u.cpu_ns as f64 / 1e3 / in_window.max(1) as f64;
-    let mut lat: Vec<u64> = outcomes.iter_mut().flat_map(|x| std::mem::take(&mut x.lat)).collect();
+    let mut lat: Vec<(u64, u64)> = outcomes.iter_mut().flat_map(|x| std::mem::take(&mut x.lat)).collect();
     lat.sort_unstable();
-    let q = |p: f64| (!lat.is_empty()).then(|| pct(&lat, p) as f64 / 1e3);
+    let samples: u64 = lat.iter().map(|&(_, n)| n).sum();
+    let q = |p: f64| (samples > 0).then(|| pct_weighted(&lat, samples, p) as f64 / 1e3);
     let sent: u64 = outcomes.iter().map(|x| x.sent).sum();
     let received: u64 = outcomes.iter().filter_map(|x| x.got).map(|g| g.received).sum();
     // Per connection: what the backend says, and what it read against what was sent.
@@ -328,7 +329,7 @@ async fn trial(
         ack_p50_us: q(0.50),
         ack_p99_us: q(0.99),
         ack_p999_us: q(0.999),
-        samples: lat.len(),
+        samples: samples as usize,
         acks: outcomes.iter().map(|x| x.acks).sum(),
         tether_cpu_us: per_msg(used[0]),
         backend_cpu_us: per_msg(used[1]),
