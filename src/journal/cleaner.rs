@@ -19,6 +19,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use super::chunk::chunk_key;
 use super::framelog::{Appender, FrameLog, Pointer, Record};
 use super::liveness::Liveness;
+use super::unlink::Unlink;
 use super::{JournalError, CF_FRAMES};
 use crate::protocol::SessionId;
 
@@ -72,7 +73,7 @@ impl Cleaner<'_> {
             rest = next;
         }
         live.emptied(file);
-        live.delete_dead(self.log);
+        live.delete_dead(self.log, Unlink::Background);
         Ok(moved)
     }
 

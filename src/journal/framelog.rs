@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::dropbehind::DropBehind;
+use super::unlink::{Doomed, Unlink, Unlinker};
 use super::JournalError;
 use crate::protocol::SessionId;
 
@@ -107,7 +108,9 @@ pub(crate) struct FrameLog {
     dir: PathBuf,
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Bytes in all log files.
-    disk: AtomicU64,
+    disk: Arc<AtomicU64>,
+    /// Deletes dead files off the writer's thread.
+    unlink: Unlinker,
     /// Files written since the last fsync, for `journal.sync = "interval"`.
     unsynced: Mutex<Vec<Arc<File>>>,
 }
@@ -132,8 +135,9 @@ impl FrameLog {
             disk += len;
         }
         found.sort_unstable();
-        let log =
-            FrameLog { dir, files: Mutex::new(files), disk: AtomicU64::new(disk), unsynced: Mutex::new(Vec::new()) };
+        let disk = Arc::new(AtomicU64::new(disk));
+        let unlink = Unlinker::start(disk.clone());
+        let log = FrameLog { dir, files: Mutex::new(files), disk, unlink, unsynced: Mutex::new(Vec::new()) };
         Ok((log, found))
     }
 
@@ -201,13 +205,17 @@ impl FrameLog {
         Ok(out)
     }
 
-    /// Deletes a file no pointer names any more.
-    pub(crate) fn remove(&self, id: u64) -> std::io::Result<()> {
-        let Some(file) = self.files.lock().expect("frame log lock").remove(&id) else { return Ok(()) };
+    /// Deletes a file no pointer names any more, as `how` says. Readers no
+    /// longer find it from now on.
+    pub(crate) fn remove(&self, id: u64, how: Unlink) {
+        let Some(file) = self.files.lock().expect("frame log lock").remove(&id) else { return };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        std::fs::remove_file(self.path(id))?;
-        self.disk.fetch_sub(len, Ordering::Relaxed);
-        Ok(())
+        self.unlink.delete(Doomed { path: self.path(id), file, len }, how);
+    }
+
+    /// Waits for the deletions handed to the unlink thread so far.
+    pub(crate) fn drain_unlinks(&self) {
+        self.unlink.drain();
     }
 
     /// Fsyncs the files written since the last call (`interval` mode and
@@ -404,9 +412,9 @@ mod tests {
         assert!(log.read(&ptrs[1], &s, 3).is_err());
         assert!(log.read(&ptrs[1], &SessionId([8; 16]), 2).is_err());
         // A deleted file reads as gone.
-        log.remove(99).unwrap();
+        log.remove(99, Unlink::Now);
         drop(app);
-        log.remove(1).unwrap();
+        log.remove(1, Unlink::Now);
         assert_eq!(log.read(&ptrs[0], &s, 1).unwrap(), None);
         assert_eq!(log.disk_bytes(), 0);
     }

@@ -16,6 +16,7 @@ use rocksdb::{ReadOptions, DB};
 
 use super::chunk::chunk_key;
 use super::framelog::{FrameLog, Pointer};
+use super::unlink::Unlink;
 use super::{JournalError, CF_FRAMES};
 use crate::protocol::SessionId;
 
@@ -201,22 +202,15 @@ impl Liveness {
         self.unclean.insert(file);
     }
 
-    /// Deletes the files nothing live is left in, but the active one;
-    /// returns how many.
-    pub(crate) fn delete_dead(&mut self, log: &FrameLog) -> usize {
+    /// Deletes the files nothing live is left in, but the active one, as
+    /// `how` says; returns how many.
+    pub(crate) fn delete_dead(&mut self, log: &FrameLog, how: Unlink) -> usize {
         let dead: Vec<u64> = self.bytes.iter().filter(|(&f, &b)| b == 0 && f != self.active).map(|(&f, _)| f).collect();
-        let mut n = 0;
-        for f in dead {
-            match log.remove(f) {
-                Ok(()) => {
-                    self.bytes.remove(&f);
-                    self.sizes.remove(&f);
-                    n += 1;
-                }
-                // Tried again after the next write.
-                Err(e) => tracing::warn!(file = f, error = %e, "could not delete a frame log file"),
-            }
+        for &f in &dead {
+            log.remove(f, how);
+            self.bytes.remove(&f);
+            self.sizes.remove(&f);
         }
-        n
+        dead.len()
     }
 }

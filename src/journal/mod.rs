@@ -33,6 +33,7 @@ mod recover;
 mod rocks;
 mod space;
 mod syncer;
+mod unlink;
 mod upmark;
 mod writer;
 
@@ -388,7 +389,7 @@ impl Journal {
         let deleted = tokio::task::spawn_blocking(move || {
             let mut live = live.lock().expect("liveness lock");
             live.reclaim(&db, &session, upto)?;
-            Ok::<_, JournalError>(live.delete_dead(&log))
+            Ok::<_, JournalError>(live.delete_dead(&log, unlink::Unlink::Now))
         })
         .await;
         match deleted {

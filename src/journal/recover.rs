@@ -8,6 +8,7 @@ use rocksdb::{IteratorMode, DB};
 use super::chunk::{self, chunk_key};
 use super::framelog::{FrameLog, Pointer};
 use super::liveness::Liveness;
+use super::unlink::Unlink;
 use super::{
     upmark, JournalError, RecoveredSession, SessionMeta, CF_FRAMES, CF_META, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM,
 };
@@ -133,7 +134,7 @@ pub(super) fn recover(
     for id in orphans {
         db.delete_range_cf(frames, chunk_key(&id, 0), chunk_key(&id, u64::MAX))?;
     }
-    live.delete_dead(log);
+    live.delete_dead(log, Unlink::Now);
     Ok((out, live))
 }
 

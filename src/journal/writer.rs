@@ -30,6 +30,7 @@ use super::cleaner::Cleaner;
 use super::framelog::{Appender, FrameLog, Pointer, Record};
 use super::liveness::{Appended, Liveness};
 use super::syncer::{sync_all, Syncer};
+use super::unlink::Unlink;
 use super::{space, upmark, JournalError, Op, CF_FRAMES, CF_REQUESTS, CF_SESSIONS, CF_UPSTREAM};
 use crate::config::{JournalConfig, SyncMode};
 use crate::metrics::{Fsync, Metrics};
@@ -239,7 +240,8 @@ impl Writer {
                     live.forget(session);
                 }
             }
-            live.delete_dead(&self.log);
+            // Not here: an unlink waits for the file's writeback.
+            live.delete_dead(&self.log, Unlink::Background);
         }
         self.clean();
         self.metrics.journal_batch_ops.observe(ops.len() as f64);
@@ -276,6 +278,11 @@ impl Writer {
         }
         if let Some((to, seq)) = wake {
             advance(&to, seq);
+        }
+        if closing {
+            // Dead files go before the journal closes, so a drained
+            // tether leaves none behind.
+            self.log.drain_unlinks();
         }
         if !syncs.is_empty() {
             sync_all(&self.db, &self.log, &self.metrics, Fsync::Drain);
