@@ -71,10 +71,11 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, p: &Payload) {
 /// A chunk being built from frames as they are read.
 pub(crate) type ChunkBuilder = Packer<fn(&Payload) -> [u8; FRAME_HEADER]>;
 
-/// An empty chunk: [`Packer::push`] each frame, [`Packer::finish`] gives
-/// the chunk and the frames as slices of it.
-pub(crate) fn builder() -> ChunkBuilder {
-    Packer::new(frame_header)
+/// An empty chunk with room for `bytes` in `frames` frames (the size of
+/// the last one): [`Packer::push`] each frame, [`Packer::finish`] gives the
+/// chunk and the frames as slices of it.
+pub(crate) fn builder(bytes: usize, frames: usize) -> ChunkBuilder {
+    Packer::sized(frame_header, bytes, frames)
 }
 
 /// A frame's header in a chunk: kind and payload length.

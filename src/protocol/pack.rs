@@ -25,8 +25,17 @@ pub(crate) struct Packer<H> {
 
 impl<H: AsRef<[u8]>, F: Fn(&Payload) -> H> Packer<F> {
     /// An empty packer; `header` gives what precedes each payload.
+    #[cfg(test)]
     pub(crate) fn new(header: F) -> Packer<F> {
-        Packer { buf: Vec::new(), frames: Vec::new(), payload_bytes: 0, header }
+        Packer::sized(header, 0, 0)
+    }
+
+    /// An empty packer with room for `bytes` (headers included) in
+    /// `frames` payloads: the size of the last batch from the same source,
+    /// so that a steady stream's batches neither grow by doubling (each
+    /// step a copy) nor shrink at [`Packer::finish`] (another copy).
+    pub(crate) fn sized(header: F, bytes: usize, frames: usize) -> Packer<F> {
+        Packer { buf: Vec::with_capacity(bytes), frames: Vec::with_capacity(frames), payload_bytes: 0, header }
     }
 
     /// Copies `p` in (it can be dropped right after).
@@ -53,6 +62,11 @@ impl<H: AsRef<[u8]>, F: Fn(&Payload) -> H> Packer<F> {
     /// Payload bytes pushed (without headers).
     pub(crate) fn payload_bytes(&self) -> usize {
         self.payload_bytes
+    }
+
+    /// Bytes pushed, headers included.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buf.len()
     }
 
     /// The buffer, and every payload pushed as a slice of it, in order.
@@ -84,7 +98,8 @@ impl<H: AsRef<[u8]>, F: Fn(&Payload) -> H> Packer<F> {
 /// Copies `payloads` into one new buffer (no headers) and re-points each to
 /// its copy.
 pub(crate) fn repack(payloads: &mut [Payload]) {
-    let mut packer = Packer::new(|_: &Payload| [0u8; 0]);
+    let bytes = payloads.iter().map(Payload::len).sum();
+    let mut packer = Packer::sized(|_: &Payload| [0u8; 0], bytes, payloads.len());
     for p in payloads.iter() {
         packer.push(p);
     }
@@ -114,5 +129,18 @@ mod tests {
         assert_eq!(out, input);
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
         assert!(out[..2].iter().all(|p| range.contains(&(p.as_bytes().as_ptr() as usize))));
+    }
+
+    #[test]
+    fn a_packer_sized_for_its_batch_keeps_its_first_buffer() {
+        let mut packer = Packer::sized(|p: &Payload| [p.len() as u8], 1 + 3 + 1 + 4, 2);
+        let first = packer.buf.as_ptr();
+        packer.push(&Payload::Binary(Bytes::from_static(b"abc")));
+        packer.push(&Payload::Text("defg".into()));
+        assert_eq!(packer.bytes(), 9);
+        let (buf, out) = packer.finish();
+        assert_eq!(&buf[..], b"\x03abc\x04defg");
+        assert_eq!(buf.as_ptr(), first, "neither grown nor shrunk: no copy");
+        assert_eq!(out[1], Payload::Text("defg".into()));
     }
 }

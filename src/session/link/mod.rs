@@ -59,6 +59,9 @@ type Next = Result<(), Stop>;
 /// journal chunk at most (besides the frame limit, [`Session::batch_room`]).
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
+/// The largest size a batch's chunk is reserved at (see `Link::last_batch`).
+const LAST_BATCH_MAX: usize = MAX_BATCH_BYTES + 64 * 1024;
+
 /// One backend connection of a session. Built before its task is spawned,
 /// so the task's future holds it once (an `async fn`'s arguments stay in
 /// its state for its whole life, even after they are moved out).
@@ -82,6 +85,9 @@ pub(super) struct Link {
     acked: Option<watch::Receiver<u64>>,
     /// A mark is due as soon as the one in flight commits.
     mark_waiting: bool,
+    /// Bytes and frames of the last batch read from the backend: the next
+    /// batch's chunk is sized for as much.
+    last_batch: (u32, u32),
 }
 
 impl Link {
@@ -106,6 +112,7 @@ impl Link {
             marked,
             acked: None,
             mark_waiting: false,
+            last_batch: (0, 0),
         }
     }
 
@@ -183,8 +190,10 @@ impl Link {
         // A fresh chunk per batch: one kept in the link would hold its
         // capacity in every idle session. Each message is copied in as it
         // is read, so the socket's read buffer is free again for the next
-        // (see `protocol::pack`).
-        let mut batch = chunk_builder();
+        // (see `protocol::pack`). Sized like the last batch: growing by
+        // doubling and shrinking at the end copied each byte about twice.
+        let (bytes, frames) = self.last_batch;
+        let mut batch = chunk_builder(bytes as usize, frames as usize);
         let mut next = msg;
         let end = loop {
             match next {
@@ -204,6 +213,9 @@ impl Link {
             }
         };
         if !batch.is_empty() {
+            // A batch holds at most `room` frames; one giant message must
+            // not make every later batch reserve its size.
+            self.last_batch = (batch.bytes().min(LAST_BATCH_MAX) as u32, batch.len() as u32);
             self.session.journal_frames(batch).await.map_err(|_| Stop::Journal)?;
         }
         match end {
