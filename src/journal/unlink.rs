@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 /// How a dead file is deleted.
@@ -42,8 +42,9 @@ enum Job {
 
 /// The unlink thread's handle. Dropping it finishes the queued deletions.
 pub(super) struct Unlinker {
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// `None` without a thread.
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
     /// The frame log's byte count, lowered as files go.
     disk: Arc<AtomicU64>,
 }
@@ -71,13 +72,13 @@ impl Unlinker {
                 (None, None)
             }
         };
-        Unlinker { tx: Mutex::new(tx), thread: Mutex::new(thread), disk }
+        Unlinker { tx, thread, disk }
     }
 
     /// Deletes `d` as `how` says.
     pub(super) fn delete(&self, d: Doomed, how: Unlink) {
         if how == Unlink::Background {
-            if let Some(tx) = self.tx.lock().expect("unlink lock").as_ref() {
+            if let Some(tx) = &self.tx {
                 if let Err(mpsc::SendError(Job::Delete(d))) = tx.send(Job::Delete(d)) {
                     delete(d, &self.disk);
                 }
@@ -90,7 +91,7 @@ impl Unlinker {
     /// Waits until every deletion queued so far is done.
     pub(super) fn drain(&self) {
         let (done, wait) = mpsc::channel();
-        let sent = self.tx.lock().expect("unlink lock").as_ref().is_some_and(|tx| tx.send(Job::Drain(done)).is_ok());
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(Job::Drain(done)).is_ok());
         if sent {
             let _ = wait.recv();
         }
@@ -99,8 +100,8 @@ impl Unlinker {
 
 impl Drop for Unlinker {
     fn drop(&mut self) {
-        drop(self.tx.lock().expect("unlink lock").take());
-        if let Some(t) = self.thread.lock().expect("unlink lock").take() {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
