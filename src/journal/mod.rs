@@ -23,6 +23,7 @@
 
 mod chunk;
 mod cleaner;
+mod datasync;
 mod dir;
 mod dropbehind;
 mod framelog;

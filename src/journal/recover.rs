@@ -47,11 +47,15 @@ pub(super) fn check_layout(db: &DB, dir: &Path) -> Result<u32, JournalError> {
 /// log's `files` (id, length), deleting the files nothing points into.
 /// Frames and upstream marks whose session record is missing cannot be
 /// resumed by anyone and are deleted; so are pointers to chunks a trim
-/// already covers (appended after it was queued) and pointers to bytes
-/// that are not in the frame log (its file was deleted by a full-disk
-/// reclaim whose trim record a restart interrupted, or lost with the page
-/// cache): the frames before such a hole count as trimmed. A mark counts as
-/// `stopped` only if the last drain was clean (`clean_stop`).
+/// already covers (appended after it was queued), and pointers to bytes
+/// that are not in the frame log. If the file is gone (deleted by a
+/// full-disk reclaim whose trim record a restart interrupted), the frames
+/// before such a hole count as trimmed. If the file is there but ends
+/// before the chunk, the chunk was torn by a power loss: it, and what the
+/// session wrote after it, were never acknowledged with `sync = always`
+/// (its pointer can reach the disk first, see `datasync`) and are the last
+/// writes `none` may lose, so the session's journal ends before it. A mark
+/// counts as `stopped` only if the last drain was clean (`clean_stop`).
 pub(super) fn recover(
     db: &DB,
     log: &FrameLog,
@@ -90,6 +94,9 @@ pub(super) fn recover(
     let mut live = Liveness::of_files(files);
     let mut orphans: Vec<SessionId> = Vec::new();
     let mut dropped: Vec<Box<[u8]>> = Vec::new();
+    // The session whose journal ended at a torn chunk (keys are sorted by
+    // session, then seq).
+    let mut cut: Option<SessionId> = None;
     for item in db.iterator_cf(frames, IteratorMode::Start) {
         let (k, v) = item?;
         if k.len() != 24 {
@@ -105,12 +112,14 @@ pub(super) fn recover(
         };
         let s = &mut out[i];
         let at = Pointer::decode(&v)?;
-        let written = files
-            .binary_search_by_key(&at.file, |(f, _)| *f)
-            .is_ok_and(|j| at.offset + at.record_bytes() <= files[j].1);
+        let file_len = files.binary_search_by_key(&at.file, |(f, _)| *f).ok().map(|j| files[j].1);
+        let written = file_len.is_some_and(|len| at.offset + at.record_bytes() <= len);
+        if file_len.is_some() && !written {
+            cut = Some(id);
+        }
         // A chunk never straddles a trim (see `chunk`); one left behind by
         // a trim queued before its append is not counted.
-        if first <= s.meta.trimmed_to || !written {
+        if cut == Some(id) || first <= s.meta.trimmed_to || !written {
             dropped.push(k);
             continue;
         }
@@ -165,7 +174,9 @@ mod tests {
     /// Contiguous chunks are all retained; after a hole (files deleted for
     /// a trim whose record never landed) only the chunks after it are, and
     /// the rest counts as trimmed. A pointer past the end of its file (a
-    /// torn write) is a hole too, and a file nothing points into is deleted.
+    /// write torn by a power loss) ends the session's journal before it:
+    /// the chunks before it stay, none after it. A file nothing points into
+    /// is deleted.
     #[test]
     fn a_hole_in_a_sessions_chunks_counts_as_trimmed() {
         let dir = tempfile::tempdir().unwrap();
@@ -176,21 +187,27 @@ mod tests {
         let (whole, holed, torn) = (SessionId([1; 16]), SessionId([2; 16]), SessionId([3; 16]));
         write(&db, &mut app, &whole, &[1, 65, 129]);
         write(&db, &mut app, &holed, &[1, 129, 193]);
-        write(&db, &mut app, &torn, &[1, 65]);
+        write(&db, &mut app, &torn, &[1, 65, 129]);
         // A second file nothing points into.
         Appender::start(log.clone(), 1, 1 << 20, false).unwrap();
         drop((app, log));
-        // The torn session's first chunk points past the end of the file.
+        // The torn session's second chunk points past the end of the file;
+        // its third was written.
         let mut bad =
-            Pointer::decode(&db.get_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 1)).unwrap().unwrap())
+            Pointer::decode(&db.get_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 65)).unwrap().unwrap())
                 .unwrap();
         bad.offset += 1 << 20;
-        db.put_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 1), bad.encode()).unwrap();
+        db.put_cf(db.cf_handle(CF_FRAMES).unwrap(), chunk_key(&torn, 65), bad.encode()).unwrap();
         let (log, files) = FrameLog::open(dir.path()).unwrap();
         assert_eq!(files.len(), 2);
         let (got, _) = recover(&db, &log, &files, false).unwrap();
         let summary: Vec<_> = got.iter().map(|s| (s.id, s.meta.trimmed_to, s.frames, s.bytes, s.last_seq)).collect();
-        assert_eq!(summary, vec![(whole, 0, 192, 192, 192), (holed, 128, 128, 128, 256), (torn, 64, 64, 64, 128)]);
+        assert_eq!(summary, vec![(whole, 0, 192, 192, 192), (holed, 128, 128, 128, 256), (torn, 0, 64, 64, 64)]);
+        let left = db.iterator_cf(db.cf_handle(CF_FRAMES).unwrap(), IteratorMode::Start).filter(|kv| {
+            let (k, _) = kv.as_ref().unwrap();
+            k[..16] == torn.0
+        });
+        assert_eq!(left.count(), 1, "the torn chunk and the one after it are deleted");
         assert_eq!(FrameLog::open(dir.path()).unwrap().1.len(), 1, "the empty file is deleted");
     }
 }

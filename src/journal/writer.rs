@@ -18,6 +18,7 @@
 //!   stops; the server drains and exits non-zero, and the restart replays
 //!   the WAL: everything acknowledged is there.
 
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::chunk::chunk_key;
 use super::cleaner::Cleaner;
+use super::datasync::DataSync;
 use super::framelog::{Appender, FrameLog, Pointer, Record};
 use super::liveness::{Appended, Liveness};
 use super::syncer::{sync_all, Syncer};
@@ -118,7 +120,8 @@ pub(super) fn spawn(
             let Parts { db, log, appender, live } = parts;
             let syncer = (config.sync == SyncMode::Interval)
                 .then(|| Syncer::spawn(db.clone(), log.clone(), config.sync_interval, dirty.clone(), metrics.clone()));
-            Writer { db, log, appender, live, config, health, metrics, dirty }.run(rx);
+            let datasync = (config.sync == SyncMode::Always).then(DataSync::spawn);
+            Writer { db, log, appender, live, config, health, metrics, dirty, datasync }.run(rx);
             if let Some(s) = syncer {
                 s.stop();
             }
@@ -136,6 +139,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Written since the syncer's last fsync (`interval` mode).
     dirty: Arc<AtomicBool>,
+    /// `always` mode: fdatasyncs the frame log while the WAL is written.
+    datasync: Option<DataSync>,
 }
 
 impl Writer {
@@ -230,9 +235,32 @@ impl Writer {
     /// then acknowledges them. Returns true if one of them closes the
     /// journal, or the error that failed it.
     fn commit(&mut self, ops: &mut Vec<Op>) -> Result<bool, WriteError> {
-        let pointers = self.retry(|w| w.append(ops))?;
-        let appended = self.count(ops, &pointers)?;
-        self.retry(|w| w.write(ops, &appended))?;
+        let (pointers, files) = self.retry(|w| w.append(ops))?;
+        // `always`: the frame log's fdatasync and the WAL's overlap; both
+        // end before anything is acknowledged (see `datasync`).
+        let syncing = match &self.datasync {
+            Some(d) if !files.is_empty() => {
+                d.start(files.clone());
+                true
+            }
+            _ => false,
+        };
+        let written = self.count(ops, &pointers).and_then(|appended| self.retry(|w| w.write(ops, &appended)));
+        if syncing {
+            if let Err(e) = self.datasync.as_ref().expect("started").wait() {
+                self.metrics.journal_write_errors.inc();
+                let e = WriteError::from(e);
+                // Pages whose write-back failed may be marked clean, so a
+                // second fdatasync can succeed without them: only a
+                // transient failure is tried again. Anything else fails the
+                // journal; nothing in the batch was acknowledged.
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                self.retry(|_| files.iter().try_for_each(|f| f.sync_data()).map_err(WriteError::from))?;
+            }
+        }
+        written?;
         {
             let mut live = self.live.lock().expect("liveness lock");
             for op in ops.iter() {
@@ -334,9 +362,9 @@ impl Writer {
         }
     }
 
-    /// Appends the batch's chunks to the frame log (fsynced with `sync =
-    /// always`): where each went, in order.
-    fn append(&mut self, ops: &[Op]) -> Result<Vec<Pointer>, WriteError> {
+    /// Appends the batch's chunks to the frame log: where each went, in
+    /// order, and the files written (`always` mode fdatasyncs them).
+    fn append(&mut self, ops: &[Op]) -> Result<(Vec<Pointer>, Vec<Arc<File>>), WriteError> {
         let records: Vec<Record<'_>> = ops
             .iter()
             .filter_map(|op| match op {
@@ -347,15 +375,9 @@ impl Writer {
             })
             .collect();
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let (pointers, written) = self.appender.append(&records)?;
-        if self.config.sync == SyncMode::Always {
-            for f in &written {
-                f.sync_data()?;
-            }
-        }
-        Ok(pointers)
+        Ok(self.appender.append(&records)?)
     }
 
     /// Counts the batch's chunks live in their files, and the chunks its
