@@ -59,7 +59,8 @@ pub struct Ctx {
     pub progress: Progress,
     /// When any slot saw the deployment disturbed (a drain, a failed
     /// connection, a retryable refusal): a takeover whose older connection
-    /// ends without a close frame near such a moment was cut by it.
+    /// ends without a close frame (or with 1012) near such a moment was cut
+    /// by it.
     pub disturbed: std::sync::Mutex<Vec<Instant>>,
 }
 

@@ -357,9 +357,11 @@ impl Slot {
             }
         };
         let why = format!("session {}: a takeover closed the older connection with {code}, not 4001", self.judge.slot);
-        if code == "no close frame" {
+        if code == "no close frame" || code == "1012" {
             // Through a balancer, the older connection may cross a replica
-            // that is restarting: judged at the end against disturbances.
+            // that is restarting (cut, or closed with 1012 by its drain
+            // before the takeover reached it): judged at the end against
+            // disturbances.
             self.takeovers.push((Instant::now(), why));
         } else {
             self.judge.checks.expect(Check::Outcomes, code == "4001", || why);
